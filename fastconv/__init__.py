@@ -1,0 +1,26 @@
+"""fastconv: compiled CPU convolution and pooling kernels with torch.nn.functional signatures.
+
+    >>> import numpy as np, fastconv
+    >>> x = np.random.rand(1, 3, 32, 32).astype(np.float32)
+    >>> w = np.random.rand(8, 3, 3, 3).astype(np.float32)
+    >>> fastconv.conv2d(x, w, padding=1).shape
+    (1, 8, 32, 32)
+"""
+from __future__ import annotations
+
+from .dispatch import get_workspace_limit, set_workspace_limit
+from .functional import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
+from .threads import get_num_threads, set_num_threads
+
+__version__ = "0.1.0"
+
+
+def algorithms() -> list[str]:
+    """Names of the registered convolution algorithms (valid values of ``algo=``)."""
+    from .dispatch import names
+    return names()
+
+
+__all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "algorithms",
+           "set_num_threads", "get_num_threads", "set_workspace_limit", "get_workspace_limit",
+           "__version__"]

@@ -1,0 +1,191 @@
+"""The algorithm registry and the ``auto`` chooser.
+
+One list, `REGISTRY`, names every convolution algorithm; tests, benchmarks and ``fastconv
+info`` iterate over it, so adding an algorithm is one kernel module plus one line here.
+Each kernel module in ``fastconv.kernels`` follows the same contract:
+
+    supports(p: ConvParams, **options) -> str | None   # None, or why it cannot run p
+    workspace_bytes(p, **options) -> int               # scratch memory run() will allocate
+    prepare(w, b, p, **options) -> packed              # one-time weight work (plan once)
+    run(x, packed, p, out, **options) -> None          # writes the result into out
+
+Kernel modules are imported lazily (on first use), so ``import fastconv`` stays cheap and
+does not start the JIT.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from . import threads
+from .params import ConvParams
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One registered convolution algorithm (a kernel module plus fixed options)."""
+
+    name: str
+    module: str                    # e.g. "fastconv.kernels.direct"
+    language: str                  # "numba" or "cython"
+    summary: str
+    # Accuracy contract checked by the tests: |y − ref| ≤ tol · (|W| ⊛ |X| + |b|), i.e. relative to
+    # the sum of absolute products each output adds up (the natural scale of rounding error).
+    tolerance: dict[str, float] = field(default_factory=lambda: {"float32": 2e-5, "float64": 1e-12})
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def kernel(self):
+        mod = importlib.import_module(self.module)
+        threads.apply()  # the kernel may have loaded a new thread pool (numba, BLAS)
+        return mod
+
+    def supports(self, p: ConvParams) -> str | None:
+        return self.kernel.supports(p, **self.options)
+
+    def workspace_bytes(self, p: ConvParams) -> int:
+        return int(self.kernel.workspace_bytes(p, **self.options))
+
+    def prepare(self, w: np.ndarray, b: np.ndarray | None, p: ConvParams) -> Any:
+        return self.kernel.prepare(w, b, p, **self.options)
+
+    def run(self, x: np.ndarray, packed: Any, p: ConvParams, out: np.ndarray) -> None:
+        check_workspace(self, p)
+        with threads.kernel_region():
+            self.kernel.run(x, packed, p, out, **self.options)
+
+
+_K = "fastconv.kernels."
+REGISTRY: list[Algorithm] = [
+    Algorithm("direct", _K + "direct", "numba",
+              "direct loops over output pixels and kernel taps; any stride/padding/dilation/groups"),
+    Algorithm("im2col", _K + "im2col", "numba",
+              "im2col + GEMM over bounded tiles of output rows; any stride/padding/dilation/groups"),
+    Algorithm("pointwise", _K + "pointwise", "numba",
+              "1x1 kernels as one GEMM per image straight on NCHW"),
+    Algorithm("winograd", _K + "winograd", "numba",
+              "Winograd F(2x2,3x3): 3x3, stride 1, dilation 1",
+              # The input/output transforms add and subtract terms of different sizes; F(2x2) keeps
+              # the growth small (measured ~1e-6 of the absolute-product scale in float32).
+              tolerance={"float32": 1e-4, "float64": 1e-11}, options={"tile": 2}),
+    Algorithm("winograd_f4", _K + "winograd", "numba",
+              "Winograd F(4x4,3x3): 3x3, stride 1, dilation 1; fewer multiplies, larger error",
+              # F(4x4)'s transform matrices hold ±1/4…±8 entries: error grows by ~10x over F(2x2).
+              tolerance={"float32": 1e-3, "float64": 1e-10}, options={"tile": 4}),
+]
+BY_NAME: dict[str, Algorithm] = {a.name: a for a in REGISTRY}
+
+
+def names() -> list[str]:
+    return [a.name for a in REGISTRY]
+
+
+def get(name: str) -> Algorithm:
+    return BY_NAME[name]
+
+
+def choose(p: ConvParams) -> str:
+    """The ``auto`` choice: a pure function of the layer description (locked by a table test)."""
+    if p.kh == 1 and p.kw == 1 and p.pad == (0, 0, 0, 0):
+        return "pointwise"
+    if (p.kh, p.kw, p.stride, p.dilation) == (3, 3, (1, 1), (1, 1)) and p.c_in_per_group >= 16 \
+            and p.c_out_per_group >= 16:
+        return "winograd"
+    # few input taps per output (LeNet, the RGB stem, depthwise): GEMM would be too thin
+    if p.c_in_per_group * p.kh * p.kw < 32 or p.is_depthwise:
+        return "direct"
+    return "im2col"
+
+
+def select(p: ConvParams, algo: str = "auto") -> Algorithm:
+    """The algorithm to run ``p`` with; an explicit algorithm that cannot run it raises its reason."""
+    if algo == "auto":
+        chosen = get(choose(p))
+        if chosen.supports(p) is None:
+            return chosen
+        return get("direct")  # direct runs every valid case
+    if algo not in BY_NAME:
+        raise ValueError(f"algo must be 'auto' or one of {', '.join(map(repr, names()))}; got {algo!r}")
+    chosen = get(algo)
+    reason = chosen.supports(p)
+    if reason is not None:
+        raise ValueError(f"algo={algo!r} cannot run this convolution ({p.describe()}): {reason}")
+    return chosen
+
+
+# --- workspace budget -------------------------------------------------------------------
+_WORKSPACE_LIMIT = [2 * 1024 ** 3]  # bytes; settable with set_workspace_limit
+
+
+def set_workspace_limit(nbytes: int) -> None:
+    """Largest scratch buffer a kernel may allocate; a larger need raises MemoryError first."""
+    if int(nbytes) < 0:
+        raise ValueError(f"workspace limit must be >= 0 bytes, got {nbytes}")
+    _WORKSPACE_LIMIT[0] = int(nbytes)
+
+
+def get_workspace_limit() -> int:
+    return _WORKSPACE_LIMIT[0]
+
+
+def check_workspace(alg: Algorithm, p: ConvParams) -> None:
+    need = alg.workspace_bytes(p)
+    if need > _WORKSPACE_LIMIT[0]:
+        raise MemoryError(f"{alg.name} needs a {need:,}-byte workspace for {p.describe()}, over the "
+                          f"limit of {_WORKSPACE_LIMIT[0]:,} bytes (fastconv.set_workspace_limit)")
+
+
+class Plan:
+    """Prepared weights for one layer shape: ``prepare`` once, ``run`` many times."""
+
+    def __init__(self, algorithm: Algorithm, w: np.ndarray, b: np.ndarray | None, p: ConvParams):
+        self.algorithm, self.params = algorithm, p
+        self.packed = algorithm.prepare(w, b, p) if p.n > 0 else None
+
+    def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        p = self.params
+        if out is None:
+            out = np.empty(p.out_shape, dtype=p.dtype)
+        if p.n > 0:
+            self.algorithm.run(x, self.packed, p, out)
+        return out
+
+
+# --- pooling ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PoolKernel:
+    """A registered pooling kernel: ``run(x, p, out, indices)`` from a compiled module."""
+
+    name: str                      # "max", "avg" or "adaptive_avg" (= PoolParams.kind)
+    module: str
+    language: str
+    summary: str
+
+    @cached_property
+    def kernel(self):
+        mod = importlib.import_module(self.module)
+        threads.apply()
+        return mod
+
+    def run(self, x: np.ndarray, p, out: np.ndarray, indices: np.ndarray | None = None) -> None:
+        k, nt = self.kernel, threads.get_num_threads()
+        if p.kind == "max":
+            idx = indices if indices is not None else np.empty((1, 1, 1, 1), dtype=np.int64)
+            k.max_pool2d(x, out, idx, indices is not None, *p.kernel, *p.stride, *p.padding, *p.dilation, nt)
+        elif p.kind == "avg":
+            k.avg_pool2d(x, out, *p.kernel, *p.stride, *p.padding, p.count_include_pad,
+                         p.divisor_override or 0, nt)
+        else:
+            k.adaptive_avg_pool2d(x, out, nt)
+
+
+POOL_REGISTRY: list[PoolKernel] = [
+    PoolKernel("max", _K + "pool", "cython", "max pooling with optional argmax indices"),
+    PoolKernel("avg", _K + "pool", "cython", "average pooling (count_include_pad, divisor_override)"),
+    PoolKernel("adaptive_avg", _K + "pool", "cython", "adaptive / global average pooling"),
+]
+POOLS: dict[str, PoolKernel] = {k.name: k for k in POOL_REGISTRY}

@@ -1,0 +1,70 @@
+"""``torch.nn.functional``-compatible ops on NumPy arrays (and torch CPU tensors).
+
+Each op is the same four steps: validate (`fastconv.validate`) → describe (`ConvParams` /
+`PoolParams`) → choose the algorithm (`fastconv.dispatch`) → run the compiled kernel into a
+freshly allocated output. The output has the input's dtype and array type: NumPy in → NumPy
+out, torch tensor in → torch tensor out (sharing the result's memory, no copy).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import dispatch, validate
+from .validate import IntOrPair
+
+
+def _like(result: np.ndarray, original: Any):
+    """Return ``result`` in the array type of ``original`` (torch tensors stay torch tensors)."""
+    if type(original).__module__.startswith("torch"):
+        import torch
+        return torch.from_numpy(result)
+    return result
+
+
+def conv2d(input: Any, weight: Any, bias: Any = None, stride: IntOrPair = 1,
+           padding: IntOrPair | str = 0, dilation: IntOrPair = 1, groups: int = 1, *,
+           algo: str = "auto"):
+    """2-D convolution (cross-correlation) of NCHW ``input`` with OIHW ``weight``, as
+    ``torch.nn.functional.conv2d``; ``algo`` is ``"auto"`` or a name in `fastconv.algorithms()`."""
+    x, w, b, p, unbatched = validate.conv2d_args(input, weight, bias, stride, padding, dilation, groups)
+    plan = dispatch.Plan(dispatch.select(p, validate.algo_name(algo, dispatch.names())), w, b, p)
+    out = plan.run(x)
+    return _like(out[0] if unbatched else out, input)
+
+
+def max_pool2d(input: Any, kernel_size: IntOrPair, stride: IntOrPair | None = None,
+               padding: IntOrPair = 0, dilation: IntOrPair = 1, ceil_mode: bool = False,
+               return_indices: bool = False):
+    """Max pooling, as ``torch.nn.functional.max_pool2d`` (indices are flat ``h*W + w``)."""
+    x, p, unbatched = validate.max_pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode)
+    out = np.empty(p.out_shape, dtype=x.dtype)
+    idx = np.empty(p.out_shape, dtype=np.int64) if return_indices else None
+    if p.n > 0:
+        dispatch.POOLS["max"].run(x, p, out, idx)
+    if unbatched:
+        out, idx = out[0], (idx[0] if idx is not None else None)
+    return (_like(out, input), _like(idx, input)) if return_indices else _like(out, input)
+
+
+def avg_pool2d(input: Any, kernel_size: IntOrPair, stride: IntOrPair | None = None,
+               padding: IntOrPair = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: int | None = None):
+    """Average pooling, as ``torch.nn.functional.avg_pool2d``."""
+    x, p, unbatched = validate.avg_pool2d_args(input, kernel_size, stride, padding, ceil_mode,
+                                               count_include_pad, divisor_override)
+    out = np.empty(p.out_shape, dtype=x.dtype)
+    if p.n > 0:
+        dispatch.POOLS["avg"].run(x, p, out)
+    return _like(out[0] if unbatched else out, input)
+
+
+def adaptive_avg_pool2d(input: Any, output_size: IntOrPair):
+    """Adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``
+    (``output_size=1`` is global average pooling)."""
+    x, p, unbatched = validate.adaptive_avg_pool2d_args(input, output_size)
+    out = np.empty(p.out_shape, dtype=x.dtype)
+    if p.n > 0:
+        dispatch.POOLS["adaptive_avg"].run(x, p, out)
+    return _like(out[0] if unbatched else out, input)

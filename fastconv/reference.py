@@ -1,0 +1,106 @@
+"""The naive float64 oracle — for tests and the benchmark's error column, never for speed.
+
+Written straight from the definition of seed 003: output channel ``p`` is
+``Z^p = Σ_d W^{p,d} ⊗ X^d + b^p`` (a cross-correlation, as in every CNN library):
+
+    Z[n, p, i, j] = b[p] + Σ_d Σ_u Σ_v  W[p, d, u, v] · X_pad[n, g·C_g + d, i·S_h + u·D_h, j·S_w + v·D_w]
+
+The only liberty taken is vectorising over (n, p, i, j) so that the oracle is usable on
+real layer sizes; the loops over the kernel taps (u, v) and groups are literal. Everything
+is accumulated in float64, whatever the input dtype. Arguments are assumed valid: the
+public ops (and the tests) go through `fastconv.validate` first.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .params import ConvParams, PoolParams, adaptive_bounds
+
+
+def _pad(x: np.ndarray, top: int, bottom: int, left: int, right: int, value: float = 0.0) -> np.ndarray:
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def _tap(xp: np.ndarray, u: int, v: int, oh: int, ow: int, s: tuple[int, int], d: tuple[int, int]) -> np.ndarray:
+    """The input pixels that kernel tap (u, v) meets, for every output pixel: [N, C, oh, ow]."""
+    r0, c0 = u * d[0], v * d[1]
+    return xp[:, :, r0:r0 + s[0] * (oh - 1) + 1:s[0], c0:c0 + s[1] * (ow - 1) + 1:s[1]]
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams) -> np.ndarray:
+    """float64 convolution of 4-D ``x`` with ``w`` as described by ``p``."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    xp = _pad(x, *p.pad)
+    out = np.zeros(p.out_shape, dtype=np.float64)
+    cig, cog = p.c_in_per_group, p.c_out_per_group
+    for g in range(p.groups):
+        xg = xp[:, g * cig:(g + 1) * cig]
+        wg = w[g * cog:(g + 1) * cog]
+        for u in range(p.kh):
+            for v in range(p.kw):
+                # Σ_d W[p, d, u, v] · X[n, d, ...] for every (n, p, i, j)
+                out[:, g * cog:(g + 1) * cog] += np.einsum(
+                    "pd,ndij->npij", wg[:, :, u, v], _tap(xg, u, v, p.out_h, p.out_w, p.stride, p.dilation))
+    if b is not None:
+        out += np.asarray(b, dtype=np.float64)[None, :, None, None]
+    return out
+
+
+def max_pool2d(x: np.ndarray, p: PoolParams, return_indices: bool = False):
+    """Max over each window; padding never wins. NaN propagates (a NaN in the window is the max,
+    and its index is the last NaN seen in row-major window order — torch's rule)."""
+    x = np.asarray(x, dtype=np.float64)
+    (ph, pw), (kh, kw) = p.padding, p.kernel
+    # pad enough on the right for ceil_mode windows; padded cells are -inf and never chosen
+    extra_h = max(0, (p.out_h - 1) * p.stride[0] + (kh - 1) * p.dilation[0] + 1 - (p.h + 2 * ph))
+    extra_w = max(0, (p.out_w - 1) * p.stride[1] + (kw - 1) * p.dilation[1] + 1 - (p.w + 2 * pw))
+    xp = _pad(x, ph, ph + extra_h, pw, pw + extra_w, value=-np.inf)
+    rows = np.arange(xp.shape[2])[:, None] - ph
+    cols = np.arange(xp.shape[3])[None, :] - pw
+    flat = (rows * p.w + cols).astype(np.int64)
+    best = np.full(p.out_shape, -np.inf)
+    idx = np.full(p.out_shape, -1, dtype=np.int64)
+    for u in range(kh):
+        for v in range(kw):
+            val = _tap(xp, u, v, p.out_h, p.out_w, p.stride, p.dilation)
+            where = _tap(np.broadcast_to(flat, (1, 1) + flat.shape), u, v, p.out_h, p.out_w, p.stride, p.dilation)
+            take = (val > best) | np.isnan(val)
+            best = np.where(take, val, best)
+            idx = np.where(take, np.broadcast_to(where, idx.shape), idx)
+    return (best, idx) if return_indices else best
+
+
+def _avg_divisors(size: int, out: int, k: int, s: int, pad: int, include_pad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output pixel along one axis: clipped window start/end and the count torch divides by."""
+    start = np.arange(out) * s - pad
+    end = np.minimum(start + k, size + pad)
+    pool = end - start  # includes padding, but not the ceil_mode overhang past size + pad
+    start_c, end_c = np.maximum(start, 0), np.minimum(end, size)
+    return start_c, end_c, (pool if include_pad else end_c - start_c)
+
+
+def avg_pool2d(x: np.ndarray, p: PoolParams) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    hs, he, hdiv = _avg_divisors(p.h, p.out_h, p.kernel[0], p.stride[0], p.padding[0], p.count_include_pad)
+    ws, we, wdiv = _avg_divisors(p.w, p.out_w, p.kernel[1], p.stride[1], p.padding[1], p.count_include_pad)
+    return _window_sums(x, hs, he, ws, we) / (
+        p.divisor_override if p.divisor_override is not None else np.outer(hdiv, wdiv))
+
+
+def adaptive_avg_pool2d(x: np.ndarray, p: PoolParams) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    hs, he = adaptive_bounds(p.h, p.out_h)
+    ws, we = adaptive_bounds(p.w, p.out_w)
+    return _window_sums(x, hs, he, ws, we) / np.outer(he - hs, we - ws)
+
+
+def _window_sums(x: np.ndarray, hs, he, ws, we) -> np.ndarray:
+    """Sum of x over each rectangular window [hs:he, ws:we] — one literal window at a time, so
+    Inf and NaN propagate exactly as they would by hand. An empty window (a ceil_mode window
+    wholly in the padding) sums to 0, as in torch."""
+    out = np.zeros(x.shape[:2] + (len(hs), len(ws)))
+    for i, (h0, h1) in enumerate(zip(hs, he)):
+        for j, (w0, w1) in enumerate(zip(ws, we)):
+            out[:, :, i, j] = x[:, :, h0:h1, w0:w1].sum(axis=(2, 3))
+    return out

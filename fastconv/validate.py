@@ -1,0 +1,236 @@
+"""Argument checking and array normalisation — the only place that raises for bad input.
+
+Every public op calls one function here, which returns C-contiguous float32/float64 NCHW
+arrays and a frozen `ConvParams`/`PoolParams`. Kernels may then assume everything is valid.
+Messages name the argument, what was given and what was expected. Inputs are never
+modified: a non-contiguous, Fortran-ordered, negative-stride or read-only input is copied
+(only if needed) into a fresh contiguous array.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Sequence
+
+import numpy as np
+
+from .params import ConvParams, PoolParams
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+IntOrPair = int | Sequence[int]
+
+
+# --- arrays -----------------------------------------------------------------------------
+def as_array(x: Any, name: str) -> np.ndarray:
+    """Any array-like (NumPy array, torch CPU tensor, nested lists) → ndarray, dtype checked."""
+    if x is None:
+        raise TypeError(f"{name} must be an array, got None")
+    if hasattr(x, "detach") and hasattr(x, "numpy"):  # torch tensor, without importing torch
+        if getattr(x, "device", None) is not None and str(x.device) != "cpu":
+            raise ValueError(f"{name} must be a CPU tensor, got one on device {x.device}")
+        x = x.detach().resolve_conj().resolve_neg().numpy() if hasattr(x, "resolve_conj") else x.detach().numpy()
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be an array of float32 or float64, got {type(x).__name__}: {exc}") from None
+    if arr.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got dtype {arr.dtype}")
+    return arr
+
+
+def _contiguous(arr: np.ndarray) -> np.ndarray:
+    # ascontiguousarray returns the same object when it already is C-contiguous; kernels only
+    # read their inputs, so a read-only array is fine as it is.
+    return np.ascontiguousarray(arr)
+
+
+# --- scalar arguments --------------------------------------------------------------------
+def _as_int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {type(value).__name__} {value!r}") from None
+
+
+def pair(value: Any, name: str) -> tuple[int, int]:
+    """An int or a sequence of 1 or 2 ints → (height, width), as torch's ``_pair``."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, Sequence) or isinstance(value, np.ndarray):
+        items = list(value)
+        if len(items) == 1:
+            items = items * 2
+        if len(items) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {len(items)} values {tuple(value)!r}")
+        return _as_int(items[0], name), _as_int(items[1], name)
+    v = _as_int(value, name)
+    return v, v
+
+
+def positive_pair(value: Any, name: str) -> tuple[int, int]:
+    a, b = pair(value, name)
+    if a < 1 or b < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return a, b
+
+
+def nonnegative_pair(value: Any, name: str) -> tuple[int, int]:
+    a, b = pair(value, name)
+    if a < 0 or b < 0:
+        raise ValueError(f"{name} must be non-negative, got {value!r}")
+    return a, b
+
+
+def _batched(arr: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+    """3-D (C, H, W) or 4-D (N, C, H, W) → 4-D, and whether a batch axis was added."""
+    if arr.ndim == 4:
+        return arr, False
+    if arr.ndim == 3:
+        return arr[None], True
+    raise ValueError(f"{name} must be 3-D (C, H, W) or 4-D (N, C, H, W), got {arr.ndim}-D array of shape {arr.shape}")
+
+
+# --- conv2d ------------------------------------------------------------------------------
+def conv2d_args(input: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any,
+                groups: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, ConvParams, bool]:
+    """Validate a ``conv2d`` call → ``(x, w, b, params, unbatched)`` with contiguous arrays."""
+    x = as_array(input, "input")
+    w = as_array(weight, "weight")
+    x4, unbatched = _batched(x, "input")
+    if w.ndim != 4:
+        raise ValueError(f"weight must be 4-D (C_out, C_in/groups, kH, kW), got {w.ndim}-D array of shape {w.shape}")
+    if w.dtype != x.dtype:
+        raise TypeError(f"weight dtype {w.dtype} does not match input dtype {x.dtype}; cast one of them")
+    g = _as_int(groups, "groups")
+    if g < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    n, c_in, h, wd = x4.shape
+    c_out, c_in_g, kh, kw = w.shape
+    if min(c_out, c_in_g, kh, kw) < 1:
+        raise ValueError(f"weight must have positive sizes (C_out, C_in/groups, kH, kW), got shape {w.shape}")
+    if c_in % g:
+        raise ValueError(f"input channels C_in={c_in} must be divisible by groups={g}")
+    if c_out % g:
+        raise ValueError(f"weight.shape[0] (C_out={c_out}) must be divisible by groups={g}")
+    if c_in != c_in_g * g:
+        raise ValueError(f"input has C_in={c_in} channels (shape {x.shape}) but weight expects "
+                         f"weight.shape[1] * groups = {c_in_g} * {g} = {c_in_g * g}")
+    s = positive_pair(stride, "stride")
+    d = positive_pair(dilation, "dilation")
+    pad = conv_padding(padding, s, d, (kh, kw))
+    b = None
+    if bias is not None:
+        b = as_array(bias, "bias")
+        if b.dtype != x.dtype:
+            raise TypeError(f"bias dtype {b.dtype} does not match input dtype {x.dtype}")
+        if b.shape != (c_out,):
+            raise ValueError(f"bias must be 1-D of length C_out={c_out}, got shape {b.shape}")
+        b = _contiguous(b)
+    for axis, size, k, dil, before, after in (("height", h, kh, d[0], pad[0], pad[1]),
+                                               ("width", wd, kw, d[1], pad[2], pad[3])):
+        effective = dil * (k - 1) + 1
+        if effective > size + before + after:
+            raise ValueError(f"kernel {axis} (dilation·(K−1)+1 = {effective}) is larger than the padded "
+                             f"input {axis} ({size} + {before} + {after} = {size + before + after})")
+    p = ConvParams(n, c_in, h, wd, c_out, kh, kw, s, pad, d, g, x.dtype.name, b is not None)
+    return _contiguous(x4), _contiguous(w), b, p, unbatched
+
+
+def conv_padding(padding: Any, stride: tuple[int, int], dilation: tuple[int, int],
+                 kernel: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``padding`` (int, pair, ``"valid"`` or ``"same"``) → (top, bottom, left, right)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' is only supported with stride 1 (as in torch), got stride={stride}")
+            out = []
+            for k, dil in zip(kernel, dilation):
+                total = dil * (k - 1)
+                out += [total // 2, total - total // 2]  # torch puts the odd pixel after
+            return tuple(out)
+        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+    ph, pw = nonnegative_pair(padding, "padding")
+    return (ph, ph, pw, pw)
+
+
+# --- pools -------------------------------------------------------------------------------
+def _pool_input(input: Any) -> tuple[np.ndarray, bool]:
+    x4, unbatched = _batched(as_array(input, "input"), "input")
+    if min(x4.shape[1:]) < 1:
+        raise ValueError(f"input must have non-zero channels, height and width, got shape {x4.shape[1:] if not unbatched else x4.shape[1:]}")
+    return x4, unbatched
+
+
+def _pool_window(x4: np.ndarray, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+                 ceil_mode: Any, dilated_pad_rule: bool):
+    k = positive_pair(kernel_size, "kernel_size")
+    s = k if stride is None or (isinstance(stride, Sequence) and len(stride) == 0) else positive_pair(stride, "stride")
+    pad = nonnegative_pair(padding, "padding")
+    d = positive_pair(dilation, "dilation")
+    for axis, kk, pp, dd in (("height", k[0], pad[0], d[0]), ("width", k[1], pad[1], d[1])):
+        # torch: pad <= kernel/2 (max pool measures the dilated kernel)
+        limit = ((kk - 1) * dd + 1) // 2 if dilated_pad_rule else kk // 2
+        if pp > limit:
+            raise ValueError(f"padding {axis} {pp} must be at most half of the "
+                             f"{'effective ' if dilated_pad_rule else ''}kernel size ({limit}), got padding={padding!r}, kernel_size={kernel_size!r}")
+    if not isinstance(ceil_mode, (bool, np.bool_)):
+        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
+    return k, s, pad, d, bool(ceil_mode)
+
+
+def _check_pool_output(p: PoolParams, x4: np.ndarray) -> None:
+    if p.out_h < 1 or p.out_w < 1:
+        raise ValueError(f"output size {p.out_h}x{p.out_w} is too small: kernel {p.kernel}, stride {p.stride}, "
+                         f"padding {p.padding}, dilation {p.dilation} over input {x4.shape[2]}x{x4.shape[3]}")
+
+
+def max_pool2d_args(input: Any, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+                    ceil_mode: Any) -> tuple[np.ndarray, PoolParams, bool]:
+    x4, unbatched = _pool_input(input)
+    k, s, pad, d, ceil = _pool_window(x4, kernel_size, stride, padding, dilation, ceil_mode, True)
+    p = PoolParams("max", *x4.shape, kernel=k, stride=s, padding=pad, dilation=d, ceil_mode=ceil,
+                   dtype=x4.dtype.name)
+    _check_pool_output(p, x4)
+    return _contiguous(x4), p, unbatched
+
+
+def avg_pool2d_args(input: Any, kernel_size: Any, stride: Any, padding: Any, ceil_mode: Any,
+                    count_include_pad: Any, divisor_override: Any) -> tuple[np.ndarray, PoolParams, bool]:
+    x4, unbatched = _pool_input(input)
+    k, s, pad, d, ceil = _pool_window(x4, kernel_size, stride, padding, 1, ceil_mode, False)
+    if not isinstance(count_include_pad, (bool, np.bool_)):
+        raise TypeError(f"count_include_pad must be a bool, got {count_include_pad!r}")
+    div = None
+    if divisor_override is not None:
+        div = _as_int(divisor_override, "divisor_override")
+        if div == 0:
+            raise ValueError("divisor_override must be a non-zero int, got 0")
+    p = PoolParams("avg", *x4.shape, kernel=k, stride=s, padding=pad, ceil_mode=ceil,
+                   count_include_pad=bool(count_include_pad), divisor_override=div, dtype=x4.dtype.name)
+    _check_pool_output(p, x4)
+    return _contiguous(x4), p, unbatched
+
+
+def adaptive_avg_pool2d_args(input: Any, output_size: Any) -> tuple[np.ndarray, PoolParams, bool]:
+    x4, unbatched = _pool_input(input)
+    if output_size is None or isinstance(output_size, (str, bytes)):
+        raise TypeError(f"output_size must be an int or a pair of ints/None, got {output_size!r}")
+    items = list(output_size) if isinstance(output_size, Sequence) else [output_size, output_size]
+    if len(items) == 1:
+        items = items * 2
+    if len(items) != 2:
+        raise ValueError(f"output_size must be an int or a pair, got {output_size!r}")
+    size = tuple(x4.shape[2 + i] if v is None else _as_int(v, "output_size") for i, v in enumerate(items))
+    if min(size) < 1:
+        raise ValueError(f"output_size must be positive, got {output_size!r}")
+    p = PoolParams("adaptive_avg", *x4.shape, output_size=size, dtype=x4.dtype.name)
+    return _contiguous(x4), p, unbatched
+
+
+def algo_name(algo: Any, known: Sequence[str]) -> str:
+    if not isinstance(algo, str) or (algo != "auto" and algo not in known):
+        raise ValueError(f"algo must be 'auto' or one of {', '.join(repr(k) for k in known)}; got {algo!r}")
+    return algo
