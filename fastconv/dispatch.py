@@ -177,6 +177,7 @@ class Plan:
 
     def __init__(self, algorithm: Algorithm, w: np.ndarray, b: np.ndarray | None, p: ConvParams):
         self.algorithm, self.params = algorithm, p
+        check_workspace(algorithm, p)  # before prepare allocates the packed weights
         self.packed = algorithm.prepare(w, b, p) if p.n > 0 else None
 
     def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
