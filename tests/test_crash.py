@@ -327,3 +327,15 @@ def test_guarded_buffers():
     assert proc.returncode >= 0, f"killed by signal {-proc.returncode} during {last[0]}\n{proc.stderr[-2000:]}"
     assert proc.returncode == 0 and proc.stdout.rstrip().endswith("DONE"), \
         f"failed during {last[0]}:\n{proc.stderr[-3000:]}"
+
+
+def test_guard_pages_do_catch_an_overread():
+    """The proof above is only as good as its guards: one element past a guarded array faults."""
+    probe = GUARD.split("# (n, c_in")[0] + textwrap.dedent('''
+        a = guarded((5, 7), np.float32, "tail")
+        ctypes.c_float.from_address(a.ctypes.data + a.nbytes).value
+        print("NOT CAUGHT", flush=True)
+    ''')
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          cwd=tempfile.gettempdir())
+    assert proc.returncode < 0 and "NOT CAUGHT" not in proc.stdout, (proc.returncode, proc.stderr[-500:])
