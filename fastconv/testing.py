@@ -4,7 +4,7 @@
   asymmetric and ``"same"``/``"valid"``, dilation 1–3, groups (1, 2, depthwise), kernels 1x1…11x11
   and non-square, odd spatial sizes and batch 0/1/N. Sizes are deliberately odd (STYLE §9):
   remainders of every tile and vector width get exercised.
-* `conv_error_bound` / `assert_conv_close`: the accuracy contract. A kernel's error at each
+* `conv_error_bound` / `error_scale` / `assert_conv_close`: the accuracy contract. A kernel's error at each
   output must satisfy ``|y − ref| ≤ tol · (|W| ⊛ |X| + |b|)`` — relative to the sum of absolute
   products that output adds up, which is the natural scale of floating-point rounding in a dot
   product (a plain relative error is meaningless where terms cancel to ~0).
@@ -117,12 +117,38 @@ def conv_error_bound(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: Conv
     return reference.conv2d(np.abs(x4), np.abs(w), None if b is None else np.abs(b), p)
 
 
+def error_scale(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams,
+                kind: str = "output") -> np.ndarray:
+    """The scale each output's error is measured against, broadcast to the output shape.
+
+    * "output": ``|W| ⊛ |X| + |b|`` — the sum of absolute products that output adds up;
+    * "norm": ``‖W[co]‖₁ · max|X[n, group]| + |b[co]|`` — for algorithms that mix pixels and taps
+      beyond an output's own products (Winograd's transforms mix a whole input tile, even pixels
+      only clipped outputs read), so an output whose own products are all 0 still has error.
+    """
+    x4 = x if x.ndim == 4 else x[None]
+    if kind == "output":
+        return conv_error_bound(x4, w, b, p)
+    if kind != "norm":
+        raise ValueError(f"error scale must be 'output' or 'norm', got {kind!r}")
+    if p.n == 0:
+        return np.zeros(p.out_shape)
+    ax = np.abs(np.asarray(x4, dtype=np.float64)).reshape(p.n, p.groups, -1)
+    xmax = ax.max(axis=2) if ax.shape[2] else np.zeros(ax.shape[:2])               # [n, groups]
+    wsum = np.abs(np.asarray(w, dtype=np.float64)).reshape(p.c_out, -1).sum(axis=1)  # [c_out]
+    scale = wsum[None, :] * np.repeat(xmax, p.c_out_per_group, axis=1)
+    if b is not None:
+        scale = scale + np.abs(np.asarray(b, dtype=np.float64))[None, :]
+    return np.broadcast_to(scale[:, :, None, None], p.out_shape)
+
+
 def conv_errors(y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
-                p: ConvParams) -> tuple[float, float]:
-    """(max |y − ref| / scale, max |y − ref| / max |ref|) of a result against the float64 oracle."""
+                p: ConvParams, scale_kind: str = "output") -> tuple[float, float]:
+    """(max |y − ref| / scale, max |y − ref| / max |ref|) of a result against the float64 oracle.
+    ``scale_kind`` is the algorithm's `error_scale` (see `error_scale`)."""
     x4 = x if x.ndim == 4 else x[None]
     ref = reference.conv2d(x4, w, b, p)
-    scale = conv_error_bound(x, w, b, p)
+    scale = error_scale(x4, w, b, p, scale_kind)
     err = np.abs(np.asarray(y, dtype=np.float64).reshape(ref.shape) - ref)
     with np.errstate(invalid="ignore", divide="ignore"):
         scaled = np.where(scale > 0, err / np.where(scale > 0, scale, 1), np.where(err > 0, np.inf, 0))
@@ -131,12 +157,13 @@ def conv_errors(y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | Non
 
 
 def assert_conv_close(y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
-                      p: ConvParams, tol: float, label: str = "") -> None:
-    """Fail unless every output is within ``tol · (|W| ⊛ |X| + |b|)`` of the float64 reference."""
+                      p: ConvParams, tol: float, label: str = "", scale_kind: str = "output") -> None:
+    """Fail unless every output is within ``tol · (|W| ⊛ |X| + |b|)`` of the float64 reference
+    (or the looser `error_scale` ``scale_kind="norm"``)."""
     assert np.asarray(y).shape == p.out_shape or np.asarray(y).shape == p.out_shape[1:], \
         f"{label}: shape {np.asarray(y).shape} != expected {p.out_shape}"
     assert np.all(np.isfinite(y)), f"{label}: non-finite values in output (unwritten or overflow)"
-    worst, rel = conv_errors(y, x, w, b, p)
+    worst, rel = conv_errors(y, x, w, b, p, scale_kind)
     assert worst <= tol, f"{label}: error {worst:.3g} x scale exceeds tolerance {tol:g} (rel {rel:.3g})"
 
 
