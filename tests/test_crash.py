@@ -289,7 +289,8 @@ GUARD = textwrap.dedent(r'''
                     out[...] = np.nan
                     dispatch.Plan(alg, wt, b, p).run(x, out)
                     if p.n * p.out_h * p.out_w <= 200_000:
-                        assert_conv_close(out, x0, w0, b0, p, alg.tolerance[p.dtype], label=alg.name)
+                        assert_conv_close(out, x0, w0, b0, p, alg.tolerance[p.dtype], label=alg.name,
+                                          scale_kind=alg.error_scale)
                     else:
                         assert not np.isnan(out).any(), f"{alg.name}: output elements left unwritten"
                     KEEP.clear()
