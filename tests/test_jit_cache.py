@@ -64,13 +64,12 @@ def test_corrupted_cache_is_recompiled(tmp_path):
     _run({"NUMBA_CACHE_DIR": str(cache)}, tmp_path)  # populate
     index, code = list(cache.rglob("*.nbi")), list(cache.rglob("*.nbc"))
     assert index and code, f"numba wrote no cache under {cache}"
-    for i, f in enumerate(index + code):  # empty, random, truncated in turn
+    for f in code:  # a valid index that points at junk code
+        f.write_bytes(os.urandom(256))
+    _run({"NUMBA_CACHE_DIR": str(cache)}, tmp_path)
+    for i, f in enumerate(index):  # broken indexes: empty, random, truncated in turn
         data = f.read_bytes()
         f.write_bytes([b"", os.urandom(64), data[: len(data) // 2]][i % 3])
-    _run({"NUMBA_CACHE_DIR": str(cache)}, tmp_path)
-    # the run above rewrote a valid cache; now keep the index and make every code file junk
-    for f in cache.rglob("*.nbc"):
-        f.write_bytes(os.urandom(256))
     _run({"NUMBA_CACHE_DIR": str(cache)}, tmp_path)
 
 
