@@ -15,6 +15,8 @@ does not start the JIT.
 from __future__ import annotations
 
 import importlib
+import math
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -139,16 +141,50 @@ def check_workspace(alg: Algorithm, p: ConvParams) -> None:
                           f"limit of {_WORKSPACE_LIMIT[0]:,} bytes (fastconv.set_workspace_limit)")
 
 
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return 1 << 62
+
+
+# An output that cannot fit in RAM must raise, not be handed to the OS: a lazily committed
+# np.empty "succeeds" and the process is OOM-killed while the kernel writes into it.
+_OUTPUT_LIMIT = [_physical_memory()]
+
+
+def set_output_limit(nbytes: int) -> None:
+    """Largest output array an op may allocate (default: physical memory); larger raises MemoryError."""
+    if int(nbytes) < 0:
+        raise ValueError(f"output limit must be >= 0 bytes, got {nbytes}")
+    _OUTPUT_LIMIT[0] = int(nbytes)
+
+
+def get_output_limit() -> int:
+    return _OUTPUT_LIMIT[0]
+
+
+def check_output(shape: tuple[int, ...], dtype: Any, what: str) -> None:
+    """Raise MemoryError, naming the size, before allocating an output over the limit."""
+    need = math.prod(shape) * np.dtype(dtype).itemsize
+    if need > _OUTPUT_LIMIT[0]:
+        raise MemoryError(f"{what}: the output {tuple(shape)} needs {need:,} bytes, over the limit of "
+                          f"{_OUTPUT_LIMIT[0]:,} bytes (fastconv.dispatch.set_output_limit)")
+
+
 class Plan:
     """Prepared weights for one layer shape: ``prepare`` once, ``run`` many times."""
 
     def __init__(self, algorithm: Algorithm, w: np.ndarray, b: np.ndarray | None, p: ConvParams):
         self.algorithm, self.params = algorithm, p
+        check_workspace(algorithm, p)  # before prepare allocates the packed weights
         self.packed = algorithm.prepare(w, b, p) if p.n > 0 else None
 
     def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         p = self.params
         if out is None:
+            check_workspace(self.algorithm, p)  # both budgets before the first byte is allocated
+            check_output(p.out_shape, p.dtype, f"conv2d ({p.describe()})")
             out = np.empty(p.out_shape, dtype=p.dtype)
         if p.n > 0:
             self.algorithm.run(x, self.packed, p, out)

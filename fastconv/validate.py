@@ -16,6 +16,9 @@ import numpy as np
 from .params import ConvParams, PoolParams
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Every integer argument (sizes, strides, padding, dilation, groups, divisor) must fit a C int:
+# the Cython kernels take C ints, and it keeps all index arithmetic far from int64 overflow.
+INT_MAX = 2 ** 31 - 1
 IntOrPair = int | Sequence[int]
 
 
@@ -48,9 +51,12 @@ def _as_int(value: Any, name: str) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got bool {value!r}")
     try:
-        return operator.index(value)
+        v = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an int or a pair of ints, got {type(value).__name__} {value!r}") from None
+    if abs(v) > INT_MAX:
+        raise ValueError(f"{name} must be at most 2**31 - 1 in magnitude, got {v}")
+    return v
 
 
 def pair(value: Any, name: str) -> tuple[int, int]:
@@ -106,6 +112,8 @@ def conv2d_args(input: Any, weight: Any, bias: Any, stride: Any, padding: Any, d
     if g < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     n, c_in, h, wd = x4.shape
+    if h < 1 or wd < 1:  # as torch: only the batch may be empty
+        raise ValueError(f"input must have non-zero height and width, got shape {x.shape}")
     c_out, c_in_g, kh, kw = w.shape
     if min(c_out, c_in_g, kh, kw) < 1:
         raise ValueError(f"weight must have positive sizes (C_out, C_in/groups, kH, kW), got shape {w.shape}")
