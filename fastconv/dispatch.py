@@ -146,8 +146,10 @@ class Plan:
         self.algorithm, self.params = algorithm, p
         self.packed = algorithm.prepare(w, b, p) if p.n > 0 else None
 
-    def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        p = self.params
+    def run(self, x: np.ndarray, out: np.ndarray | None = None, p: ConvParams | None = None) -> np.ndarray:
+        """``p`` runs the plan on another batch size (``self.params.with_batch(n)``): the prepared
+        weights do not depend on the batch, so a layer keeps one plan for every batch."""
+        p = self.params if p is None else p
         if out is None:
             out = np.empty(p.out_shape, dtype=p.dtype)
         if p.n > 0:
