@@ -48,26 +48,29 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams) ->
 
 
 def max_pool2d(x: np.ndarray, p: PoolParams, return_indices: bool = False):
-    """Max over each window; padding never wins. NaN propagates (a NaN in the window is the max,
-    and its index is the last NaN seen in row-major window order — torch's rule)."""
+    """Max over each window; padding never wins. Scanning the window row by row, a value is
+    taken if it is the first real pixel, greater than the best so far, or NaN — torch's rule,
+    so NaN propagates and its index is the last NaN seen."""
     x = np.asarray(x, dtype=np.float64)
     (ph, pw), (kh, kw) = p.padding, p.kernel
-    # pad enough on the right for ceil_mode windows; padded cells are -inf and never chosen
+    # pad enough on the right for ceil_mode windows; padded cells are marked invalid
     extra_h = max(0, (p.out_h - 1) * p.stride[0] + (kh - 1) * p.dilation[0] + 1 - (p.h + 2 * ph))
     extra_w = max(0, (p.out_w - 1) * p.stride[1] + (kw - 1) * p.dilation[1] + 1 - (p.w + 2 * pw))
     xp = _pad(x, ph, ph + extra_h, pw, pw + extra_w, value=-np.inf)
+    valid = _pad(np.ones((1, 1, p.h, p.w), dtype=bool), ph, ph + extra_h, pw, pw + extra_w, value=False)
     rows = np.arange(xp.shape[2])[:, None] - ph
     cols = np.arange(xp.shape[3])[None, :] - pw
-    flat = (rows * p.w + cols).astype(np.int64)
+    flat = np.broadcast_to(rows * p.w + cols, (1, 1) + xp.shape[2:])
     best = np.full(p.out_shape, -np.inf)
     idx = np.full(p.out_shape, -1, dtype=np.int64)
     for u in range(kh):
         for v in range(kw):
             val = _tap(xp, u, v, p.out_h, p.out_w, p.stride, p.dilation)
-            where = _tap(np.broadcast_to(flat, (1, 1) + flat.shape), u, v, p.out_h, p.out_w, p.stride, p.dilation)
-            take = (val > best) | np.isnan(val)
+            ok = _tap(valid, u, v, p.out_h, p.out_w, p.stride, p.dilation)
+            where = _tap(flat, u, v, p.out_h, p.out_w, p.stride, p.dilation)
+            take = ok & ((val > best) | np.isnan(val) | (idx < 0))
             best = np.where(take, val, best)
-            idx = np.where(take, np.broadcast_to(where, idx.shape), idx)
+            idx = np.where(take, where, idx)
     return (best, idx) if return_indices else best
 
 

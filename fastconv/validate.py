@@ -160,22 +160,19 @@ def conv_padding(padding: Any, stride: tuple[int, int], dilation: tuple[int, int
 def _pool_input(input: Any) -> tuple[np.ndarray, bool]:
     x4, unbatched = _batched(as_array(input, "input"), "input")
     if min(x4.shape[1:]) < 1:
-        raise ValueError(f"input must have non-zero channels, height and width, got shape {x4.shape[1:] if not unbatched else x4.shape[1:]}")
+        raise ValueError(f"input must have non-zero channels, height and width, got shape {x4.shape[1:]}")
     return x4, unbatched
 
 
-def _pool_window(x4: np.ndarray, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
-                 ceil_mode: Any, dilated_pad_rule: bool):
+def _pool_window(kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: Any):
     k = positive_pair(kernel_size, "kernel_size")
     s = k if stride is None or (isinstance(stride, Sequence) and len(stride) == 0) else positive_pair(stride, "stride")
     pad = nonnegative_pair(padding, "padding")
     d = positive_pair(dilation, "dilation")
-    for axis, kk, pp, dd in (("height", k[0], pad[0], d[0]), ("width", k[1], pad[1], d[1])):
-        # torch: pad <= kernel/2 (max pool measures the dilated kernel)
-        limit = ((kk - 1) * dd + 1) // 2 if dilated_pad_rule else kk // 2
-        if pp > limit:
-            raise ValueError(f"padding {axis} {pp} must be at most half of the "
-                             f"{'effective ' if dilated_pad_rule else ''}kernel size ({limit}), got padding={padding!r}, kernel_size={kernel_size!r}")
+    for axis, kk, pp in (("height", k[0], pad[0]), ("width", k[1], pad[1])):
+        if pp > kk // 2:  # torch's rule, for every pool (the undilated kernel size counts)
+            raise ValueError(f"padding must be at most half of kernel_size along {axis} "
+                             f"({kk} // 2 = {kk // 2}), got padding={padding!r}, kernel_size={kernel_size!r}")
     if not isinstance(ceil_mode, (bool, np.bool_)):
         raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
     return k, s, pad, d, bool(ceil_mode)
@@ -190,7 +187,7 @@ def _check_pool_output(p: PoolParams, x4: np.ndarray) -> None:
 def max_pool2d_args(input: Any, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
                     ceil_mode: Any) -> tuple[np.ndarray, PoolParams, bool]:
     x4, unbatched = _pool_input(input)
-    k, s, pad, d, ceil = _pool_window(x4, kernel_size, stride, padding, dilation, ceil_mode, True)
+    k, s, pad, d, ceil = _pool_window(kernel_size, stride, padding, dilation, ceil_mode)
     p = PoolParams("max", *x4.shape, kernel=k, stride=s, padding=pad, dilation=d, ceil_mode=ceil,
                    dtype=x4.dtype.name)
     _check_pool_output(p, x4)
@@ -200,7 +197,7 @@ def max_pool2d_args(input: Any, kernel_size: Any, stride: Any, padding: Any, dil
 def avg_pool2d_args(input: Any, kernel_size: Any, stride: Any, padding: Any, ceil_mode: Any,
                     count_include_pad: Any, divisor_override: Any) -> tuple[np.ndarray, PoolParams, bool]:
     x4, unbatched = _pool_input(input)
-    k, s, pad, d, ceil = _pool_window(x4, kernel_size, stride, padding, 1, ceil_mode, False)
+    k, s, pad, d, ceil = _pool_window(kernel_size, stride, padding, 1, ceil_mode)
     if not isinstance(count_include_pad, (bool, np.bool_)):
         raise TypeError(f"count_include_pad must be a bool, got {count_include_pad!r}")
     div = None

@@ -20,7 +20,7 @@ ctypedef fused floating:
     double
 
 
-def max_pool2d(floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, cnp.int64_t[:, :, :, ::1] idx,
+def max_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, cnp.int64_t[:, :, :, ::1] idx,
                bint want_idx, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
                int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -54,7 +54,7 @@ def max_pool2d(floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, cnp.int64_t
                     idx[n, c, i, j] = best_i
 
 
-def avg_pool2d(floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int kh, int kw, int sh, int sw,
+def avg_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int kh, int kw, int sh, int sw,
                int ph, int pw, bint count_include_pad, long divisor_override, int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
@@ -90,7 +90,7 @@ def avg_pool2d(floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int kh, int
                 out[n, c, i, j] = <floating>(s / div)
 
 
-def adaptive_avg_pool2d(floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int nthreads):
+def adaptive_avg_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t plane, n, c, i, j, r, q, h0, h1, w0, w1

@@ -6,12 +6,21 @@ size). Per image and group, blocks of tiles go through: input transform ``V = B�
 one GEMM per transform point ``M[ξ] = U[ξ] · V[ξ]`` against the weights transformed once in
 `prepare` (``U = G g Gᵀ``) → output transform ``Y = Aᵀ M A`` straight into ``out``.
 Tiles are processed ``TILE_BLOCK`` at a time, so the workspace is bounded.
+
+NaN and Inf: the transforms mix every pixel of a tile (``Inf − Inf`` and ``Inf · 0`` give NaN),
+so a single non-finite input would turn whole tiles to NaN where torch gives ±Inf or finite
+values. A call whose input or weights are not all finite therefore runs the direct kernel —
+detected with one summation pass over the input (a finite sum proves finiteness; an overflow to
+Inf just takes the slower, still exact, path).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
+from . import direct
 from ._numba_config import JIT
 
 # Transform matrices (Lavin & Gray 2015). Rows of Bᵀ/Aᵀ act on a tile of (m+2) input pixels.
@@ -30,6 +39,11 @@ MATRICES = {
     ),
 }
 TILE_BLOCK = 512  # tiles transformed and multiplied together
+
+
+class _Exact(NamedTuple):
+    packed: tuple            # direct.prepare(w, b, p)
+    weights_finite: bool
 
 
 def supports(p, tile: int = 2) -> str | None:
@@ -63,12 +77,19 @@ def prepare(w, b, p, tile: int = 2):
     a = tile + 2
     u = u.reshape(p.groups, p.c_out_per_group, p.c_in_per_group, a * a).transpose(0, 3, 1, 2)
     bias = np.zeros(p.c_out, dtype=w.dtype) if b is None else b
+    # kept for inputs with NaN/Inf (see module docstring): direct's packing is just references
+    exact = _Exact(direct.prepare(w, b, p), bool(np.isfinite(w).all()))
     return (np.ascontiguousarray(u, dtype=w.dtype), np.ascontiguousarray(bias),
-            mats["BT"].astype(w.dtype), mats["AT"].astype(w.dtype))
+            mats["BT"].astype(w.dtype), mats["AT"].astype(w.dtype), exact)
 
 
 def run(x, packed, p, out, tile: int = 2) -> None:
-    u, b, bt, at = packed
+    u, b, bt, at, exact = packed
+    with np.errstate(all="ignore"):  # an overflowing or NaN sum is the answer, not a warning
+        finite = exact.weights_finite and np.isfinite(np.add.reduce(x, axis=None))
+    if not finite:
+        direct.run(x, exact.packed, p, out)
+        return
     th, tw = _tiles(p, tile)
     _winograd(x, u, b, bt, at, out, p.pad[0], p.pad[2], th, tw, min(TILE_BLOCK, th * tw))
 

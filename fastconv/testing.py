@@ -1,0 +1,181 @@
+"""Test support shared by fastconv's tests, fuzzers and benchmarks (like ``numpy.testing``).
+
+* `ConvCase` / `CONV_CASES`: a named table of conv2d cases covering strides 1–4, padding 0–3,
+  asymmetric and ``"same"``/``"valid"``, dilation 1–3, groups (1, 2, depthwise), kernels 1x1…11x11
+  and non-square, odd spatial sizes and batch 0/1/N. Sizes are deliberately odd (STYLE §9):
+  remainders of every tile and vector width get exercised.
+* `conv_error_bound` / `assert_conv_close`: the accuracy contract. A kernel's error at each
+  output must satisfy ``|y − ref| ≤ tol · (|W| ⊛ |X| + |b|)`` — relative to the sum of absolute
+  products that output adds up, which is the natural scale of floating-point rounding in a dot
+  product (a plain relative error is meaningless where terms cancel to ~0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import reference, validate
+from .params import ConvParams
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    name: str
+    n: int = 2
+    c_in: int = 3
+    h: int = 9
+    w: int = 11
+    c_out: int = 5
+    kh: int = 3
+    kw: int = 3
+    stride: Any = 1
+    padding: Any = 0
+    dilation: Any = 1
+    groups: int = 1
+    bias: bool = True
+
+    def arrays(self, dtype=np.float32, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((self.n, self.c_in, self.h, self.w)).astype(dtype)
+        w = rng.standard_normal((self.c_out, self.c_in // self.groups, self.kh, self.kw)).astype(dtype)
+        b = rng.standard_normal(self.c_out).astype(dtype) if self.bias else None
+        return x, w, b
+
+    def kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+
+CONV_CASES: list[ConvCase] = [
+    ConvCase("basic_3x3"),
+    ConvCase("no_bias", bias=False),
+    # strides 1–4
+    ConvCase("stride2_pad1", h=11, w=13, stride=2, padding=1),
+    ConvCase("stride3_k5", h=17, w=16, kh=5, kw=5, stride=3, padding=2),
+    ConvCase("stride4_k11_alexnet", n=1, h=31, w=29, c_out=4, kh=11, kw=11, stride=4, padding=2),
+    ConvCase("stride_pair_2x1", h=10, w=9, stride=(2, 1), padding=1),
+    # padding 0–3, asymmetric pairs, 'same' / 'valid'
+    ConvCase("pad2", padding=2),
+    ConvCase("pad3_k7", h=8, w=9, kh=7, kw=7, padding=3),
+    ConvCase("pad_pair_1x2", padding=(1, 2)),
+    ConvCase("pad_pair_3x0", h=7, w=12, padding=(3, 0)),
+    ConvCase("same_k3", padding="same"),
+    ConvCase("same_even_k4", kh=4, kw=4, padding="same"),   # torch pads 1 before, 2 after
+    ConvCase("same_k2x5_dil2", kh=2, kw=5, dilation=2, padding="same"),
+    ConvCase("valid", padding="valid"),
+    # dilation 1–3
+    ConvCase("dilation2", h=13, w=12, dilation=2, padding=2),
+    ConvCase("dilation3_stride2", h=15, w=17, dilation=3, stride=2, padding=1),
+    ConvCase("dilation_pair_2x1", dilation=(2, 1), padding=1),
+    # groups
+    ConvCase("groups2", c_in=4, c_out=6, groups=2, padding=1),
+    ConvCase("depthwise", c_in=6, c_out=6, groups=6, padding=1),
+    ConvCase("depthwise_x2_stride2", c_in=4, c_out=8, groups=4, stride=2, padding=1),
+    ConvCase("groups3_1x1", c_in=9, c_out=6, kh=1, kw=1, groups=3),
+    # kernel sizes 1x1 … 11x11 and non-square
+    ConvCase("k1", kh=1, kw=1),
+    ConvCase("k1_stride2", h=10, w=9, kh=1, kw=1, stride=2),
+    ConvCase("k1_pad1", kh=1, kw=1, padding=1),
+    ConvCase("k1_stride_pair_3x2_dil2", h=11, w=7, kh=1, kw=1, stride=(3, 2), dilation=2),
+    ConvCase("k1_nin_no_bias", n=1, c_in=16, h=6, w=6, c_out=16, kh=1, kw=1, bias=False),
+    ConvCase("k2", kh=2, kw=2),
+    ConvCase("k4", h=10, w=10, kh=4, kw=4, padding=1),
+    ConvCase("k5_lenet", n=3, c_in=1, h=28, w=28, c_out=10, kh=5, kw=5),
+    ConvCase("k7_stem", n=1, c_in=3, h=23, w=21, c_out=4, kh=7, kw=7, stride=2, padding=3),
+    ConvCase("k11", n=1, h=13, w=14, c_out=3, kh=11, kw=11, padding=1),
+    ConvCase("k1x3", kh=1, kw=3, padding=(0, 1)),
+    ConvCase("k3x1", kh=3, kw=1),
+    ConvCase("k2x5", h=8, w=12, kh=2, kw=5),
+    # odd spatial sizes, tiny maps
+    ConvCase("odd_7x5", h=7, w=5),
+    ConvCase("thin_3x17", h=3, w=17),
+    ConvCase("single_pixel_pad1", h=1, w=1, padding=1),
+    ConvCase("input_equals_kernel", h=3, w=3),
+    ConvCase("winograd_edges_10x7", h=10, w=7, padding=1),
+    ConvCase("winograd_2x3", h=2, w=3, padding=1),
+    # batch 0 / 1 / N
+    ConvCase("batch0", n=0, padding=1),
+    ConvCase("batch1", n=1, padding=1),
+    ConvCase("batch5", n=5, h=6, w=6, padding=1),
+    # enough channels to exercise GEMM blocking remainders
+    ConvCase("wide_3x3", n=1, c_in=37, h=12, w=13, c_out=41, padding=1),
+    ConvCase("wide_1x1", n=2, c_in=70, h=5, w=9, c_out=33, kh=1, kw=1),
+    ConvCase("wide_5x5_s2", n=1, c_in=19, h=15, w=15, c_out=23, kh=5, kw=5, stride=2, padding=2),
+]
+
+
+def describe(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, **kwargs) -> ConvParams:
+    """The `ConvParams` of a conv2d call (through the same validation as the public op)."""
+    return validate.conv2d_args(x, w, b, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                                kwargs.get("dilation", 1), kwargs.get("groups", 1))[3]
+
+
+def conv_error_bound(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams) -> np.ndarray:
+    """``|W| ⊛ |X| + |b|`` in float64: the scale of each output's rounding error."""
+    x4 = x if x.ndim == 4 else x[None]
+    return reference.conv2d(np.abs(x4), np.abs(w), None if b is None else np.abs(b), p)
+
+
+def conv_errors(y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                p: ConvParams) -> tuple[float, float]:
+    """(max |y − ref| / scale, max |y − ref| / max |ref|) of a result against the float64 oracle."""
+    x4 = x if x.ndim == 4 else x[None]
+    ref = reference.conv2d(x4, w, b, p)
+    scale = conv_error_bound(x, w, b, p)
+    err = np.abs(np.asarray(y, dtype=np.float64).reshape(ref.shape) - ref)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(scale > 0, err / np.where(scale > 0, scale, 1), np.where(err > 0, np.inf, 0))
+    rel = err.max() / max(np.abs(ref).max(), np.finfo(np.float64).tiny) if err.size else 0.0
+    return (float(scaled.max()) if scaled.size else 0.0), float(rel)
+
+
+def assert_conv_close(y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                      p: ConvParams, tol: float, label: str = "") -> None:
+    """Fail unless every output is within ``tol · (|W| ⊛ |X| + |b|)`` of the float64 reference."""
+    assert np.asarray(y).shape == p.out_shape or np.asarray(y).shape == p.out_shape[1:], \
+        f"{label}: shape {np.asarray(y).shape} != expected {p.out_shape}"
+    assert np.all(np.isfinite(y)), f"{label}: non-finite values in output (unwritten or overflow)"
+    worst, rel = conv_errors(y, x, w, b, p)
+    assert worst <= tol, f"{label}: error {worst:.3g} x scale exceeds tolerance {tol:g} (rel {rel:.3g})"
+
+
+@dataclass(frozen=True)
+class PoolCase:
+    name: str
+    shape: tuple = (2, 3, 9, 11)
+    kwargs: dict = field(default_factory=dict)
+
+
+MAX_POOL_CASES = [
+    PoolCase("k2", kwargs=dict(kernel_size=2)),
+    PoolCase("k3_s2_p1_resnet", (1, 4, 12, 13), dict(kernel_size=3, stride=2, padding=1)),
+    PoolCase("k3_s2_alexnet", (2, 3, 13, 13), dict(kernel_size=3, stride=2)),
+    PoolCase("ceil", (1, 2, 10, 9), dict(kernel_size=3, stride=2, ceil_mode=True)),
+    PoolCase("ceil_pad", (1, 2, 7, 8), dict(kernel_size=2, stride=2, padding=1, ceil_mode=True)),
+    PoolCase("dilation2", (1, 2, 11, 10), dict(kernel_size=3, stride=1, padding=1, dilation=2)),
+    PoolCase("rect", (2, 2, 9, 14), dict(kernel_size=(2, 4), stride=(1, 3), padding=(1, 2))),
+    PoolCase("global", (2, 3, 5, 7), dict(kernel_size=(5, 7))),
+    PoolCase("batch0", (0, 3, 8, 8), dict(kernel_size=2)),
+    PoolCase("unbatched", (3, 8, 9), dict(kernel_size=3, stride=2, padding=1)),
+]
+AVG_POOL_CASES = [
+    PoolCase("k2", kwargs=dict(kernel_size=2)),
+    PoolCase("k3_s1_p1_inception", (1, 4, 9, 9), dict(kernel_size=3, stride=1, padding=1)),
+    PoolCase("exclude_pad", (1, 4, 9, 9), dict(kernel_size=3, stride=1, padding=1, count_include_pad=False)),
+    PoolCase("ceil", (1, 2, 10, 9), dict(kernel_size=3, stride=2, ceil_mode=True)),
+    PoolCase("ceil_pad_exclude", (1, 2, 8, 7), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True,
+                                                   count_include_pad=False)),
+    PoolCase("divisor_override", (1, 2, 8, 8), dict(kernel_size=2, divisor_override=3)),
+    PoolCase("rect", (2, 2, 9, 14), dict(kernel_size=(2, 5), stride=(2, 3), padding=(1, 2))),
+    PoolCase("batch0", (0, 3, 8, 8), dict(kernel_size=2)),
+    PoolCase("unbatched", (3, 8, 9), dict(kernel_size=3, stride=2, padding=1)),
+]
+ADAPTIVE_CASES = [
+    PoolCase("global", (2, 5, 7, 7), dict(output_size=1)),
+    PoolCase("uneven_3x4", (1, 3, 10, 9), dict(output_size=(3, 4))),
+    PoolCase("upsample", (1, 2, 3, 2), dict(output_size=(5, 4))),
+    PoolCase("none_keeps", (1, 2, 6, 5), dict(output_size=(2, None))),
+    PoolCase("batch0", (0, 3, 8, 8), dict(output_size=2)),
+    PoolCase("unbatched", (3, 8, 9), dict(output_size=(4, 3))),
+]

@@ -1,0 +1,63 @@
+"""Every registered algorithm against the float64 reference, on every case of the table.
+
+Parametrized from the registry, so a new algorithm is tested by adding its registry line.
+A case an algorithm does not support must be refused with its reason (never silently run
+or skipped). Outputs are pre-filled with NaN so an unwritten pixel fails the comparison.
+"""
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import dispatch
+from fastconv.testing import CONV_CASES, assert_conv_close, describe
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c.name for c in CONV_CASES])
+@pytest.mark.parametrize("alg", dispatch.REGISTRY, ids=[a.name for a in dispatch.REGISTRY])
+def test_algorithm_matches_reference(alg, case, dtype):
+    x, w, b = case.arrays(dtype)
+    p = describe(x, w, b, **case.kwargs())
+    reason = alg.supports(p)
+    if reason is not None:
+        with pytest.raises(ValueError, match="cannot run"):
+            fastconv.conv2d(x, w, b, **case.kwargs(), algo=alg.name)
+        return
+    plan = dispatch.Plan(alg, w, b, p)
+    out = np.full(p.out_shape, np.nan, dtype=dtype)
+    plan.run(x, out)
+    assert_conv_close(out, x, w, b, p, alg.tolerance[np.dtype(dtype).name], f"{alg.name}/{case.name}")
+    # the public op agrees with the plan, and returns the input's dtype
+    y = fastconv.conv2d(x, w, b, **case.kwargs(), algo=alg.name)
+    assert y.dtype == dtype and y.shape == p.out_shape
+    np.testing.assert_array_equal(y, out)
+
+
+@pytest.mark.parametrize("alg", dispatch.REGISTRY, ids=[a.name for a in dispatch.REGISTRY])
+def test_every_algorithm_runs_some_case(alg):
+    """Guards the table itself: no algorithm may be refused on every case."""
+    runnable = [c for c in CONV_CASES if alg.supports(describe(*c.arrays(), **c.kwargs())) is None]
+    assert len(runnable) >= 5, f"{alg.name} runs only {len(runnable)} cases of the table"
+
+
+@pytest.mark.parametrize("alg", dispatch.REGISTRY, ids=[a.name for a in dispatch.REGISTRY])
+def test_plan_reused_across_inputs(alg):
+    """prepare once, run many: a second input through the same plan is still correct."""
+    case = next(c for c in CONV_CASES if c.n > 0 and alg.supports(describe(*c.arrays(), **c.kwargs())) is None)
+    x, w, b = case.arrays(np.float32)
+    p = describe(x, w, b, **case.kwargs())
+    plan = dispatch.Plan(alg, w, b, p)
+    for seed in (1, 2):
+        x2 = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
+        assert_conv_close(plan.run(x2), x2, w, b, p, alg.tolerance["float32"], alg.name)
+
+
+def test_auto_is_correct_on_every_case():
+    for case in CONV_CASES:
+        x, w, b = case.arrays(np.float32)
+        p = describe(x, w, b, **case.kwargs())
+        alg = dispatch.select(p, "auto")
+        assert_conv_close(fastconv.conv2d(x, w, b, **case.kwargs()), x, w, b, p,
+                          alg.tolerance["float32"], f"auto({alg.name})/{case.name}")

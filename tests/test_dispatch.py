@@ -1,0 +1,84 @@
+"""The registry, the auto chooser, the thread knob and the workspace budget."""
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import dispatch, threads
+from fastconv.params import ConvParams
+
+SUITE = {  # seed-network layers → the algorithm auto must pick (locks the heuristic)
+    "lenet.conv1": (ConvParams.from_layer(64, 1, 28, 10, 5), "direct"),
+    "lenet.conv2": (ConvParams.from_layer(64, 10, 12, 20, 5), "im2col"),
+    "alexnet.conv2": (ConvParams.from_layer(8, 96, 26, 256, 5, padding=2), "im2col"),
+    "vgg16.conv3_2": (ConvParams.from_layer(1, 256, 56, 256, 3, padding=1), "winograd"),
+    "resnet50.stem": (ConvParams.from_layer(1, 3, 224, 64, 7, stride=2, padding=3), "im2col"),
+    "resnet50.1x1_reduce": (ConvParams.from_layer(1, 256, 56, 64, 1), "pointwise"),
+    "mobilenet.dw3x3": (ConvParams.from_layer(1, 256, 56, 256, 3, padding=1, groups=256), "direct"),
+}
+
+
+@pytest.mark.parametrize("name", SUITE)
+def test_auto_table(name):
+    p, expected = SUITE[name]
+    assert dispatch.choose(p) == expected
+    assert dispatch.select(p).supports(p) is None
+
+
+def test_registry_names_unique_and_contract_complete():
+    assert len(set(dispatch.names())) == len(dispatch.REGISTRY)
+    for alg in dispatch.REGISTRY:
+        for fn in ("supports", "workspace_bytes", "prepare", "run"):
+            assert callable(getattr(alg.kernel, fn)), f"{alg.name} lacks {fn}"
+        assert alg.language in ("numba", "cython")
+        assert set(alg.tolerance) == {"float32", "float64"}
+    assert fastconv.algorithms() == dispatch.names()
+
+
+def test_direct_supports_everything():
+    assert dispatch.get("direct").supports(ConvParams.from_layer(1, 6, 9, 6, 4, stride=3, groups=3)) is None
+
+
+def test_workspace_budget_raises_before_allocating():
+    p = ConvParams.from_layer(1, 64, 64, 64, 3, padding=1)
+    need = dispatch.get("im2col").workspace_bytes(p)
+    assert need > 0
+    old = fastconv.get_workspace_limit()
+    try:
+        fastconv.set_workspace_limit(need - 1)
+        x = np.ones(p.input_shape, np.float32)
+        w = np.ones(p.weight_shape, np.float32)
+        with pytest.raises(MemoryError, match=rf"im2col needs a {need:,}-byte workspace"):
+            fastconv.conv2d(x, w, padding=1, algo="im2col")
+        fastconv.set_workspace_limit(need)
+        fastconv.conv2d(x, w, padding=1, algo="im2col")
+    finally:
+        fastconv.set_workspace_limit(old)
+    with pytest.raises(ValueError):
+        fastconv.set_workspace_limit(-1)
+
+
+def test_one_thread_knob():
+    old = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(1)
+        fastconv.conv2d(np.ones((1, 2, 5, 5), np.float32), np.ones((2, 2, 3, 3), np.float32))
+        import numba
+        assert numba.get_num_threads() == 1
+        from threadpoolctl import threadpool_info
+        for pool in threadpool_info():
+            if pool["user_api"] == "blas":
+                assert pool["num_threads"] == 1, pool
+    finally:
+        fastconv.set_num_threads(old)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError):
+            fastconv.set_num_threads(bad)
+    assert threads.get_num_threads() == old
+
+
+def test_import_does_not_load_numba_or_torch():
+    import subprocess
+    import sys
+    code = "import sys, fastconv; print('numba' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
