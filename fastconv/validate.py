@@ -282,14 +282,14 @@ def layer_param(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def max_pool_layer_args(kernel_size: Any, stride: Any, padding: Any, dilation: Any,
                         return_indices: Any, ceil_mode: Any) -> dict:
-    k, s, pad, d, ceil = _pool_window(None, kernel_size, stride, padding, dilation, ceil_mode, True)
+    k, s, pad, d, ceil = _pool_window(kernel_size, stride, padding, dilation, ceil_mode)
     return dict(kernel_size=k, stride=s, padding=pad, dilation=d,
                 return_indices=flag(return_indices, "return_indices"), ceil_mode=ceil)
 
 
 def avg_pool_layer_args(kernel_size: Any, stride: Any, padding: Any, ceil_mode: Any,
                         count_include_pad: Any, divisor_override: Any) -> dict:
-    k, s, pad, _, ceil = _pool_window(None, kernel_size, stride, padding, 1, ceil_mode, False)
+    k, s, pad, _, ceil = _pool_window(kernel_size, stride, padding, 1, ceil_mode)
     div = None
     if divisor_override is not None:
         div = _as_int(divisor_override, "divisor_override")
