@@ -268,7 +268,7 @@ class ModelTiming:
 
 
 def time_model(name: str, batch: int = 1, threads: int = 2, repeats: int = 5, *,
-               image_size: int | None = None, seed: int = 0, cooldown: float = 0.05) -> ModelTiming:
+               image_size: int | None = None, seed: int = 0, cooldown: float = 0.1) -> ModelTiming:
     """Time one forward pass of seed network ``name``, original vs converted, interleaved.
 
     Both run under ``torch.no_grad()`` with ``threads`` threads (``torch.set_num_threads`` and
