@@ -6,7 +6,9 @@ algorithm ``auto`` picked, plus its packed/transformed weights, see `dispatch.Pl
 on the first call with a new shape and reused afterwards; packed weights do not depend on the
 batch size, so a new batch size reuses them (only the algorithm choice is re-checked).
 Assigning ``weight``, ``bias`` or ``algo`` drops every plan. The stored weights are private
-copies exposed read-only, so they cannot change under a plan behind the layer's back.
+copies exposed read-only, and the configuration (``stride``, ``padding``, …) is read-only, so
+nothing changes under a plan behind the layer's back. A layer also remembers the validated
+description of each contiguous input shape it has seen, so a repeated call skips validation.
 
 Plans are built under a per-layer lock: concurrent first calls prepare each plan once.
 Nothing here imports numba or torch at module level (``import fastconv`` stays light);
@@ -33,6 +35,49 @@ def _readonly(arr: np.ndarray | None) -> np.ndarray | None:
     return view
 
 
+def _fixed(name: str) -> property:
+    """A configuration attribute, fixed at construction (plans and memos depend on it)."""
+    return property(lambda self: self._cfg[name], doc=f"``{name}``, as given to the constructor (read-only)")
+
+
+class _Memo:
+    """The validated description (`ConvParams`/`PoolParams`) of each input shape a layer has seen.
+
+    Validation costs 30-60 µs a call — as much as the kernel of a small layer (LeNet) — so a
+    C-contiguous 4-D array of a shape and dtype seen before skips it; anything else (3-D input,
+    other layouts, a new shape) goes through `fastconv.validate` every time.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._memo: dict = {}
+
+    def lookup(self, input: Any):
+        """``(array, params or None)``: the input as an array, and its params if already validated."""
+        arr = input if isinstance(input, np.ndarray) else validate.as_array(input, "input")
+        if arr.ndim == 4 and arr.flags.c_contiguous:
+            return arr, self._memo.get((arr.shape, arr.dtype))
+        return arr, None
+
+    def remember(self, arr: np.ndarray, x: np.ndarray, p: Any) -> None:
+        if x is arr:  # validation kept the very array: it was contiguous 4-D already
+            self._memo[(arr.shape, arr.dtype)] = p
+
+
+def _run_pool(kind: str, x: np.ndarray, p: Any, unbatched: bool, original: Any, return_indices: bool = False):
+    """Run pooling kernel ``kind`` on validated ``x`` (as `fastconv.functional` does)."""
+    out = np.empty(p.out_shape, dtype=x.dtype)
+    idx = np.empty(p.out_shape, dtype=np.int64) if return_indices else None
+    if p.n > 0:
+        dispatch.POOLS[kind].run(x, p, out, idx)
+    if unbatched:
+        out, idx = out[0], (None if idx is None else idx[0])
+    out = functional._like(out, original)
+    return (out, functional._like(idx, original)) if return_indices else out
+
+
 class Conv2d:
     """2-D convolution layer, as ``torch.nn.Conv2d``, for inference (``padding_mode="zeros"`` only).
 
@@ -51,16 +96,11 @@ class Conv2d:
                  algo: str = "auto", dtype: Any = np.float32, seed: int | None = None):
         a = validate.conv_layer_args(in_channels, out_channels, kernel_size, stride, padding,
                                      dilation, groups, bias, padding_mode)
-        self.in_channels: int = a["in_channels"]
-        self.out_channels: int = a["out_channels"]
-        self.kernel_size: tuple[int, int] = a["kernel_size"]
-        self.stride: tuple[int, int] = a["stride"]
-        self.padding: tuple[int, int] | str = a["padding"]
-        self.dilation: tuple[int, int] = a["dilation"]
-        self.groups: int = a["groups"]
+        self._cfg = a
         self._lock = threading.Lock()
         self._plans: dict[ConvParams, dispatch.Plan] = {}           # full shape → plan
         self._prepared: dict[tuple[ConvParams, str], dispatch.Plan] = {}  # (batch-1 shape, algo) → plan
+        self._memo = _Memo()
         self._algo = validate.algo_name(algo, dispatch.names())
         # torch's default init (kaiming_uniform with a=√5): U(−1/√fan_in, 1/√fan_in), bias alike
         rng = np.random.default_rng(seed)
@@ -70,6 +110,9 @@ class Conv2d:
             rng.uniform(-bound, bound, self.weight_shape).astype(dt), "weight", self.weight_shape)
         self._bias = (validate.layer_param(rng.uniform(-bound, bound, self.out_channels).astype(dt),
                                            "bias", (self.out_channels,)) if a["bias"] else None)
+
+    in_channels, out_channels, kernel_size = _fixed("in_channels"), _fixed("out_channels"), _fixed("kernel_size")
+    stride, padding, dilation, groups = _fixed("stride"), _fixed("padding"), _fixed("dilation"), _fixed("groups")
 
     @classmethod
     def from_torch(cls, module: Any, *, algo: str = "auto") -> "Conv2d":
@@ -122,11 +165,12 @@ class Conv2d:
 
     def _invalidate(self) -> None:
         self._plans, self._prepared = {}, {}
+        self._memo = _Memo()  # bias presence and dtype are part of each shape's ConvParams
 
     # pickling / deepcopy: the weights travel, the lock and the plans are rebuilt
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for k in ("_lock", "_plans", "_prepared"):
+        for k in ("_lock", "_plans", "_prepared", "_memo"):
             del state[k]
         return state
 
@@ -162,7 +206,13 @@ class Conv2d:
         return self._plan(p)
 
     def __call__(self, input: Any):
-        x, _, _, p, unbatched = self._params(input)
+        memo = self._memo
+        x, p = memo.lookup(input)
+        unbatched = False
+        if p is None:
+            arr = x
+            x, _, _, p, unbatched = self._params(arr)
+            memo.remember(arr, x, p)
         out = self._plan(p).run(x, p=p)
         return functional._like(out[0] if unbatched else out, input)
 
@@ -190,8 +240,10 @@ class MaxPool2d:
     def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0,
                  dilation: IntOrPair = 1, return_indices: bool = False, ceil_mode: bool = False):
         a = validate.max_pool_layer_args(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
-        self.kernel_size, self.stride, self.padding = a["kernel_size"], a["stride"], a["padding"]
-        self.dilation, self.return_indices, self.ceil_mode = a["dilation"], a["return_indices"], a["ceil_mode"]
+        self._cfg, self._memo = a, _Memo()
+
+    kernel_size, stride, padding = _fixed("kernel_size"), _fixed("stride"), _fixed("padding")
+    dilation, return_indices, ceil_mode = _fixed("dilation"), _fixed("return_indices"), _fixed("ceil_mode")
 
     @classmethod
     def from_torch(cls, module: Any) -> "MaxPool2d":
@@ -199,8 +251,14 @@ class MaxPool2d:
                    module.return_indices, module.ceil_mode)
 
     def __call__(self, input: Any):
-        return functional.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
-                                     self.ceil_mode, self.return_indices)
+        x, p = self._memo.lookup(input)
+        unbatched = False
+        if p is None:
+            arr = x
+            x, p, unbatched = validate.max_pool2d_args(arr, self.kernel_size, self.stride, self.padding,
+                                                       self.dilation, self.ceil_mode)
+            self._memo.remember(arr, x, p)
+        return _run_pool("max", x, p, unbatched, input, self.return_indices)
 
     forward = __call__
 
@@ -216,9 +274,11 @@ class AvgPool2d:
                  ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None):
         a = validate.avg_pool_layer_args(kernel_size, stride, padding, ceil_mode, count_include_pad,
                                          divisor_override)
-        self.kernel_size, self.stride, self.padding = a["kernel_size"], a["stride"], a["padding"]
-        self.ceil_mode, self.count_include_pad = a["ceil_mode"], a["count_include_pad"]
-        self.divisor_override = a["divisor_override"]
+        self._cfg, self._memo = a, _Memo()
+
+    kernel_size, stride, padding = _fixed("kernel_size"), _fixed("stride"), _fixed("padding")
+    ceil_mode, count_include_pad = _fixed("ceil_mode"), _fixed("count_include_pad")
+    divisor_override = _fixed("divisor_override")
 
     @classmethod
     def from_torch(cls, module: Any) -> "AvgPool2d":
@@ -226,8 +286,15 @@ class AvgPool2d:
                    module.count_include_pad, module.divisor_override)
 
     def __call__(self, input: Any):
-        return functional.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                                     self.count_include_pad, self.divisor_override)
+        x, p = self._memo.lookup(input)
+        unbatched = False
+        if p is None:
+            arr = x
+            x, p, unbatched = validate.avg_pool2d_args(arr, self.kernel_size, self.stride, self.padding,
+                                                       self.ceil_mode, self.count_include_pad,
+                                                       self.divisor_override)
+            self._memo.remember(arr, x, p)
+        return _run_pool("avg", x, p, unbatched, input)
 
     forward = __call__
 
@@ -240,14 +307,23 @@ class AdaptiveAvgPool2d:
     """Adaptive average pooling layer, as ``torch.nn.AdaptiveAvgPool2d`` (None keeps that size)."""
 
     def __init__(self, output_size: IntOrPair | tuple[int | None, int | None]):
-        self.output_size = validate.adaptive_output_size(output_size)
+        self._cfg = {"output_size": validate.adaptive_output_size(output_size)}
+        self._memo = _Memo()
+
+    output_size = _fixed("output_size")
 
     @classmethod
     def from_torch(cls, module: Any) -> "AdaptiveAvgPool2d":
         return cls(module.output_size)
 
     def __call__(self, input: Any):
-        return functional.adaptive_avg_pool2d(input, self.output_size)
+        x, p = self._memo.lookup(input)
+        unbatched = False
+        if p is None:
+            arr = x
+            x, p, unbatched = validate.adaptive_avg_pool2d_args(arr, self.output_size)
+            self._memo.remember(arr, x, p)
+        return _run_pool("adaptive_avg", x, p, unbatched, input)
 
     forward = __call__
 

@@ -227,3 +227,27 @@ def test_import_fastconv_imports_neither_torch_nor_numba():
             "print(sorted(m for m in ('torch', 'numba') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_configuration_is_read_only_and_repeated_shapes_skip_validation(monkeypatch):
+    layer, pool = fastconv.Conv2d(2, 3, 3, padding=1), fastconv.MaxPool2d(2)
+    with pytest.raises(AttributeError):
+        layer.stride = (2, 2)  # plans depend on it
+    with pytest.raises(AttributeError):
+        pool.kernel_size = 3
+    x = rand(2, 2, 6, 6)
+    y, z = layer(x), pool(x)
+    calls = []
+    for name in ("conv2d_args", "max_pool2d_args"):
+        original = getattr(validate, name)
+        monkeypatch.setattr(validate, name, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+    np.testing.assert_array_equal(layer(x), y)
+    np.testing.assert_array_equal(pool(x), z)
+    assert calls == []  # same contiguous shape: remembered
+    layer(x[:, :, ::2])  # a strided view is validated (and copied) every time
+    pool(x[0])           # so is an unbatched input
+    assert len(calls) == 2
+    layer.bias = None    # the remembered ConvParams said has_bias=True: forgotten
+    y = layer(x)
+    assert len(calls) == 3
+    check_conv(layer, x, y)
