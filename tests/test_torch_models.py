@@ -79,6 +79,7 @@ def test_time_model_reports_both_times():
     assert t.torch_s > 0 and t.fastconv_s > 0 and t.speedup == pytest.approx(t.torch_s / t.fastconv_s)
     assert t.max_rel_err < MODEL_RTOL
     assert set(t.as_dict()) >= {"torch_s", "fastconv_s", "speedup"}
+    assert t.describe().startswith("lenet batch 1 (1x1x28x28), 2 threads: torch ")
     with pytest.raises(ValueError, match="model must be one of"):
         zoo.time_model("resnet50")
 
