@@ -46,10 +46,19 @@ class _FastModule(nn.Module):
     def extra_repr(self) -> str:
         return f"fastconv {self.layer!r}"
 
+    def __getattr__(self, name: str):
+        # torch code reads in_channels, kernel_size, stride, ... from these modules
+        layer = self.__dict__.get("layer")
+        if layer is not None and name in layer._cfg:
+            return getattr(layer, name)
+        return super().__getattr__(name)
+
 
 class FastConv2d(_FastModule):
     """``nn.Conv2d`` running on `fastconv.Conv2d`. Its ``state_dict`` has the same ``weight`` /
     ``bias`` entries as the original, so ``load_state_dict`` works on converted models."""
+
+    padding_mode = "zeros"
 
     @classmethod
     def from_torch(cls, module: nn.Conv2d, algo: str = "auto") -> "FastConv2d":
@@ -63,12 +72,6 @@ class FastConv2d(_FastModule):
     def bias(self) -> torch.Tensor | None:
         b = self.layer.bias
         return None if b is None else torch.from_numpy(b.copy())
-
-    def __getattr__(self, name: str):
-        # torch code reads in_channels, kernel_size, stride, ... from conv modules
-        if name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"):
-            return getattr(self.__dict__["layer"], name)
-        return super().__getattr__(name)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         destination[prefix + "weight"] = self.weight

@@ -116,7 +116,11 @@ def test_inplace_convert_and_torch_attributes():
     c = model[0]
     assert (c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.groups) == \
         (2, 6, (3, 5), (2, 2), (1, 2), 2)
-    assert c.weight.shape == (6, 1, 3, 5) and c.bias.shape == (6,)
+    assert c.weight.shape == (6, 1, 3, 5) and c.bias.shape == (6,) and c.padding_mode == "zeros"
+    pool = fct.convert(nn.MaxPool2d(3, 2, ceil_mode=True))
+    assert (pool.kernel_size, pool.stride, pool.ceil_mode) == ((3, 3), (2, 2), True)
+    with pytest.raises(AttributeError):
+        pool.no_such_attribute
 
 
 def test_state_dict_round_trip():
