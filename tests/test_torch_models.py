@@ -209,3 +209,14 @@ def test_from_torch_copies_configuration_and_weights():
                     (nn.AdaptiveAvgPool2d((None, 2)), fastconv.AdaptiveAvgPool2d)):
         x = torch.randn(1, 2, 9, 8)
         torch.testing.assert_close(cls.from_torch(tm)(x), tm(x))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_convert_same_padding_even_kernel_and_dilation():
+    # torch pads the odd pixel after; the converted layer must do the same
+    model = nn.Sequential(nn.Conv2d(3, 5, 4, padding="same", dilation=(1, 2)), nn.ReLU(),
+                          nn.Conv2d(5, 4, (2, 3), padding="same", bias=False))
+    fast = fct.convert(model)
+    x = torch.randn(2, 3, 9, 10)
+    with torch.no_grad():
+        assert_close_model(fast(x), model(x))
