@@ -180,8 +180,10 @@ class Plan:
         check_workspace(algorithm, p)  # before prepare allocates the packed weights
         self.packed = algorithm.prepare(w, b, p) if p.n > 0 else None
 
-    def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        p = self.params
+    def run(self, x: np.ndarray, out: np.ndarray | None = None, p: ConvParams | None = None) -> np.ndarray:
+        """``p`` runs the plan on another batch size (``self.params.with_batch(n)``): the prepared
+        weights do not depend on the batch, so a layer keeps one plan for every batch."""
+        p = self.params if p is None else p
         if out is None:
             check_workspace(self.algorithm, p)  # both budgets before the first byte is allocated
             check_output(p.out_shape, p.dtype, f"conv2d ({p.describe()})")
