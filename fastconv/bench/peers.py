@@ -140,6 +140,17 @@ def _numpy(p, x, w, b, threads: int) -> Callable[[], object]:
 _MAKERS = {"torch": _torch, "onnxruntime": _onnxruntime, "numpy": _numpy}
 
 
+_MODULES = {"torch": ("torch",), "onnxruntime": ("onnxruntime", "onnx"), "numpy": ()}
+
+
+def load(name: str) -> None:
+    """Import a peer's libraries (slow for torch) before its setup is timed; `Skip` if missing."""
+    import importlib
+    for mod in _MODULES[name]:
+        _need(mod, "pip install 'fastconv[peers]'")
+        importlib.import_module(mod)
+
+
 def make(name: str, p: ConvParams | PoolParams, x: np.ndarray, w: np.ndarray | None,
          b: np.ndarray | None, threads: int) -> Callable[[], object]:
     """A callable running peer ``name`` on this layer, or `Skip` with the reason."""

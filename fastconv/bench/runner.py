@@ -102,6 +102,7 @@ def _peer_entries(p, x, w, b, opts: Options, skipped: list) -> list[_Entry]:
     entries = []
     for name in opts.peers:
         try:
+            _peers.load(name)
             fn, prep = _timed(lambda: _peers.make(name, p, x, w, b, threads.get_num_threads()))
         except _peers.Skip as e:
             skipped.append({"name": name, "reason": str(e)})
@@ -136,17 +137,25 @@ def bench_layer(layer: Layer, opts: Options, peaks: dict, progress: Progress | N
     entries += _peer_entries(p, x, w, b, opts, skipped)
     if progress:
         progress.layer(layer.name, len(entries) * opts.repeats)
+    for e in entries:       # warm-up: JIT compile, first touch, and lazily loaded libraries ...
+        e.fn()
+    threads.apply()         # ... such as the BLAS numba's np.dot loads on first call: knob it too
+    if calib:
+        calib()
     cands = [Candidate(e.name, e.fn, e.pool) for e in entries]
     calibration = Candidate("calibration", calib, "blas") if calib else None
     timings = measure(cands, opts.repeats, opts.min_sample_s, opts.max_time_s, opts.cooldown_s, calibration,
-                      tick=progress.advance if progress else None)
+                      tick=progress.advance if progress else None, warmed=True)
     ref = _reference(p, x, w, b) if opts.check else None
     work = p.input_bytes if is_pool else p.flops
     rows = []
     for e in entries:
         t = timings[e.name]
         row = {"name": e.name, "role": e.role, "median_s": t.median, "min_s": t.min, "spread": t.spread,
-               "samples": len(t.samples), "prepare_s": e.prepare_s, "norm": t.norm}
+               "samples": len(t.samples), "prepare_s": e.prepare_s}
+        if calib:
+            row["norm"] = t.norm                                        # median of per-round ratios
+            row["norm_min"] = t.min / timings["calibration"].min        # ratio of the fastest samples
         if e.chosen:
             row["chosen"] = e.chosen
         if e.workspace_bytes is not None:

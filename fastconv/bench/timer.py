@@ -69,11 +69,13 @@ def _sample(c: Candidate) -> float:
 
 def measure(cands: list[Candidate], repeats: int = 5, min_sample_s: float = 0.02,
             max_time_s: float = 3.0, cooldown_s: float = 0.1, calibration: Candidate | None = None,
-            tick: Callable[[], None] | None = None) -> dict[str, Timing]:
-    """Time ``cands`` interleaved; returns ``{name: Timing}`` (the calibration under its name)."""
+            tick: Callable[[], None] | None = None, warmed: bool = False) -> dict[str, Timing]:
+    """Time ``cands`` interleaved; returns ``{name: Timing}`` (the calibration under its name).
+    ``warmed``: the caller already ran each candidate once (skip the untimed warm-up call)."""
     everyone = cands + ([calibration] if calibration else [])
     for c in everyone:
-        c.fn()                                    # warm-up (compile, first touch)
+        if not warmed:
+            c.fn()                                # warm-up (compile, first touch)
         c.est = max(_sample(c), 1e-7)
         c.inner = max(1, math.ceil(min_sample_s / c.est))
         c.samples, c.rounds = [], []
