@@ -30,13 +30,13 @@ import numpy as np
 KEYS = ("median_s", "min_s", "norm", "norm_min")
 
 
-def runs(suite: str, threads: int, n: int, profile: str) -> list[dict]:
+def runs(suite: str, threads: int, n: int, profile: str, calib: str) -> list[dict]:
     out = []
     with tempfile.TemporaryDirectory() as d:
         for i in range(n):
             path = Path(d) / f"r{i}.json"
             subprocess.run([sys.executable, "-m", "fastconv.cli", "bench", "--suite", suite, "--no-peers", "--quiet",
-                            "--no-check", "--threads", str(threads),
+                            "--no-check", "--threads", str(threads), "--calibration", calib,
                             "--save-baseline" if profile == "gate" else "--json", str(path)],
                            check=True, stdout=subprocess.DEVNULL)
             out.append(json.loads(path.read_text()))
@@ -67,10 +67,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--suite", default="smoke")
     ap.add_argument("--profile", choices=("gate", "default"), default="gate")
+    ap.add_argument("--calibration", choices=("sgemm", "fma"), default="fma")
     a = ap.parse_args()
     for t in a.threads:
-        reps = runs(a.suite, t, a.runs, a.profile)
-        print(f"threads={t}, {a.runs} runs of suite {a.suite}, {a.profile} profile")
+        reps = runs(a.suite, t, a.runs, a.profile, a.calibration)
+        print(f"threads={t}, {a.runs} runs of suite {a.suite}, {a.profile} profile, {a.calibration} calibration")
         for k in KEYS:
             cv, p95, fa = stats(reps, k)
             print(f"  {k:9s} cv {100 * cv:5.1f}%   p95 |dev| {100 * p95:5.1f}%   false alarms @20% {100 * fa:5.1f}%")

@@ -15,10 +15,10 @@ from fastconv import cli, dispatch
 from fastconv.bench import compare, suites
 
 SUITE = """\
-gate.3x3  conv 1,32,28,32,3,1,1
-gate.1x1  conv 1,64,28,64,1,1,0
-gate.5x5  conv 4,8,16,16,5,1,2
-gate.pool max 1,32,56,56,3,2,1
+gate.3x3  conv 1,32,14,32,3,1,1
+gate.1x1  conv 1,64,14,64,1,1,0
+gate.5x5  conv 2,8,12,16,5,1,2
+gate.pool max 1,32,32,32,3,2,1
 """
 GATE = ["--threads", "1", "--no-check", "--quiet"]
 
@@ -41,7 +41,7 @@ def test_baseline_records_what_the_gate_needs(suite_and_baseline):
     _, base = suite_and_baseline
     b = json.loads(base.read_text())
     compare.check_baseline(b)
-    assert b["threads"] == 1 and b["calibration"] == "sgemm" and b["options"]["peers"] == []
+    assert b["threads"] == 1 and b["calibration"] == "fma" and b["options"]["peers"] == []
     assert len(compare.gate_values(b)) >= 8   # every algorithm that runs each layer, auto, the pool
 
 

@@ -31,7 +31,7 @@ class Options:
     cooldown_s: float = 0.1
     peers: tuple[str, ...] = _peers.PEERS
     check: bool = True               # errors vs the float64 reference
-    calibration: str | None = "sgemm"
+    calibration: str | None = "fma"
     algorithms: tuple[str, ...] | None = None   # None: every registered algorithm
     seed: int = 0
 
@@ -143,7 +143,7 @@ def bench_layer(layer: Layer, opts: Options, peaks: dict, progress: Progress | N
     if calib:
         calib()
     cands = [Candidate(e.name, e.fn, e.pool) for e in entries]
-    calibration = Candidate("calibration", calib, "blas") if calib else None
+    calibration = Candidate("calibration", calib, "calibration") if calib else None
     timings = measure(cands, opts.repeats, opts.min_sample_s, opts.max_time_s, opts.cooldown_s, calibration,
                       tick=progress.advance if progress else None, warmed=True)
     ref = _reference(p, x, w, b) if opts.check else None
