@@ -223,6 +223,12 @@ def cmd_bench(args) -> int:
         out.print(report.table(rep))
         for line in report.skipped_lines(rep):
             out.print(f"[dim]{line}[/dim]", highlight=False)
+        spreads = [e["spread"] for L in rep["layers"] for e in L["entries"]]
+        load, cores = rep["load_average"][-1], rep["machine"]["cpu"]["usable_cpus"]
+        if spreads and sorted(spreads)[len(spreads) // 2] > 0.15:
+            out.print(f"[yellow]warning: noisy run (median spread {100 * sorted(spreads)[len(spreads) // 2]:.0f}%"
+                      + (f", load average {load:.1f} on {cores} CPUs" if load is not None else "")
+                      + "): other processes share the cores; rerun when idle or compare with --threads 1[/yellow]")
         out.print(f"[dim]{rep['elapsed_s']:.0f} s; peaks {'cached in ' + rep['peaks']['cached'] if rep['peaks'].get('cached') else 'measured now'}[/dim]")
     if args.json:
         report.write_json(rep, args.json)

@@ -2,11 +2,15 @@
 
 Absolute times differ between machines and between runs on a shared machine, so the gate
 compares *normalized* times: each kernel's fastest sample divided by the fastest sample of a
-fixed calibration workload (NumPy SGEMM, `machine.calibration`) timed interleaved with it in
-the same rounds (``norm_min`` in the report). Why this one, from repeated runs on the 2-core
-development machine while other jobs were running (numbers in benchmarks/README.md):
-contention only ever adds time, so minima are far steadier than medians, and dividing by a
-calibration timed alongside cancels the machine's speed of the moment.
+fixed calibration workload timed in the same interleaved rounds (``norm_min`` in the report).
+The calibration is the register-only FMA loop of ``fastconv.kernels._peak``: no fastconv kernel
+code, no memory traffic, so it moves only with the machine's speed (clock, turbo, VM steal).
+
+Why these choices — measured with ``benchmarks/noise.py`` (8 fresh processes, smoke suite, this
+2-core VM while five other jobs kept the load average at 5-7; numbers in benchmarks/README.md):
+medians of 2-thread runs vary by a cv of 20-40% and would raise false alarms on a quarter of the
+kernels; the fastest of 40 short one-thread samples varies by a cv of 1-3%, and dividing by
+the FMA calibration keeps it there (an SGEMM calibration doubled it: its own minimum moved).
 
 A kernel over the threshold is re-measured (``retries``): load can make a run slower, never
 faster, so a regression must show in every attempt and the best attempt is kept.

@@ -118,9 +118,11 @@ def plot(report: dict, path: str | Path) -> None:
             for e in L["entries"]:
                 if e["name"] not in series:
                     series.append(e["name"])
-        # ours first (registry order), peers last in grey tones
+        # ours in registry order, then auto, then the peers in grey tones
+        from fastconv.dispatch import names
+        rank = {n: i for i, n in enumerate(names() + ["auto"] + list(PEER_LABEL))}
+        series.sort(key=lambda s: rank.get(s, -1))
         peers = [s for s in series if s in PEER_LABEL]
-        series = [s for s in series if s not in PEER_LABEL] + peers
         n = len(series)
         bw = 0.8 / n
         xs = np.arange(len(layers))
@@ -133,7 +135,7 @@ def plot(report: dict, path: str | Path) -> None:
         if key == "gflops":
             pk = report["peaks"]
             ax.axhline(pk["sgemm_gflops"], color="tab:red", ls="--", lw=1)
-            ax.text(len(layers) - 0.5, pk["sgemm_gflops"], f" SGEMM {pk['sgemm_gflops']:.0f}", va="bottom",
+            ax.text(len(layers) - 0.5, pk["sgemm_gflops"], f" SGEMM {pk['sgemm_gflops']:.0f}", va="top",
                     ha="right", color="tab:red", fontsize=8)
             ax.axhline(pk["fma_gflops"], color="tab:purple", ls=":", lw=1)
             ax.text(len(layers) - 0.5, pk["fma_gflops"], f" FMA peak {pk['fma_gflops']:.0f}", va="bottom",

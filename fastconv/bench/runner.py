@@ -8,6 +8,7 @@ Our kernels are measured through the public plan API — ``dispatch.select`` →
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
@@ -193,9 +194,12 @@ def run_suite(layers: list[Layer], opts: Options, progress: Progress | None = No
     peaks = machine.peaks(nt)
     calib = machine.calibration(opts.calibration, nt) if opts.calibration else None
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
     results = [bench_layer(layer, opts, peaks, progress, calib) for layer in layers]
     opt = asdict(opts)
-    return {"schema": SCHEMA, "suite": suite_name, "started": started,
+    # 1-minute load average before and after: a busy machine explains a wide spread
+    load = [load0, os.getloadavg()[0] if load0 is not None else None]
+    return {"schema": SCHEMA, "suite": suite_name, "started": started, "load_average": load,
             "elapsed_s": time.perf_counter() - t0, "threads": nt, "machine": machine.info(),
             "peaks": peaks, "options": opt, "calibration": opts.calibration, "layers": results}
