@@ -25,7 +25,7 @@ CHILD = textwrap.dedent(r'''
     import numpy as np
     import fastconv
     from fastconv import dispatch, reference, validate
-    from fastconv.testing import assert_conv_close
+    from fastconv.testing import assert_algorithm_close
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
@@ -37,7 +37,7 @@ CHILD = textwrap.dedent(r'''
             xx, ww, bb, p, _ = validate.conv2d_args(x, w, b, 1, 0, 1, 1)
             if alg.supports(p) is None:
                 y = fastconv.conv2d(x, w, b, algo=alg.name)
-                assert_conv_close(y, x, w, b, p, alg.tolerance["float32"], alg.name, alg.error_scale)
+                assert_algorithm_close(alg, y, x, w, b, p)
                 ran.append(alg.name)
                 break
     assert set(ran) == set(dispatch.names()), ran

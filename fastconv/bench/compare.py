@@ -1,0 +1,96 @@
+"""The performance-regression gate: compare a fresh run with a saved baseline.
+
+Absolute times differ between machines and between runs on a shared machine, so the gate
+compares *normalized* times: each kernel's fastest sample divided by the fastest sample of a
+fixed calibration workload timed in the same interleaved rounds (``norm_min`` in the report).
+The calibration is the register-only FMA loop of ``fastconv.kernels._peak``: no fastconv kernel
+code, no memory traffic, so it moves only with the machine's speed (clock, turbo, VM steal).
+
+Why these choices — measured with ``benchmarks/noise.py`` (8 fresh processes, smoke suite, this
+2-core VM while five other jobs kept the load average at 5-7; numbers in benchmarks/README.md):
+medians of 2-thread runs vary by a cv of 20-40% and would raise false alarms on a quarter of the
+kernels; the fastest of 40 short one-thread samples varies by a cv of 1-3%, and dividing by
+the FMA calibration keeps it there (an SGEMM calibration doubled it: its own minimum moved).
+
+A kernel over the threshold is re-measured (``retries``): load can make a run slower, never
+faster, so a regression must show in every attempt and the best attempt is kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GATE_KEY = "norm_min"
+# How the gate measures (``--save-baseline``; ``--compare`` reuses the baseline's settings):
+# one thread, because a parallel region on a shared 2-core machine measures the scheduler (two
+# threads must be on the cores at once); many short samples, because the fastest of 40 calls
+# of ~1 ms each is one that no other process interrupted. No cool-down: one thread leaves no
+# pool workers spinning.
+GATE_PROFILE = {"threads": 1, "repeats": 40, "min_sample_s": 0.0005, "max_time_s": 1.0, "cooldown_s": 0.0}
+
+
+class BaselineError(ValueError):
+    """A baseline file that cannot be used for comparison."""
+
+
+@dataclass(frozen=True)
+class Change:
+    layer: str
+    name: str
+    base: float
+    now: float
+
+    @property
+    def ratio(self) -> float:
+        return self.now / self.base
+
+
+def parse_percent(text: str) -> float:
+    """``"20%"``, ``"20"`` or ``"0.2"`` → 0.2 (numbers above 1 are read as percents)."""
+    t = text.strip().rstrip("%")
+    try:
+        v = float(t)
+    except ValueError:
+        raise ValueError(f"--max-regression must be a percentage like 20%, got {text!r}") from None
+    v = v / 100 if (text.strip().endswith("%") or v > 1) else v
+    if not 0 < v < 10:
+        raise ValueError(f"--max-regression must be between 0% and 1000%, got {text!r}")
+    return v
+
+
+def gate_values(report: dict) -> dict[tuple[str, str], float]:
+    """``{(layer, algorithm): normalized time}`` of our own kernels (peers are not gated)."""
+    out = {}
+    for L in report["layers"]:
+        for e in L["entries"]:
+            if e["role"] != "peer" and e.get(GATE_KEY) is not None:
+                out[(L["name"], e["name"])] = e[GATE_KEY]
+    return out
+
+
+def check_baseline(base: dict) -> None:
+    from .runner import SCHEMA
+    if base.get("schema") != SCHEMA:
+        raise BaselineError(f"baseline schema is {base.get('schema')!r}, expected {SCHEMA!r}: regenerate it "
+                            f"with --save-baseline")
+    if not gate_values(base):
+        raise BaselineError("baseline has no calibrated timings (it was run without calibration)")
+
+
+def compare(base: dict, now: dict, max_regression: float) -> tuple[list[Change], list[Change], list[str]]:
+    """(regressions, all compared changes, notes on entries present in only one of the two)."""
+    b, n = gate_values(base), gate_values(now)
+    changes = [Change(k[0], k[1], b[k], n[k]) for k in b if k in n]
+    regressions = [c for c in changes if c.ratio > 1 + max_regression]
+    notes = [f"{layer}/{name}: in the baseline, not measured now" for layer, name in b if (layer, name) not in n]
+    notes += [f"{layer}/{name}: new, not in the baseline" for layer, name in n if (layer, name) not in b]
+    return regressions, changes, notes
+
+
+def merge_best(report: dict, retry: dict) -> None:
+    """Keep, per (layer, algorithm), the attempt with the smallest normalized time."""
+    fresh = {(L["name"], e["name"]): e for L in retry["layers"] for e in L["entries"]}
+    for L in report["layers"]:
+        for i, e in enumerate(L["entries"]):
+            r = fresh.get((L["name"], e["name"]))
+            if r is not None and r.get(GATE_KEY) is not None and r[GATE_KEY] < e.get(GATE_KEY, float("inf")):
+                L["entries"][i] = r
