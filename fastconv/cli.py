@@ -7,6 +7,7 @@ stderr and exit status 2; a detected performance regression is exit status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -70,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--compare", metavar="BASELINE", help="regression gate: compare with a baseline JSON")
     b.add_argument("--max-regression", default="20%", metavar="PCT",
                    help="gate threshold on normalized time (default 20%%)")
-    b.add_argument("--retries", type=int, default=2, help="re-measure a regressing layer up to N times (default 2)")
+    b.add_argument("--retries", type=int, default=3, help="re-measure a regressing layer up to N times (default 3)")
     b.add_argument("--save-baseline", metavar="PATH", help="write this run as a baseline for --compare")
     b.add_argument("--quiet", action="store_true", help="no table or progress bar")
     i = sub.add_parser("info", help="version, CPU, threads, BLAS, compiled extensions, JIT cache")
@@ -249,7 +250,8 @@ def _gate(base, rep, layers, opts, suite_name, max_reg, args, out) -> int:
         if not regs:
             break
         again = [L for L in layers if L.name in {c.layer for c in regs}]
-        retry = _run(again, opts, suite_name, True)
+        # twice the samples: more chances to catch calls no other process interrupted
+        retry = _run(again, dataclasses.replace(opts, repeats=2 * opts.repeats), suite_name, True)
         compare.merge_best(rep, retry)
         regs, _, notes = compare.compare(base, rep, max_reg)
     regs, changes, notes = compare.compare(base, rep, max_reg)
