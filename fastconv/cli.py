@@ -85,7 +85,7 @@ def cmd_info(args) -> int:
     import fastconv
     from fastconv import dispatch
     from fastconv.bench import machine
-    d = machine.info()
+    d = machine.info(probe=True)
     d["algorithms"] = {a.name: f"{a.language}: {a.summary}" for a in dispatch.REGISTRY}
     d["pools"] = {k.name: f"{k.language}: {k.summary}" for k in dispatch.POOL_REGISTRY}
     d["extensions"] = machine.extensions()
