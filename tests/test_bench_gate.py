@@ -41,7 +41,7 @@ def test_baseline_records_what_the_gate_needs(suite_and_baseline):
     _, base = suite_and_baseline
     b = json.loads(base.read_text())
     compare.check_baseline(b)
-    assert b["threads"] == 1 and b["calibration"] == "fma" and b["options"]["peers"] == []
+    assert b["threads"] == 1 and b["calibration"] == "fma" and b["options"]["peers"] == ["numpy"]
     assert len(compare.gate_values(b)) >= 8   # every algorithm that runs each layer, auto, the pool
 
 

@@ -176,6 +176,11 @@ def bench_layer(layer: Layer, opts: Options, peaks: dict, progress: Progress | N
             row["max_rel_err"] = float(err / max(np.abs(ref).max(), 1e-30))
         rows.append(row)
     by_name = {r["name"]: r for r in rows}
+    anchor = by_name.get("numpy")
+    if anchor is not None:      # second gate normalization: the NumPy conv of the same layer
+        for r in rows:
+            if r["role"] != "peer":
+                r["norm_peer"] = r["min_s"] / anchor["min_s"]
     for r in rows:
         if r["role"] != "peer":
             r["vs"] = {q: by_name[q]["median_s"] / r["median_s"] for q in by_name if by_name[q]["role"] == "peer"}
