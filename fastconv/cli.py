@@ -213,6 +213,7 @@ def cmd_bench(args) -> int:
     cooldown = args.cooldown if args.cooldown is not None else prof.get("cooldown_s", 0.1)
     opts = runner.Options(repeats=repeats, cooldown_s=cooldown, peers=_peer_list(args, gate, prof),
                           min_sample_s=prof.get("min_sample_s", 0.02), max_time_s=prof.get("max_time_s", 3.0),
+                          burst=prof.get("burst", 0),
                           check=not args.no_check, calibration=args.calibration or prof.get("calibration", "fma"),
                           algorithms=tuple(args.algo) if args.algo else None)
     rep = _run(layers, opts, suite_name, args.quiet)
