@@ -1,16 +1,17 @@
 """The performance-regression gate: compare a fresh run with a saved baseline.
 
 Absolute times differ between machines and between runs on a shared machine, so the gate
-compares *normalized* times: each kernel's fastest sample divided by the fastest sample of a
-fixed calibration workload timed in the same interleaved rounds (``norm_min`` in the report).
+compares *normalized* times: each kernel's fastest sample (a sample is the fastest of 3
+back-to-back calls) divided by the fastest sample of a fixed calibration workload timed in
+the same interleaved rounds (``norm_min`` in the report).
 The calibration is the register-only FMA loop of ``fastconv.kernels._peak``: no fastconv kernel
 code, no memory traffic, so it moves only with the machine's speed (clock, turbo, VM steal).
 
 Why these choices — measured with ``benchmarks/noise.py`` (8 fresh processes, smoke suite, this
-2-core VM while five other jobs kept the load average at 5-7; numbers in benchmarks/README.md):
-medians of 2-thread runs vary by a cv of 20-40% and would raise false alarms on a quarter of the
-kernels; the fastest of 40 short one-thread samples varies by a cv of 1-3%, and dividing by
-the FMA calibration keeps it there (an SGEMM calibration doubled it: its own minimum moved).
+2-core VM while five other jobs kept the load average at 5-11; numbers in benchmarks/README.md):
+medians vary by a cv of 15-20% (false alarms on a quarter of the kernels at 20%); 2-thread
+minima by 70%; the fastest of 40 short one-thread samples, divided by the FMA calibration, by
+2.6-3.1% (an SGEMM calibration made it 7.7%: its own minimum moves with cache state).
 
 Two references must agree. Besides ``norm_min``, conv layers are also normalized by the NumPy
 im2col/tensordot conv of the *same layer* (``norm_peer``; fixed code with the same memory
