@@ -63,6 +63,7 @@ class Algorithm:
         check_workspace(self, p)
         with threads.kernel_region():
             self.kernel.run(x, packed, p, out, **self.options)
+        threads.after_first_run(self.name)
 
 
 _K = "fastconv.kernels."
