@@ -7,6 +7,7 @@ stderr and exit status 2; a detected performance regression is exit status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="only these registered algorithms (repeatable); auto is always measured")
     b.add_argument("--peers", default=None, metavar="LIST",
                    help="comma-separated peers among torch,onnxruntime,numpy, or 'none' "
-                        "(default: all installed; none with --compare/--save-baseline)")
+                        "(default: all installed; numpy with --save-baseline, the baseline's with --compare)")
     b.add_argument("--no-peers", action="store_true", help="same as --peers none")
     b.add_argument("--threads", type=int, default=None,
                    help="threads for every pool (fastconv.set_num_threads); default: all cores, or the "
@@ -70,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--compare", metavar="BASELINE", help="regression gate: compare with a baseline JSON")
     b.add_argument("--max-regression", default="20%", metavar="PCT",
                    help="gate threshold on normalized time (default 20%%)")
-    b.add_argument("--retries", type=int, default=2, help="re-measure a regressing layer up to N times (default 2)")
+    b.add_argument("--retries", type=int, default=3, help="re-measure a regressing layer up to N times (default 3)")
     b.add_argument("--save-baseline", metavar="PATH", help="write this run as a baseline for --compare")
     b.add_argument("--quiet", action="store_true", help="no table or progress bar")
     i = sub.add_parser("info", help="version, CPU, threads, BLAS, compiled extensions, JIT cache")
@@ -84,7 +85,7 @@ def cmd_info(args) -> int:
     import fastconv
     from fastconv import dispatch
     from fastconv.bench import machine
-    d = machine.info()
+    d = machine.info(probe=True)
     d["algorithms"] = {a.name: f"{a.language}: {a.summary}" for a in dispatch.REGISTRY}
     d["pools"] = {k.name: f"{k.language}: {k.summary}" for k in dispatch.POOL_REGISTRY}
     d["extensions"] = machine.extensions()
@@ -125,12 +126,12 @@ def _layers(args):
     return name, suites.load(name)
 
 
-def _peer_list(args, gate: bool) -> tuple[str, ...]:
+def _peer_list(args, gate: bool, prof: dict) -> tuple[str, ...]:
     from fastconv.bench.peers import PEERS
     if args.no_peers or (args.peers or "").strip() == "none":
         return ()
     if args.peers is None:
-        return () if gate else PEERS
+        return tuple(prof.get("peers", ())) if gate else PEERS
     names = tuple(s.strip() for s in args.peers.split(",") if s.strip())
     bad = [n for n in names if n not in PEERS]
     if bad:
@@ -210,8 +211,9 @@ def cmd_bench(args) -> int:
         raise UsageError(f"--repeats must be a positive integer, got {repeats}")
     suite_name, layers = _layers(args)
     cooldown = args.cooldown if args.cooldown is not None else prof.get("cooldown_s", 0.1)
-    opts = runner.Options(repeats=repeats, cooldown_s=cooldown, peers=_peer_list(args, gate),
+    opts = runner.Options(repeats=repeats, cooldown_s=cooldown, peers=_peer_list(args, gate, prof),
                           min_sample_s=prof.get("min_sample_s", 0.02), max_time_s=prof.get("max_time_s", 3.0),
+                          burst=prof.get("burst", 0),
                           check=not args.no_check, calibration=args.calibration or prof.get("calibration", "fma"),
                           algorithms=tuple(args.algo) if args.algo else None)
     rep = _run(layers, opts, suite_name, args.quiet)
@@ -249,7 +251,8 @@ def _gate(base, rep, layers, opts, suite_name, max_reg, args, out) -> int:
         if not regs:
             break
         again = [L for L in layers if L.name in {c.layer for c in regs}]
-        retry = _run(again, opts, suite_name, True)
+        # twice the samples: more chances to catch calls no other process interrupted
+        retry = _run(again, dataclasses.replace(opts, repeats=2 * opts.repeats), suite_name, True)
         compare.merge_best(rep, retry)
         regs, _, notes = compare.compare(base, rep, max_reg)
     regs, changes, notes = compare.compare(base, rep, max_reg)
@@ -258,7 +261,8 @@ def _gate(base, rep, layers, opts, suite_name, max_reg, args, out) -> int:
     worst = max(changes, key=lambda c: c.ratio, default=None)
     if regs:
         for c in sorted(regs, key=lambda c: -c.ratio):
-            print(f"REGRESSION {c.layer} {c.name}: {100 * (c.ratio - 1):+.0f}% normalized time "
+            second = f", {100 * (c.ratio2 - 1):+.0f}% vs the NumPy conv" if c.ratio2 is not None else ""
+            print(f"REGRESSION {c.layer} {c.name}: {100 * (c.ratio - 1):+.0f}% normalized time{second} "
                   f"({c.base:.4g} -> {c.now:.4g}, limit +{100 * max_reg:.0f}%)")
         print(f"gate FAILED: {len(regs)} of {len(changes)} kernels regressed by more than {100 * max_reg:.0f}%")
         return EXIT_REGRESSION

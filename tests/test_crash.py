@@ -238,7 +238,7 @@ GUARD = textwrap.dedent(r'''
     import ctypes, mmap, sys
     import numpy as np
     from fastconv import dispatch, reference, validate
-    from fastconv.testing import assert_conv_close
+    from fastconv.testing import assert_algorithm_close
 
     PAGE = mmap.PAGESIZE
     libc = ctypes.CDLL(None, use_errno=True)
@@ -289,7 +289,7 @@ GUARD = textwrap.dedent(r'''
                     out[...] = np.nan
                     dispatch.Plan(alg, wt, b, p).run(x, out)
                     if p.n * p.out_h * p.out_w <= 200_000:
-                        assert_conv_close(out, x0, w0, b0, p, alg.tolerance[p.dtype], label=alg.name)
+                        assert_algorithm_close(alg, out, x0, w0, b0, p)
                     else:
                         assert not np.isnan(out).any(), f"{alg.name}: output elements left unwritten"
                     KEEP.clear()
