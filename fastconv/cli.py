@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="one layer instead of a suite: N,C,H,W,Cout,k,s,p (or N,C,H,Cout,k,s,p), optional "
                         ":g=G; pools max:N,C,H,W,k,s,p, avg:..., gap:N,C,H,W. Repeatable.")
     b.add_argument("--list-suites", action="store_true", help="print the shipped suites and exit")
+    b.add_argument("--model", action="append", default=[], metavar="NAME",
+                   help="time a whole seed network, torch original vs converted to fastconv "
+                        "(lenet, alexnet, nin, vgg11, resnet18, inception, densenet; repeatable; needs torch)")
+    b.add_argument("--batch", action="append", type=int, default=None, metavar="N",
+                   help="with --model: batch sizes (repeatable; default 1 and 8)")
     b.add_argument("--algo", action="append", default=None, metavar="NAME",
                    help="only these registered algorithms (repeatable); auto is always measured")
     b.add_argument("--peers", default=None, metavar="LIST",
@@ -173,6 +178,8 @@ def cmd_bench(args) -> int:
     if args.list_suites:
         print("\n".join(suites.available()))
         return 0
+    if args.model:
+        return cmd_models(args)
     gate = bool(args.compare or args.save_baseline)
     base = None
     if args.compare:
@@ -242,6 +249,34 @@ def cmd_bench(args) -> int:
     if base is None:
         return 0
     return _gate(base, rep, layers, opts, suite_name, max_reg, args, out)
+
+
+def cmd_models(args) -> int:
+    """``fastconv bench --model NAME``: whole-model inference, torch original vs converted."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UsageError("--model needs torch: pip install 'torch==2.13.0'") from None
+    from fastconv import zoo
+    unknown = [m for m in args.model if m not in zoo.model_names()]
+    if unknown:
+        raise UsageError(f"--model: unknown model {unknown[0]!r}; known: {', '.join(zoo.model_names())}")
+    batches = args.batch or [1, 8]
+    if min(batches) < 1:
+        raise UsageError(f"--batch must be positive, got {min(batches)}")
+    threads = args.threads if args.threads is not None else 2
+    if threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {threads}")
+    rows = []
+    for name in args.model:
+        for batch in batches:
+            t = zoo.time_model(name, batch=batch, threads=threads, repeats=args.repeats or 5)
+            rows.append(t.as_dict())
+            print(t.describe(), flush=True)
+    if args.json:
+        import json
+        _writable(args.json, "--json").write_text(json.dumps({"schema": "fastconv-models/1", "models": rows}, indent=1))
+    return 0
 
 
 def _gate(base, rep, layers, opts, suite_name, max_reg, args, out) -> int:
