@@ -13,7 +13,8 @@ for each candidate normalization, prints over all (layer, algorithm) pairs:
   (all ordered pairs of runs, all kernels) — what the self-compare test must never see.
 
 ``median_s`` and ``min_s`` are raw seconds; ``norm`` is the median of per-round ratios to the
-calibration (NumPy SGEMM timed in the same rounds); ``norm_min`` is min(kernel) / min(calibration).
+calibration timed in the same rounds; ``norm_min`` is min(kernel) / min(calibration);
+``norm_peer`` is min(kernel) / min(NumPy conv of the same layer).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-KEYS = ("median_s", "min_s", "norm", "norm_min")
+KEYS = ("median_s", "min_s", "norm", "norm_min", "norm_peer")
 
 
 def runs(suite: str, threads: int, n: int, profile: str, calib: str) -> list[dict]:
@@ -35,7 +36,8 @@ def runs(suite: str, threads: int, n: int, profile: str, calib: str) -> list[dic
     with tempfile.TemporaryDirectory() as d:
         for i in range(n):
             path = Path(d) / f"r{i}.json"
-            subprocess.run([sys.executable, "-m", "fastconv.cli", "bench", "--suite", suite, "--no-peers", "--quiet",
+            peers = [] if profile == "gate" else ["--no-peers"]   # the gate profile brings its NumPy anchor
+            subprocess.run([sys.executable, "-m", "fastconv.cli", "bench", "--suite", suite, *peers, "--quiet",
                             "--no-check", "--threads", str(threads), "--calibration", calib,
                             "--save-baseline" if profile == "gate" else "--json", str(path)],
                            check=True, stdout=subprocess.DEVNULL)
@@ -43,12 +45,24 @@ def runs(suite: str, threads: int, n: int, profile: str, calib: str) -> list[dic
     return out
 
 
+def both_alarms(reports: list[dict], limit: float = 0.2) -> float:
+    """False-alarm rate of the gate's rule: flagged only if norm_min AND norm_peer (where the
+    layer has one) are over the limit."""
+    from fastconv.bench.compare import compare
+    pairs = alarms = 0
+    for a, b in permutations(range(len(reports)), 2):
+        regs, changes, _ = compare(reports[a], reports[b], limit)
+        pairs += len(changes)
+        alarms += len(regs)
+    return alarms / max(pairs, 1)
+
+
 def stats(reports: list[dict], key: str, limit: float = 0.2) -> tuple[float, float, float]:
     table: dict[tuple[str, str], list[float]] = {}
     for r in reports:
         for L in r["layers"]:
             for e in L["entries"]:
-                if e["role"] != "peer":
+                if e["role"] != "peer" and e.get(key) is not None:
                     table.setdefault((L["name"], e["name"]), []).append(e[key])
     cvs, devs, alarms, pairs = [], [], 0, 0
     for vals in table.values():
@@ -75,6 +89,9 @@ def main() -> None:
         for k in KEYS:
             cv, p95, fa = stats(reps, k)
             print(f"  {k:9s} cv {100 * cv:5.1f}%   p95 |dev| {100 * p95:5.1f}%   false alarms @20% {100 * fa:5.1f}%")
+        if a.profile == "gate":
+            print(f"  gate rule (norm_min and norm_peer both over 20%): false alarms {100 * both_alarms(reps):.1f}% "
+                  f"of kernel comparisons, before retries")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ stderr and exit status 2; a detected performance regression is exit status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -49,11 +50,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="one layer instead of a suite: N,C,H,W,Cout,k,s,p (or N,C,H,Cout,k,s,p), optional "
                         ":g=G; pools max:N,C,H,W,k,s,p, avg:..., gap:N,C,H,W. Repeatable.")
     b.add_argument("--list-suites", action="store_true", help="print the shipped suites and exit")
+    b.add_argument("--model", action="append", default=[], metavar="NAME",
+                   help="time a whole seed network, torch original vs converted to fastconv "
+                        "(lenet, alexnet, nin, vgg11, resnet18, inception, densenet; repeatable; needs torch)")
+    b.add_argument("--batch", action="append", type=int, default=None, metavar="N",
+                   help="with --model: batch sizes (repeatable; default 1 and 8)")
     b.add_argument("--algo", action="append", default=None, metavar="NAME",
                    help="only these registered algorithms (repeatable); auto is always measured")
     b.add_argument("--peers", default=None, metavar="LIST",
                    help="comma-separated peers among torch,onnxruntime,numpy, or 'none' "
-                        "(default: all installed; none with --compare/--save-baseline)")
+                        "(default: all installed; numpy with --save-baseline, the baseline's with --compare)")
     b.add_argument("--no-peers", action="store_true", help="same as --peers none")
     b.add_argument("--threads", type=int, default=None,
                    help="threads for every pool (fastconv.set_num_threads); default: all cores, or the "
@@ -70,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--compare", metavar="BASELINE", help="regression gate: compare with a baseline JSON")
     b.add_argument("--max-regression", default="20%", metavar="PCT",
                    help="gate threshold on normalized time (default 20%%)")
-    b.add_argument("--retries", type=int, default=2, help="re-measure a regressing layer up to N times (default 2)")
+    b.add_argument("--retries", type=int, default=3, help="re-measure a regressing layer up to N times (default 3)")
     b.add_argument("--save-baseline", metavar="PATH", help="write this run as a baseline for --compare")
     b.add_argument("--quiet", action="store_true", help="no table or progress bar")
     i = sub.add_parser("info", help="version, CPU, threads, BLAS, compiled extensions, JIT cache")
@@ -84,7 +90,7 @@ def cmd_info(args) -> int:
     import fastconv
     from fastconv import dispatch
     from fastconv.bench import machine
-    d = machine.info()
+    d = machine.info(probe=True)
     d["algorithms"] = {a.name: f"{a.language}: {a.summary}" for a in dispatch.REGISTRY}
     d["pools"] = {k.name: f"{k.language}: {k.summary}" for k in dispatch.POOL_REGISTRY}
     d["extensions"] = machine.extensions()
@@ -125,12 +131,12 @@ def _layers(args):
     return name, suites.load(name)
 
 
-def _peer_list(args, gate: bool) -> tuple[str, ...]:
+def _peer_list(args, gate: bool, prof: dict) -> tuple[str, ...]:
     from fastconv.bench.peers import PEERS
     if args.no_peers or (args.peers or "").strip() == "none":
         return ()
     if args.peers is None:
-        return () if gate else PEERS
+        return tuple(prof.get("peers", ())) if gate else PEERS
     names = tuple(s.strip() for s in args.peers.split(",") if s.strip())
     bad = [n for n in names if n not in PEERS]
     if bad:
@@ -172,6 +178,8 @@ def cmd_bench(args) -> int:
     if args.list_suites:
         print("\n".join(suites.available()))
         return 0
+    if args.model:
+        return cmd_models(args)
     gate = bool(args.compare or args.save_baseline)
     base = None
     if args.compare:
@@ -210,8 +218,9 @@ def cmd_bench(args) -> int:
         raise UsageError(f"--repeats must be a positive integer, got {repeats}")
     suite_name, layers = _layers(args)
     cooldown = args.cooldown if args.cooldown is not None else prof.get("cooldown_s", 0.1)
-    opts = runner.Options(repeats=repeats, cooldown_s=cooldown, peers=_peer_list(args, gate),
+    opts = runner.Options(repeats=repeats, cooldown_s=cooldown, peers=_peer_list(args, gate, prof),
                           min_sample_s=prof.get("min_sample_s", 0.02), max_time_s=prof.get("max_time_s", 3.0),
+                          burst=prof.get("burst", 0),
                           check=not args.no_check, calibration=args.calibration or prof.get("calibration", "fma"),
                           algorithms=tuple(args.algo) if args.algo else None)
     rep = _run(layers, opts, suite_name, args.quiet)
@@ -242,6 +251,34 @@ def cmd_bench(args) -> int:
     return _gate(base, rep, layers, opts, suite_name, max_reg, args, out)
 
 
+def cmd_models(args) -> int:
+    """``fastconv bench --model NAME``: whole-model inference, torch original vs converted."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UsageError("--model needs torch: pip install 'torch==2.13.0'") from None
+    from fastconv import zoo
+    unknown = [m for m in args.model if m not in zoo.model_names()]
+    if unknown:
+        raise UsageError(f"--model: unknown model {unknown[0]!r}; known: {', '.join(zoo.model_names())}")
+    batches = args.batch or [1, 8]
+    if min(batches) < 1:
+        raise UsageError(f"--batch must be positive, got {min(batches)}")
+    threads = args.threads if args.threads is not None else 2
+    if threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {threads}")
+    rows = []
+    for name in args.model:
+        for batch in batches:
+            t = zoo.time_model(name, batch=batch, threads=threads, repeats=args.repeats or 5)
+            rows.append(t.as_dict())
+            print(t.describe(), flush=True)
+    if args.json:
+        import json
+        _writable(args.json, "--json").write_text(json.dumps({"schema": "fastconv-models/1", "models": rows}, indent=1))
+    return 0
+
+
 def _gate(base, rep, layers, opts, suite_name, max_reg, args, out) -> int:
     from fastconv.bench import compare
     regs, _, notes = compare.compare(base, rep, max_reg)
@@ -249,7 +286,8 @@ def _gate(base, rep, layers, opts, suite_name, max_reg, args, out) -> int:
         if not regs:
             break
         again = [L for L in layers if L.name in {c.layer for c in regs}]
-        retry = _run(again, opts, suite_name, True)
+        # twice the samples: more chances to catch calls no other process interrupted
+        retry = _run(again, dataclasses.replace(opts, repeats=2 * opts.repeats), suite_name, True)
         compare.merge_best(rep, retry)
         regs, _, notes = compare.compare(base, rep, max_reg)
     regs, changes, notes = compare.compare(base, rep, max_reg)
@@ -258,7 +296,8 @@ def _gate(base, rep, layers, opts, suite_name, max_reg, args, out) -> int:
     worst = max(changes, key=lambda c: c.ratio, default=None)
     if regs:
         for c in sorted(regs, key=lambda c: -c.ratio):
-            print(f"REGRESSION {c.layer} {c.name}: {100 * (c.ratio - 1):+.0f}% normalized time "
+            second = f", {100 * (c.ratio2 - 1):+.0f}% vs the NumPy conv" if c.ratio2 is not None else ""
+            print(f"REGRESSION {c.layer} {c.name}: {100 * (c.ratio - 1):+.0f}% normalized time{second} "
                   f"({c.base:.4g} -> {c.now:.4g}, limit +{100 * max_reg:.0f}%)")
         print(f"gate FAILED: {len(regs)} of {len(changes)} kernels regressed by more than {100 * max_reg:.0f}%")
         return EXIT_REGRESSION

@@ -63,6 +63,7 @@ class Algorithm:
         check_workspace(self, p)
         with threads.kernel_region():
             _cache_fallback(self.kernel.run, x, packed, p, out, **self.options)
+        threads.after_first_run(self.name)
 
 
 def _from_numba_cache(exc: BaseException) -> bool:

@@ -107,3 +107,24 @@ def test_bench_json_and_plot(capsys, tmp_path):
 def test_list_suites(capsys):
     rc, out, _ = run_cli(capsys, "bench", "--list-suites")
     assert rc == 0 and {"smoke", "default", "seed", "all", "pools", "vgg16"} <= set(out.split())
+
+
+def test_bench_model_times_original_and_converted(capsys, tmp_path):
+    pytest.importorskip("torch", reason="--model compares with the torch original: pip install '.[peers]'")
+    out = tmp_path / "models.json"
+    code, stdout, _ = run_cli(capsys, "bench", "--model", "lenet", "--batch", "1", "--batch", "0",
+                              "--repeats", "2", "--json", str(out))
+    assert code == 2  # batch 0 is refused up front, in one line
+    code, stdout, _ = run_cli(capsys, "bench", "--model", "lenet", "--batch", "2", "--repeats", "2",
+                              "--threads", "1", "--json", str(out))
+    assert code == 0
+    assert "lenet batch 2 (2x1x28x28), 1 threads: torch" in stdout
+    row = json.loads(out.read_text())["models"][0]
+    assert row["model"] == "lenet" and row["torch_s"] > 0 and row["fastconv_s"] > 0
+    assert row["speedup"] == pytest.approx(row["torch_s"] / row["fastconv_s"])
+    assert row["max_rel_err"] < 1e-4
+
+
+def test_bench_model_unknown_name(capsys):
+    code, _, err = run_cli(capsys, "bench", "--model", "resnet1000")
+    assert code == 2 and err.strip().count("\n") == 0 and "unknown model 'resnet1000'" in err

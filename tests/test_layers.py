@@ -251,3 +251,11 @@ def test_configuration_is_read_only_and_repeated_shapes_skip_validation(monkeypa
     y = layer(x)
     assert len(calls) == 3
     check_conv(layer, x, y)
+
+
+def test_layers_respect_the_output_budget(monkeypatch):
+    x = rand(1, 2, 16, 16)
+    monkeypatch.setattr(dispatch, "_OUTPUT_LIMIT", [100])
+    for layer in (fastconv.Conv2d(2, 2, 3), fastconv.MaxPool2d(2), fastconv.AvgPool2d(2)):
+        with pytest.raises(MemoryError, match="over the limit"):
+            layer(x)

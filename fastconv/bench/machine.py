@@ -74,11 +74,17 @@ def blas() -> list[dict]:
             for d in threadpool_info() if d.get("user_api") == "blas"]
 
 
-def numba_threading_layer() -> str:
+def numba_threading_layer(probe: bool = False) -> str:
+    """numba's threading layer; it is chosen at the first parallel launch, so ``probe`` runs a
+    tiny parallel kernel (direct conv, from the JIT cache) when none has run yet."""
     import numba
     try:
-        return numba.threading_layer()       # known once a parallel kernel has run
+        return numba.threading_layer()
     except ValueError:
+        if probe:
+            import fastconv
+            fastconv.conv2d(np.ones((1, 1, 3, 3), np.float32), np.ones((1, 1, 1, 1), np.float32), algo="direct")
+            return numba_threading_layer()
         return f"not yet chosen (config: {numba.config.THREADING_LAYER})"
 
 
@@ -110,14 +116,14 @@ def jit_cache_dir() -> str:
     return str(here) + ("" if os.access(here.parent, os.W_OK) else " (not writable: numba falls back to ~/.cache)")
 
 
-def info() -> dict:
+def info(probe: bool = False) -> dict:
     import fastconv
     libs = {d: _version(d) for d in ("numpy", "numba", "llvmlite", "scipy", "threadpoolctl", "torch",
                                      "onnxruntime", "onnx", "rich", "matplotlib")}
     return {"fastconv": fastconv.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "host": platform.node(), "machine_key": machine_key(),
             "cpu": cpu(), "threads": _threads.get_num_threads(), "libraries": libs, "blas": blas(),
-            "numba_threading_layer": numba_threading_layer()}
+            "numba_threading_layer": numba_threading_layer(probe)}
 
 
 # --- peaks -----------------------------------------------------------------------------------

@@ -113,11 +113,13 @@ def plot(report: dict, path: str | Path) -> None:
                              gridspec_kw={"width_ratios": widths}, squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, (layers, key, ylabel) in zip(axes[0], panels):
+        # pools: our kernel of each kind is one series, "fastconv"
+        series_of = (lambda e: e["name"] if e["role"] == "peer" or key == "gflops" else "fastconv")
         series = []
         for L in layers:
             for e in L["entries"]:
-                if e["name"] not in series:
-                    series.append(e["name"])
+                if series_of(e) not in series:
+                    series.append(series_of(e))
         # ours in registry order, then auto, then the peers in grey tones
         from fastconv.dispatch import names
         rank = {n: i for i, n in enumerate(names() + ["auto"] + list(PEER_LABEL))}
@@ -127,7 +129,7 @@ def plot(report: dict, path: str | Path) -> None:
         bw = 0.8 / n
         xs = np.arange(len(layers))
         for j, s in enumerate(series):
-            vals = [next((e.get(key, 0) for e in L["entries"] if e["name"] == s), 0) for L in layers]
+            vals = [next((e.get(key, 0) for e in L["entries"] if series_of(e) == s), 0) for L in layers]
             color = ("0.35", "0.6", "0.8")[peers.index(s) % 3] if s in peers else cmap(j % 10)
             label = ("peer: " + s) if s in peers else s
             ax.bar(xs - 0.4 + bw * (j + 0.5), [v if v > 0 else np.nan for v in vals], bw, label=label,

@@ -35,6 +35,7 @@ class Options:
     calibration: str | None = "fma"
     algorithms: tuple[str, ...] | None = None   # None: every registered algorithm
     seed: int = 0
+    burst: int = 0                   # >0: a sample is the fastest of >= burst back-to-back calls
 
 
 class Progress(Protocol):
@@ -146,7 +147,8 @@ def bench_layer(layer: Layer, opts: Options, peaks: dict, progress: Progress | N
     cands = [Candidate(e.name, e.fn, e.pool) for e in entries]
     calibration = Candidate("calibration", calib, "calibration") if calib else None
     timings = measure(cands, opts.repeats, opts.min_sample_s, opts.max_time_s, opts.cooldown_s, calibration,
-                      tick=progress.advance if progress else None, warmed=True)
+                      tick=progress.advance if progress else None, warmed=True,
+                      burst=opts.burst)
     ref = _reference(p, x, w, b) if opts.check else None
     work = p.input_bytes if is_pool else p.flops
     rows = []
@@ -176,6 +178,11 @@ def bench_layer(layer: Layer, opts: Options, peaks: dict, progress: Progress | N
             row["max_rel_err"] = float(err / max(np.abs(ref).max(), 1e-30))
         rows.append(row)
     by_name = {r["name"]: r for r in rows}
+    anchor = by_name.get("numpy")
+    if anchor is not None:      # second gate normalization: the NumPy conv of the same layer
+        for r in rows:
+            if r["role"] != "peer":
+                r["norm_peer"] = r["min_s"] / anchor["min_s"]
     for r in rows:
         if r["role"] != "peer":
             r["vs"] = {q: by_name[q]["median_s"] / r["median_s"] for q in by_name if by_name[q]["role"] == "peer"}

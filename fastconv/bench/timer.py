@@ -60,7 +60,16 @@ class Timing:
         return float(np.median(self.ratios)) if self.ratios else None
 
 
-def _sample(c: Candidate) -> float:
+def _sample(c: Candidate, burst: bool = False) -> float:
+    """Seconds per call: the mean over ``inner`` calls, or with ``burst`` the fastest of them
+    (each timed alone: back-to-back calls find warm caches and seldom straddle a preemption)."""
+    if burst:
+        best = float("inf")
+        for _ in range(c.inner):
+            t0 = time.perf_counter()
+            c.fn()
+            best = min(best, time.perf_counter() - t0)
+        return best
     t0 = time.perf_counter()
     for _ in range(c.inner):
         c.fn()
@@ -69,15 +78,17 @@ def _sample(c: Candidate) -> float:
 
 def measure(cands: list[Candidate], repeats: int = 5, min_sample_s: float = 0.02,
             max_time_s: float = 3.0, cooldown_s: float = 0.1, calibration: Candidate | None = None,
-            tick: Callable[[], None] | None = None, warmed: bool = False) -> dict[str, Timing]:
+            tick: Callable[[], None] | None = None, warmed: bool = False,
+            burst: int = 0) -> dict[str, Timing]:
     """Time ``cands`` interleaved; returns ``{name: Timing}`` (the calibration under its name).
-    ``warmed``: the caller already ran each candidate once (skip the untimed warm-up call)."""
+    ``warmed``: the caller already ran each candidate once (skip the untimed warm-up call).
+    ``burst``: each sample is the fastest of at least ``burst`` back-to-back calls (the gate)."""
     everyone = cands + ([calibration] if calibration else [])
     for c in everyone:
         if not warmed:
             c.fn()                                # warm-up (compile, first touch)
         c.est = max(_sample(c), 1e-7)
-        c.inner = max(1, math.ceil(min_sample_s / c.est))
+        c.inner = max(1, burst, math.ceil(min_sample_s / c.est))
         c.samples, c.rounds = [], []
     # calls allowed per candidate: `repeats`, fewer (>= 3) when one call is slow
     quota = {c.name: max(min(3, repeats), min(repeats, int(max_time_s / (c.inner * c.est))))
@@ -92,7 +103,7 @@ def measure(cands: list[Candidate], repeats: int = 5, min_sample_s: float = 0.02
         for c in order:
             if cooldown_s and prev_pool is not None and c.pool != prev_pool:
                 time.sleep(cooldown_s)
-            c.samples.append(_sample(c))
+            c.samples.append(_sample(c, burst > 0))
             c.rounds.append(r)
             prev_pool = c.pool
             if tick and c is not calibration:
