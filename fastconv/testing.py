@@ -158,6 +158,11 @@ MAX_POOL_CASES = [
     PoolCase("global", (2, 3, 5, 7), dict(kernel_size=(5, 7))),
     PoolCase("batch0", (0, 3, 8, 8), dict(kernel_size=2)),
     PoolCase("unbatched", (3, 8, 9), dict(kernel_size=3, stride=2, padding=1)),
+    # row-kernel paths (kernels/pool_impl.h): vector remainders on odd widths, stride > kernel
+    PoolCase("k3_s2_p1_wide_odd", (1, 3, 13, 37), dict(kernel_size=3, stride=2, padding=1)),
+    PoolCase("k2_s2_wide_odd", (1, 2, 9, 37), dict(kernel_size=2, stride=2)),
+    PoolCase("k3_s1_p1_wide", (1, 2, 7, 33), dict(kernel_size=3, stride=1, padding=1)),
+    PoolCase("k2_s3_gaps", (1, 2, 11, 13), dict(kernel_size=2, stride=3)),
 ]
 AVG_POOL_CASES = [
     PoolCase("k2", kwargs=dict(kernel_size=2)),
@@ -170,6 +175,14 @@ AVG_POOL_CASES = [
     PoolCase("rect", (2, 2, 9, 14), dict(kernel_size=(2, 5), stride=(2, 3), padding=(1, 2))),
     PoolCase("batch0", (0, 3, 8, 8), dict(kernel_size=2)),
     PoolCase("unbatched", (3, 8, 9), dict(kernel_size=3, stride=2, padding=1)),
+    # row-kernel paths (kernels/pool_impl.h): no interior column, stride > kernel, odd widths
+    PoolCase("k5_p2_no_interior", (1, 2, 6, 4), dict(kernel_size=5, stride=1, padding=2)),
+    PoolCase("k2_s3_gaps", (1, 2, 11, 13), dict(kernel_size=2, stride=3)),
+    PoolCase("k3_s2_p1_wide_odd", (1, 3, 13, 37), dict(kernel_size=3, stride=2, padding=1)),
+    PoolCase("k3_s1_p1_wide_exclude", (1, 2, 7, 33), dict(kernel_size=3, stride=1, padding=1,
+                                                         count_include_pad=False)),
+    PoolCase("k4x3_s3x2_p2x1_ceil", (1, 2, 14, 17), dict(kernel_size=(4, 3), stride=(3, 2), padding=(2, 1),
+                                                         ceil_mode=True)),
 ]
 ADAPTIVE_CASES = [
     PoolCase("global", (2, 5, 7, 7), dict(output_size=1)),
@@ -178,4 +191,5 @@ ADAPTIVE_CASES = [
     PoolCase("none_keeps", (1, 2, 6, 5), dict(output_size=(2, None))),
     PoolCase("batch0", (0, 3, 8, 8), dict(output_size=2)),
     PoolCase("unbatched", (3, 8, 9), dict(output_size=(4, 3))),
+    PoolCase("global_odd_plane", (2, 3, 5, 19), dict(output_size=1)),   # 95 = 11 lanes of 8 + 7
 ]
