@@ -30,7 +30,6 @@ cimport numpy as cnp
 import numpy as np
 
 cdef extern from "pool_impl.h" nogil:
-    Py_ssize_t fc_pool_buflen_f(Py_ssize_t W, Py_ssize_t OW, int kw, int sw, int pw, int dw)
     void fc_maxpool_plane_f(const float *x, float *y, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
                             Py_ssize_t OW, int kh, int kw, int sh, int sw, int ph, int pw, int dh,
                             int dw, float *buf)
@@ -71,7 +70,7 @@ def max_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, cnp.i
     if want_idx:
         _max_pool_indices(x, out, idx, kh, kw, sh, sw, ph, pw, dh, dw, nthreads)
         return
-    cdef Py_ssize_t plane, L = fc_pool_buflen_f(W, OW, kw, sw, pw, dw)
+    cdef Py_ssize_t plane, L = ((kh - 1) * dh + 1) * OW  # ring of horizontal-max lines
     cdef int nt = _threads(N * C, H * W, nthreads)
     cdef floating *buf
     cdef const floating *xp = &x[0, 0, 0, 0]
@@ -194,13 +193,14 @@ def adaptive_avg_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] o
     if N * C == 0 or OH * OW == 0:
         return
     cdef int nt = _threads(N * C, HW, nthreads)
-    if OH == 1 and OW == 1:  # global average: one contiguous mean per plane
+    cdef floating *yp = &out[0, 0, 0, 0]
+    if OH == 1 and OW == 1:  # global average: one contiguous mean per plane, out is flat
         xp = &x[0, 0, 0, 0]
         for plane in prange(N * C, nogil=True, schedule="static", num_threads=nt):
             if floating is float:
-                out[plane // C, plane % C, 0, 0] = fc_mean_f(xp + plane * HW, HW)
+                yp[plane] = fc_mean_f(xp + plane * HW, HW)
             else:
-                out[plane // C, plane % C, 0, 0] = fc_mean_d(xp + plane * HW, HW)
+                yp[plane] = fc_mean_d(xp + plane * HW, HW)
         return
     for plane in prange(N * C, nogil=True, schedule="static", num_threads=nt):
         xp = &x[0, 0, 0, 0] + plane * HW
