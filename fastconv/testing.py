@@ -102,6 +102,13 @@ CONV_CASES: list[ConvCase] = [
     ConvCase("wide_3x3", n=1, c_in=37, h=12, w=13, c_out=41, padding=1),
     ConvCase("wide_1x1", n=2, c_in=70, h=5, w=9, c_out=33, kh=1, kw=1),
     ConvCase("wide_5x5_s2", n=1, c_in=19, h=15, w=15, c_out=23, kh=5, kw=5, stride=2, padding=2),
+    # direct (kernels/direct_impl.h): channel blocks of 1..8 (9 = 5+4, 17 = 6+6+5), phase planes of
+    # stride 3 with dilation, packing per (image, group) inside threads (n*groups >= 4*threads)
+    ConvCase("direct_blocks_9_s3_d2", n=1, c_in=2, h=17, w=19, c_out=9, kh=3, kw=2, stride=3, dilation=2,
+             padding=(2, 1)),
+    ConvCase("direct_blocks_17_local_pack", n=9, c_in=2, h=7, w=6, c_out=17, kh=2, kw=3, padding=1),
+    ConvCase("direct_depthwise_k5_s2_local_pack", n=2, c_in=8, h=11, w=10, c_out=8, kh=5, kw=5, stride=2,
+             padding=2, groups=8),
 ]
 
 

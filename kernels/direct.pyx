@@ -82,17 +82,30 @@ def _blocking(p):
     return nblk, cb, tile, chunk
 
 
+def _tail(p) -> int:
+    """Slack after packed input: reads run past the last plane by < one row + one chunk (into
+    dropped columns / the chunk rounding only)."""
+    _, wq, _ = _geometry(p)
+    return wq + 2 * _blocking(p)[3]
+
+
 def _packed_len(p) -> int:
     hq, wq, ph = _geometry(p)
-    _, _, _, chunk = _blocking(p)
-    # reads run past the last plane by < one row + one chunk (dropped columns / chunk rounding)
-    return p.n * p.c_in * ph * hq * wq + wq + 2 * chunk
+    return p.n * p.c_in * ph * hq * wq + _tail(p)
+
+
+def _local_pack(p, nthreads: int) -> bool:
+    """Pack per (image, group) inside each thread when there are enough pairs to share out."""
+    return p.n * p.groups >= 4 * nthreads
 
 
 def workspace_bytes(p) -> int:
     from fastconv import threads
+    nt = threads.get_num_threads()
     nblk, cb, tile, chunk = _blocking(p)
-    return (_packed_len(p) + threads.get_num_threads() * cb * (tile + chunk)) * p.itemsize
+    hq, wq, ph = _geometry(p)
+    packed = nt * (p.c_in_per_group * ph * hq * wq + _tail(p)) if _local_pack(p, nt) else _packed_len(p)
+    return (packed + nt * cb * (tile + chunk)) * p.itemsize
 
 
 def prepare(w, b, p):
@@ -120,15 +133,18 @@ def run(x, packed, p, out) -> None:
     from fastconv import threads
     wp, bp, toff = packed
     hq, wq, _ = _geometry(p)
-    xs = np.empty(_packed_len(p), dtype=x.dtype)
+    nt = threads.get_num_threads()
+    local = _local_pack(p, nt)
+    # local packing needs no shared buffer (each thread packs into its own)
+    xs = np.empty(1 if local else _packed_len(p), dtype=x.dtype)
     _run(x, xs, wp, bp, toff, out, hq, wq, p.stride[0], p.stride[1], p.pad[0], p.pad[2], p.groups,
-         *_blocking(p), threads.get_num_threads())
+         *_blocking(p), nt, local, _tail(p))
 
 
 def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, :, ::1] wp,
          const floating[:, :, ::1] bp, const Py_ssize_t[::1] toff, floating[:, :, :, ::1] out,
          Py_ssize_t Hq, Py_ssize_t Wq, int sh, int sw, int pt, int pl, int groups, int nblk, int cb,
-         Py_ssize_t tile, Py_ssize_t chunk, int nthreads):
+         Py_ssize_t tile, Py_ssize_t chunk, int nthreads, bint local_pack, Py_ssize_t tail):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t CO = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t ntap = toff.shape[0], cog = CO // groups, cig = C // groups
@@ -136,8 +152,8 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
     cdef Py_ssize_t total = OH * Wq                       # flat positions per output channel
     cdef Py_ssize_t ntile = (total + tile - 1) // tile
     cdef Py_ssize_t ntask = N * groups * ntile * nblk
-    cdef Py_ssize_t lda = tile + chunk, tail = xs.shape[0] - N * C * plane_q
-    cdef Py_ssize_t q, task, img, g, blk, t, p0, p1
+    cdef Py_ssize_t lda = tile + chunk
+    cdef Py_ssize_t q, qq, c, task, img, g, blk, t, p0, p1
     cdef int cvalid
     if N == 0 or CO == 0 or OH * OW == 0:
         return
@@ -149,8 +165,47 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
     cdef floating *yp = &out[0, 0, 0, 0]
     cdef floating *acc
     cdef int nt = <int>min(<Py_ssize_t>nthreads, ntask)
-    for q in range(tail):  # read (into dropped lanes only) by the last chunks: keep it finite
-        xsp[N * C * plane_q + q] = 0
+    cdef floating *local
+    cdef Py_ssize_t gsize = cig * plane_q                  # one group's packed input
+    if not local_pack:
+        for q in range(tail):  # read (into dropped lanes only) by the last chunks: keep it finite
+            xsp[N * C * plane_q + q] = 0
+    if local_pack:
+        # many (image, group) pairs: each thread packs one pair into its own buffer and runs all of
+        # its tiles and blocks while that input is hot in L1/L2 (depthwise, LeNet's batch of 64)
+        with nogil, parallel(num_threads=<int>min(<Py_ssize_t>nthreads, N * groups)):
+            acc = <floating *> malloc(cb * lda * sizeof(floating))
+            local = <floating *> malloc((gsize + tail) * sizeof(floating))
+            for qq in range(tail):
+                local[gsize + qq] = 0
+            for task in prange(N * groups, schedule="static"):
+                img = task // groups
+                g = task % groups
+                for c in range(cig):
+                    if floating is float:
+                        fc_direct_pack_f(xp + ((img * C + g * cig + c) * H * W), local + c * plane_q,
+                                         H, W, Hq, Wq, sh, sw, pt, pl)
+                    else:
+                        fc_direct_pack_d(xp + ((img * C + g * cig + c) * H * W), local + c * plane_q,
+                                         H, W, Hq, Wq, sh, sw, pt, pl)
+                for t in range(ntile):
+                    p0 = t * tile
+                    p1 = min(p0 + tile, total)
+                    for blk in range(nblk):
+                        cvalid = <int>min(<Py_ssize_t>cb, cog - blk * cb)
+                        if floating is float:
+                            fc_direct_task_f(local, top, ntap, wpp + (g * nblk + blk) * ntap * cb,
+                                             bpp + (g * nblk + blk) * cb, cb, cvalid,
+                                             yp + (img * CO + g * cog + blk * cb) * OH * OW,
+                                             OH, OW, Wq, p0, p1, acc, lda)
+                        else:
+                            fc_direct_task_d(local, top, ntap, wpp + (g * nblk + blk) * ntap * cb,
+                                             bpp + (g * nblk + blk) * cb, cb, cvalid,
+                                             yp + (img * CO + g * cog + blk * cb) * OH * OW,
+                                             OH, OW, Wq, p0, p1, acc, lda)
+            free(local)
+            free(acc)
+        return
     with nogil, parallel(num_threads=nt):
         acc = <floating *> malloc(cb * lda * sizeof(floating))
         for q in prange(N * C, schedule="static"):
