@@ -109,6 +109,10 @@ CONV_CASES: list[ConvCase] = [
     ConvCase("direct_blocks_17_local_pack", n=9, c_in=2, h=7, w=6, c_out=17, kh=2, kw=3, padding=1),
     ConvCase("direct_depthwise_k5_s2_local_pack", n=2, c_in=8, h=11, w=10, c_out=8, kh=5, kw=5, stride=2,
              padding=2, groups=8),
+    # direct on wide rows (many chunks per row, ragged last chunk)
+    ConvCase("direct_wide_ragged_chunk", n=1, c_in=2, h=4, w=130, c_out=4, padding=1),
+    ConvCase("direct_depthwise_w62", n=1, c_in=3, h=5, w=62, c_out=3, padding=1, groups=3),
+    ConvCase("direct_s2_w200", n=1, c_in=1, h=6, w=200, c_out=9, kh=3, kw=5, stride=2, padding=2),
 ]
 
 
