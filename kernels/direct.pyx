@@ -44,12 +44,16 @@ results): LLVM vectorises the innermost loop but keeps the tile in memory, loadi
 it for every tap. gcc keeps ``CB × NV`` vector accumulators in registers from portable vector
 extensions. Compiled ahead of time, the kernel also has no JIT cost on the first call.
 
-A "row mode" (chunks along each output row stored straight into ``y``, no extraction pass) was
-measured 5–60% slower than flat positions + extraction on all five layers and dropped.
+Measured and dropped: a "row mode" (chunks along each output row stored straight into ``y``, no
+extraction pass) was 5–60% slower than flat positions + extraction on all five layers; unfolding
+each image's taps (valid positions only, no wasted columns) for narrow outputs made lenet.conv2
+1.5× slower (1.02 vs 0.69 ms): its 8-element row copies cost more than the 4 dropped columns of 12.
 """
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 import numpy as np
+
+from fastconv import threads
 
 cdef extern from "direct_impl.h" nogil:
     Py_ssize_t fc_direct_chunk_f(int cb)
@@ -118,13 +122,33 @@ def _local_pack(p, nthreads: int) -> bool:
     return p.n * p.groups >= 4 * nthreads
 
 
-def workspace_bytes(p) -> int:
-    from fastconv import threads
-    nt = threads.get_num_threads()
+_CONFIGS = {}
+
+
+def _config(p, nt):
+    """Everything run() derives from the layer and thread count, computed once per shape
+    (ConvParams is frozen, so hashable): saves ~10 us of Python per call on LeNet-sized calls.
+    Returns (hq, wq, nblk, cb, tile, chunk, tail, local, shared buffer length, workspace bytes)."""
+    key = (p, nt)
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        if len(_CONFIGS) > 256:
+            _CONFIGS.clear()
+        cfg = _CONFIGS[key] = _compute_config(p, nt)
+    return cfg
+
+
+def _compute_config(p, nt):
     nblk, cb, tile, chunk = _blocking(p)
     hq, wq, ph = _geometry(p)
-    packed = nt * (p.c_in_per_group * ph * hq * wq + _tail(p)) if _local_pack(p, nt) else _packed_len(p)
-    return (packed + nt * cb * (tile + chunk)) * p.itemsize
+    tail, local = _tail(p), _local_pack(p, nt)
+    shared = 1 if local else _packed_len(p)  # local packing needs no shared buffer
+    packed = nt * (p.c_in_per_group * ph * hq * wq + tail) if local else shared
+    return hq, wq, nblk, cb, tile, chunk, tail, local, shared, (packed + nt * cb * (tile + chunk)) * p.itemsize
+
+
+def workspace_bytes(p) -> int:
+    return _config(p, threads.get_num_threads())[9]  # (no negative indices: wraparound=False)
 
 
 def prepare(w, b, p):
@@ -149,15 +173,12 @@ def prepare(w, b, p):
 
 
 def run(x, packed, p, out) -> None:
-    from fastconv import threads
     wp, bp, toff = packed
-    hq, wq, _ = _geometry(p)
     nt = threads.get_num_threads()
-    local = _local_pack(p, nt)
-    # local packing needs no shared buffer (each thread packs into its own)
-    xs = np.empty(1 if local else _packed_len(p), dtype=x.dtype)
+    hq, wq, nblk, cb, tile, chunk, tail, local, shared, _ = _config(p, nt)
+    xs = np.empty(shared, dtype=x.dtype)
     _run(x, xs, wp, bp, toff, out, hq, wq, p.stride[0], p.stride[1], p.pad[0], p.pad[2], p.groups,
-         *_blocking(p), nt, local, _tail(p))
+         nblk, cb, tile, chunk, nt, local, tail)
 
 
 def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, :, ::1] wp,
