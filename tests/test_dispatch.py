@@ -61,8 +61,7 @@ def test_one_thread_knob():
     old = fastconv.get_num_threads()
     try:
         fastconv.set_num_threads(1)
-        # a Numba kernel (direct is Cython now and no longer loads numba)
-        fastconv.conv2d(np.ones((1, 2, 5, 5), np.float32), np.ones((2, 2, 3, 3), np.float32), algo="im2col")
+        fastconv.conv2d(np.ones((1, 2, 5, 5), np.float32), np.ones((2, 2, 3, 3), np.float32))
         import numba
         assert numba.get_num_threads() == 1
         from threadpoolctl import threadpool_info
