@@ -113,6 +113,7 @@ CONV_CASES: list[ConvCase] = [
     ConvCase("direct_wide_ragged_chunk", n=1, c_in=2, h=4, w=130, c_out=4, padding=1),
     ConvCase("direct_depthwise_w62", n=1, c_in=3, h=5, w=62, c_out=3, padding=1, groups=3),
     ConvCase("direct_s2_w200", n=1, c_in=1, h=6, w=200, c_out=9, kh=3, kw=5, stride=2, padding=2),
+    ConvCase("direct_stride_over_kernel", h=9, w=10, stride=(7, 5), padding=1),  # unused phases skipped
 ]
 
 

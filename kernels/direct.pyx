@@ -5,7 +5,8 @@ Runs any stride, padding (incl. asymmetric), dilation and groups, in float32 and
 is also ``auto``'s fallback. The design (details in ``direct_impl.h``):
 
 * **pack** each input channel once per call into *phase planes* (stride ``s`` splits the padded
-  plane into ``s_h*s_w`` sub-sampled planes), so that every kernel tap of every stride and
+  plane into ``s_h*s_w`` sub-sampled planes; only the ones some tap reads are packed, at most
+  ``min(s,k)`` per axis, so a huge stride costs nothing), so that every kernel tap of every stride and
   dilation is a contiguous, stride-1 read at a constant offset from the output's flat position
   ``i*Wq + j`` — one branch-free loop shape for all cases (the ``Wq - OW`` extra columns per
   row are computed and dropped);
@@ -59,9 +60,11 @@ cdef extern from "direct_impl.h" nogil:
     Py_ssize_t fc_direct_chunk_f(int cb)
     Py_ssize_t fc_direct_chunk_d(int cb)
     void fc_direct_pack_f(const float *x, float *dst, Py_ssize_t H, Py_ssize_t W, Py_ssize_t Hq,
-                          Py_ssize_t Wq, int sh, int sw, int pt, int pl)
+                          Py_ssize_t Wq, int sh, int sw, int pt, int pl, const Py_ssize_t *aph, int na,
+                          const Py_ssize_t *bph, int nb)
     void fc_direct_pack_d(const double *x, double *dst, Py_ssize_t H, Py_ssize_t W, Py_ssize_t Hq,
-                          Py_ssize_t Wq, int sh, int sw, int pt, int pl)
+                          Py_ssize_t Wq, int sh, int sw, int pt, int pl, const Py_ssize_t *aph, int na,
+                          const Py_ssize_t *bph, int nb)
     void fc_direct_task_f(const float *xin, const Py_ssize_t *toff, Py_ssize_t ntap, const float *wb,
                           const float *bias, int cb, int cvalid, float *y, Py_ssize_t OH, Py_ssize_t OW,
                           Py_ssize_t Wq, Py_ssize_t p0, Py_ssize_t p1, float *acc, Py_ssize_t lda)
@@ -82,13 +85,19 @@ def supports(p) -> str | None:
     return None
 
 
+def _phases(k: int, d: int, s: int) -> list:
+    """The phases (tap offset mod stride) some tap reads along one axis: at most min(s, k)."""
+    return sorted({(u * d) % s for u in range(k)})
+
+
 def _geometry(p):
-    """Phase-plane sizes: Hq, Wq (rows/cols of one phase plane), PH (phases = s_h*s_w)."""
+    """Phase-plane sizes: Hq, Wq (rows/cols of one phase plane) and the number of phase planes
+    per input channel (the used row phases × used column phases, at most s_h*s_w)."""
     sh, sw = p.stride
     dh, dw = p.dilation
     hq = p.out_h + ((p.kh - 1) * dh) // sh
     wq = p.out_w + ((p.kw - 1) * dw) // sw
-    return hq, wq, sh * sw
+    return hq, wq, len(_phases(p.kh, dh, sh)) * len(_phases(p.kw, dw, sw))
 
 
 def _blocking(p):
@@ -166,29 +175,38 @@ def prepare(w, b, p):
     hq, wq, ph = _geometry(p)
     sh, sw = p.stride
     dh, dw = p.dilation
+    aph, bph = _phases(p.kh, dh, sh), _phases(p.kw, dw, sw)
+    ia = {a: i for i, a in enumerate(aph)}
+    ib = {b: i for i, b in enumerate(bph)}
     ci, u, v = np.meshgrid(np.arange(cig), np.arange(p.kh), np.arange(p.kw), indexing="ij")
     uu, vv = u * dh, v * dw
-    toff = (ci * ph + (uu % sh) * sw + (vv % sw)) * (hq * wq) + (uu // sh) * wq + vv // sw
-    return wp, bp.reshape(g, nblk, cb), np.ascontiguousarray(toff.ravel(), dtype=np.intp)
+    plane = np.vectorize(ia.get)(uu % sh) * len(bph) + np.vectorize(ib.get)(vv % sw)
+    toff = (ci * ph + plane) * (hq * wq) + (uu // sh) * wq + vv // sw
+    return (wp, bp.reshape(g, nblk, cb), np.ascontiguousarray(toff.ravel(), dtype=np.intp),
+            np.array(aph, dtype=np.intp), np.array(bph, dtype=np.intp))
 
 
 def run(x, packed, p, out) -> None:
-    wp, bp, toff = packed
+    wp, bp, toff, aph, bph = packed
     nt = threads.get_num_threads()
     hq, wq, nblk, cb, tile, chunk, tail, local, shared, _ = _config(p, nt)
     xs = np.empty(shared, dtype=x.dtype)
-    _run(x, xs, wp, bp, toff, out, hq, wq, p.stride[0], p.stride[1], p.pad[0], p.pad[2], p.groups,
-         nblk, cb, tile, chunk, nt, local, tail)
+    _run(x, xs, wp, bp, toff, aph, bph, out, hq, wq, p.stride[0], p.stride[1], p.pad[0], p.pad[2],
+         p.groups, nblk, cb, tile, chunk, nt, local, tail)
 
 
 def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, :, ::1] wp,
-         const floating[:, :, ::1] bp, const Py_ssize_t[::1] toff, floating[:, :, :, ::1] out,
+         const floating[:, :, ::1] bp, const Py_ssize_t[::1] toff, const Py_ssize_t[::1] aph,
+         const Py_ssize_t[::1] bph, floating[:, :, :, ::1] out,
          Py_ssize_t Hq, Py_ssize_t Wq, int sh, int sw, int pt, int pl, int groups, int nblk, int cb,
          Py_ssize_t tile, Py_ssize_t chunk, int nthreads, bint local_pack, Py_ssize_t tail):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t CO = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t ntap = toff.shape[0], cog = CO // groups, cig = C // groups
-    cdef Py_ssize_t plane_q = sh * sw * Hq * Wq          # one packed input channel
+    cdef int na = <int>aph.shape[0], nb = <int>bph.shape[0]
+    cdef Py_ssize_t plane_q = na * nb * Hq * Wq            # one packed input channel
+    cdef const Py_ssize_t *ap = &aph[0]
+    cdef const Py_ssize_t *bpp_ = &bph[0]
     cdef Py_ssize_t total = OH * Wq                       # flat positions per output channel
     cdef Py_ssize_t ntile = (total + tile - 1) // tile
     cdef Py_ssize_t ntask = N * groups * ntile * nblk
@@ -224,10 +242,10 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
                 for c in range(cig):
                     if floating is float:
                         fc_direct_pack_f(xp + ((img * C + g * cig + c) * H * W), local + c * plane_q,
-                                         H, W, Hq, Wq, sh, sw, pt, pl)
+                                         H, W, Hq, Wq, sh, sw, pt, pl, ap, na, bpp_, nb)
                     else:
                         fc_direct_pack_d(xp + ((img * C + g * cig + c) * H * W), local + c * plane_q,
-                                         H, W, Hq, Wq, sh, sw, pt, pl)
+                                         H, W, Hq, Wq, sh, sw, pt, pl, ap, na, bpp_, nb)
                 for t in range(ntile):
                     p0 = t * tile
                     p1 = min(p0 + tile, total)
@@ -250,9 +268,9 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
         acc = <floating *> malloc(cb * lda * sizeof(floating))
         for q in prange(N * C, schedule="static"):
             if floating is float:
-                fc_direct_pack_f(xp + q * H * W, xsp + q * plane_q, H, W, Hq, Wq, sh, sw, pt, pl)
+                fc_direct_pack_f(xp + q * H * W, xsp + q * plane_q, H, W, Hq, Wq, sh, sw, pt, pl, ap, na, bpp_, nb)
             else:
-                fc_direct_pack_d(xp + q * H * W, xsp + q * plane_q, H, W, Hq, Wq, sh, sw, pt, pl)
+                fc_direct_pack_d(xp + q * H * W, xsp + q * plane_q, H, W, Hq, Wq, sh, sw, pt, pl, ap, na, bpp_, nb)
         # tasks ordered (image, group, tile, block): neighbours share their input tile
         for task in prange(ntask, schedule="dynamic"):
             blk = task % nblk

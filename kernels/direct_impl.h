@@ -65,20 +65,25 @@ static inline ptrdiff_t fc_direct_chunk_##SUF(int cb) {                         
     return VL * (cb <= 3 ? 4 : cb <= 5 ? 3 : 2);                                                   \
 }                                                                                                  \
                                                                                                    \
-/* Pack channel plane x (H x W) into its sh*sw phase planes (dst: [sh*sw][Hq][Wq]). */             \
+/* Pack channel plane x (H x W) into the phase planes the taps use: row phases aph[0..na),        \
+ * column phases bph[0..nb) (at most min(s, k) each, so a huge stride packs only kh*kw planes);     \
+ * dst: [na][nb][Hq][Wq]. */                                                                       \
 static void fc_direct_pack_##SUF(const T *restrict x, T *restrict dst, ptrdiff_t H, ptrdiff_t W,  \
-                                 ptrdiff_t Hq, ptrdiff_t Wq, int sh, int sw, int pt, int pl) {     \
-    for (int a = 0; a < sh; a++)                                                                   \
-        for (int b = 0; b < sw; b++) {                                                             \
-            T *restrict d = dst + ((ptrdiff_t)a * sw + b) * Hq * Wq;                               \
+                                 ptrdiff_t Hq, ptrdiff_t Wq, int sh, int sw, int pt, int pl,       \
+                                 const ptrdiff_t *restrict aph, int na,                            \
+                                 const ptrdiff_t *restrict bph, int nb) {                          \
+    for (int ia = 0; ia < na; ia++)                                                                \
+        for (int ib = 0; ib < nb; ib++) {                                                          \
+            const ptrdiff_t a = aph[ia], b = bph[ib];                                              \
+            T *restrict d = dst + ((ptrdiff_t)ia * nb + ib) * Hq * Wq;                             \
             /* columns c with 0 <= c*sw + b - pl < W */                                            \
             ptrdiff_t c0 = 0, c1;                                                                  \
-            while (c0 < Wq && c0 * sw + b - pl < 0) c0++;                                          \
+            while (c0 < Wq && c0 * (ptrdiff_t)sw + b - pl < 0) c0++;                               \
             c1 = c0;                                                                               \
-            while (c1 < Wq && c1 * sw + b - pl < W) c1++;                                          \
+            while (c1 < Wq && c1 * (ptrdiff_t)sw + b - pl < W) c1++;                               \
             for (ptrdiff_t r = 0; r < Hq; r++) {                                                   \
                 T *restrict dr = d + r * Wq;                                                       \
-                ptrdiff_t sr = r * sh + a - pt;                                                    \
+                ptrdiff_t sr = r * (ptrdiff_t)sh + a - pt;                                         \
                 if (sr < 0 || sr >= H) {                                                           \
                     for (ptrdiff_t c = 0; c < Wq; c++) dr[c] = 0;                                  \
                     continue;                                                                      \
@@ -96,7 +101,7 @@ static void fc_direct_pack_##SUF(const T *restrict x, T *restrict dst, ptrdiff_t
                     }                                                                              \
                     for (; c < c1; c++) dr[c] = xr[c];                                             \
                 } else                                                                             \
-                    for (ptrdiff_t c = c0; c < c1; c++) dr[c] = xr[c * sw];                        \
+                    for (ptrdiff_t c = c0; c < c1; c++) dr[c] = xr[c * (ptrdiff_t)sw];             \
                 for (ptrdiff_t c = c1; c < Wq; c++) dr[c] = 0;                                     \
             }                                                                                      \
         }                                                                                          \
