@@ -97,8 +97,9 @@ def _cache_fallback(fn, *args, **kwargs):
 
 _K = "fastconv.kernels."
 REGISTRY: list[Algorithm] = [
-    Algorithm("direct", _K + "direct", "numba",
-              "direct loops over output pixels and kernel taps; any stride/padding/dilation/groups"),
+    Algorithm("direct", _K + "direct", "cython",
+              "direct: phase-packed input, register-blocked channels x positions; any stride/padding/"
+              "dilation/groups"),
     Algorithm("im2col", _K + "im2col", "numba",
               "im2col + GEMM over bounded tiles of output rows; any stride/padding/dilation/groups"),
     Algorithm("pointwise", _K + "pointwise", "numba",
