@@ -63,9 +63,9 @@ _K = "fastconv.kernels."
 REGISTRY: list[Algorithm] = [
     Algorithm("direct", _K + "direct", "numba",
               "direct loops over output pixels and kernel taps; any stride/padding/dilation/groups"),
-    Algorithm("im2col", _K + "im2col", "numba",
+    Algorithm("im2col", _K + "im2col", "cython",
               "im2col + GEMM over bounded tiles of output rows; any stride/padding/dilation/groups"),
-    Algorithm("pointwise", _K + "pointwise", "numba",
+    Algorithm("pointwise", _K + "pointwise", "cython",
               "1x1 kernels as one GEMM per image straight on NCHW"),
     Algorithm("winograd", _K + "winograd", "numba",
               "Winograd F(2x2,3x3): 3x3, stride 1, dilation 1",
