@@ -102,10 +102,9 @@ CONV_CASES: list[ConvCase] = [
     ConvCase("wide_3x3", n=1, c_in=37, h=12, w=13, c_out=41, padding=1),
     ConvCase("wide_1x1", n=2, c_in=70, h=5, w=9, c_out=33, kh=1, kw=1),
     ConvCase("wide_5x5_s2", n=1, c_in=19, h=15, w=15, c_out=23, kh=5, kw=5, stride=2, padding=2),
-    # GEMM tiling edges (im2col / pointwise): tiles of several whole images with a remainder
-    # image, groups, and 1x1 chunks that split mid-(image, group)
-    ConvCase("gemm_multi_image_tiles", n=7, c_in=6, h=5, w=6, c_out=9, padding=1),
-    ConvCase("gemm_multi_image_groups", n=5, c_in=4, h=4, w=7, c_out=6, kh=2, kw=3, stride=(1, 2),
+    # GEMM tiling edges (im2col / pointwise): tiles that split rows mid-way with groups and a
+    # stride pair, and 1x1 chunks that split mid-(image, group)
+    ConvCase("gemm_tiles_groups_stride", n=1, c_in=4, h=9, w=13, c_out=6, kh=2, kw=3, stride=(1, 2),
              padding=1, groups=2, bias=False),
     ConvCase("pointwise_chunks_groups", n=3, c_in=6, h=7, w=5, c_out=9, kh=1, kw=1, groups=3),
 ]

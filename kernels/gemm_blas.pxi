@@ -12,6 +12,10 @@ from libc.stdint cimport int64_t, uintptr_t
 from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
+import contextlib
+
+from .. import threads
+
 ctypedef void (*sgemm64_t)(const char*, const char*, const int64_t*, const int64_t*, const int64_t*,
                            const float*, const float*, const int64_t*, const float*, const int64_t*,
                            const float*, float*, const int64_t*) noexcept nogil
@@ -43,6 +47,12 @@ def _bind_blas():
 
 
 BLAS = _bind_blas()
+
+
+def _single_blas():
+    """Context for our parallel loops: numpy's OpenBLAS is set to 1 thread by the kernel itself
+    (blas_threads_begin, a C call); the scipy fallback is limited through threadpoolctl."""
+    return threads.blas_limit(1) if BLAS == "scipy" else contextlib.nullcontext()
 
 
 cdef inline int blas_threads_begin(int n) noexcept nogil:

@@ -7,19 +7,9 @@ from cython.parallel cimport prange, threadid
 from cython cimport floating
 from libc.string cimport memset
 
-import contextlib
-
 import numpy as np
 
 include "gemm_blas.pxi"
-
-
-def _single_blas():
-    """BLAS runs single-threaded inside our prange: numpy's OpenBLAS is switched by the kernel
-    itself (a C call); the scipy fallback goes through threadpoolctl."""
-    return threads.blas_limit(1) if BLAS == "scipy" else contextlib.nullcontext()
-from .. import threads
-
 TILE_BYTES = 2 * 1024 * 1024   # unfolded tile per thread (K × cols); see module docstring
 MIN_COLS = 128                  # narrower GEMMs spend their time re-packing the weights
 
@@ -28,32 +18,23 @@ def supports(p, **opts) -> str | None:
     return None
 
 
-def tiling(p, nthreads: int, tile_bytes: int = TILE_BYTES) -> tuple[int, int]:
-    """(cols, images): a tile is ``cols`` output pixels of one image, or — when one image's whole
-    map is smaller than the budget — ``images`` whole images (their GEMM goes through a small
-    C buffer, since different images' outputs are not one strided block). Tiles hold
-    ``K·cols·images·itemsize ≤ tile_bytes`` (at least MIN_COLS columns), are equal, and there are
-    at least 2 per thread where the layer allows."""
+def tile_cols(p, nthreads: int, tile_bytes: int = TILE_BYTES) -> int:
+    """Output pixels per tile (always within one image): ``K·cols·itemsize ≤ tile_bytes`` but at
+    least MIN_COLS, equal tiles, and at least 2 tasks per thread where the map allows."""
     P = p.out_h * p.out_w
     K = p.c_in_per_group * p.kh * p.kw
-    budget = max(MIN_COLS, tile_bytes // (K * p.itemsize))  # columns
-    want = 2 * nthreads  # tasks, for balance
-    if P < budget and p.n > 1:
-        images = max(1, min(p.n, budget // P, -(-p.n * p.groups // want) if p.n * p.groups >= want else 1))
-        if images > 1:
-            return P, images
+    budget = max(MIN_COLS, tile_bytes // (K * p.itemsize))
     ntile = -(-P // min(budget, P))
+    want = 2 * nthreads
     if p.n * p.groups * ntile < want:
         ntile = min(-(-want // (p.n * p.groups)), max(1, P // 16))
     cols = -(-P // ntile)
-    return int(min(P, -(-cols // 16) * 16)), 1
+    return int(min(P, -(-cols // 16) * 16))
 
 
 def workspace_bytes(p, tile_bytes: int = TILE_BYTES, **opts) -> int:
     nt = threads.get_num_threads()
-    cols, images = tiling(p, nt, tile_bytes)
-    c_buf = p.c_out_per_group if images > 1 else 0
-    return nt * (p.c_in_per_group * p.kh * p.kw + c_buf) * cols * images * p.itemsize
+    return nt * p.c_in_per_group * p.kh * p.kw * tile_cols(p, nt, tile_bytes) * p.itemsize
 
 
 def prepare(w, b, p, **opts):
@@ -67,13 +48,12 @@ def prepare(w, b, p, **opts):
 def run(x, packed, p, out, tile_bytes: int = TILE_BYTES, **opts) -> None:
     wm, bias = packed
     nt = threads.get_num_threads()
-    cols, images = tiling(p, nt, tile_bytes)
-    c_buf = p.c_out_per_group if images > 1 else 0
-    ws = np.empty((nt, (wm.shape[2] + c_buf) * cols * images), dtype=x.dtype)
+    cols = tile_cols(p, nt, tile_bytes)
+    ws = np.empty((nt, wm.shape[2] * cols), dtype=x.dtype)
     b = bias if bias is not None else wm[0, 0, :1]  # placeholder, never read
     with _single_blas():
         _im2col(x, wm, b, out, ws, bias is not None, p.kh, p.kw, p.stride[0], p.stride[1], p.pad[0], p.pad[2],
-                p.dilation[0], p.dilation[1], cols, images, nt)
+                p.dilation[0], p.dilation[1], cols, nt)
 
 
 cdef void _unfold(const floating* x, int cin, int H, int W, floating* buf, Py_ssize_t ld, int p0, int m, int ow,
@@ -120,46 +100,29 @@ cdef void _unfold(const floating* x, int cin, int H, int W, floating* buf, Py_ss
 
 def _im2col(const floating[:, :, :, ::1] x, const floating[:, :, ::1] wm, const floating[::1] b,
             floating[:, :, :, ::1] out, floating[:, ::1] ws, bint has_bias, int kh, int kw, int sh, int sw,
-            int pt, int pl, int dh, int dw, int cols, int images, int nt):
+            int pt, int pl, int dh, int dw, int cols, int nt):
+    """prange over (image, group, tile): unfold the tile into this thread's buffer, one
+    single-threaded GEMM straight into out (a tile is a contiguous run of the output plane, so its
+    C_out_g × cols block has row stride H_out·W_out), then the bias while the block is cached."""
     cdef int n = x.shape[0], oh = out.shape[2], ow = out.shape[3]
     cdef int groups = wm.shape[0], cog = wm.shape[1], K = wm.shape[2]
     cdef int cig = x.shape[1] // groups, H = x.shape[2], W = x.shape[3]
     cdef int P = oh * ow
-    cdef int ntile = (P + cols - 1) // cols           # tiles per image (images == 1)
-    cdef int nit = (n + images - 1) // images          # image groups (images > 1, then ntile == 1)
-    cdef Py_ssize_t ntasks = <Py_ssize_t>nit * groups * ntile
-    cdef Py_ssize_t t, ld, cstride = <Py_ssize_t>out.shape[1] * P
-    cdef int img, i0, i1, g, tile, p0, m, co
+    cdef int ntile = (P + cols - 1) // cols
+    cdef Py_ssize_t ntasks = <Py_ssize_t>n * groups * ntile
+    cdef Py_ssize_t t
+    cdef int img, g, tile, p0, m
     cdef floating* buf
-    cdef floating* cbuf
-    cdef floating* dst
-    cdef floating bv
     cdef int old = blas_threads_begin(1)
     for t in prange(ntasks, nogil=True, schedule="static", num_threads=nt):
         tile = t % ntile
         g = (t // ntile) % groups
-        i0 = (t // (ntile * groups)) * images
+        img = t // (ntile * groups)
+        p0 = tile * cols
+        m = min(cols, P - p0)
         buf = &ws[threadid(), 0]
-        if images == 1:
-            p0 = tile * cols
-            m = min(cols, P - p0)
-            _unfold(&x[i0, g * cig, 0, 0], cig, H, W, buf, m, p0, m, ow, kh, kw, sh, sw, pt, pl, dh, dw)
-            gemm_rowmajor(cog, m, K, &wm[g, 0, 0], buf, m, &out[i0, g * cog, 0, 0] + p0, P)
-            if has_bias:
-                add_bias(cog, m, &b[g * cog], &out[i0, g * cog, 0, 0] + p0, P)
-        else:
-            # several whole images side by side: [K × (i1−i0)·P] tile, C into a buffer, then scatter
-            i1 = min(n, i0 + images)
-            ld = <Py_ssize_t>(i1 - i0) * P
-            for img in range(i0, i1):
-                _unfold(&x[img, g * cig, 0, 0], cig, H, W, buf + (img - i0) * P, ld, 0, P, ow,
-                        kh, kw, sh, sw, pt, pl, dh, dw)
-            cbuf = buf + K * ld
-            gemm_rowmajor(cog, <int>ld, K, &wm[g, 0, 0], buf, <int>ld, cbuf, <int>ld)
-            for img in range(i0, i1):
-                for co in range(cog):
-                    bv = b[g * cog + co] if has_bias else 0
-                    dst = &out[img, g * cog + co, 0, 0]
-                    for p0 in range(P):
-                        dst[p0] = cbuf[co * ld + (img - i0) * P + p0] + bv
+        _unfold(&x[img, g * cig, 0, 0], cig, H, W, buf, m, p0, m, ow, kh, kw, sh, sw, pt, pl, dh, dw)
+        gemm_rowmajor(cog, m, K, &wm[g, 0, 0], buf, m, &out[img, g * cog, 0, 0] + p0, P)
+        if has_bias:
+            add_bias(cog, m, &b[g * cog], &out[img, g * cog, 0, 0] + p0, P)
     blas_threads_end(old, 1)

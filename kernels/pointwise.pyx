@@ -6,19 +6,9 @@ DESIGN NOTE (filled in from measurements below).
 from cython.parallel cimport prange
 from cython cimport floating
 
-import contextlib
-
 import numpy as np
 
 include "gemm_blas.pxi"
-
-
-def _single_blas():
-    """BLAS runs single-threaded inside our prange: numpy's OpenBLAS is switched by the kernel
-    itself (a C call); the scipy fallback goes through threadpoolctl."""
-    return threads.blas_limit(1) if BLAS == "scipy" else contextlib.nullcontext()
-from .. import threads
-
 
 
 def supports(p, **opts) -> str | None:
@@ -37,7 +27,7 @@ def workspace_bytes(p, **opts) -> int:
 
 
 def prepare(w, b, p, **opts):
-    # W[g] (C_out_g × C_in_g, row-major) is already the layout BLAS reads (see gemm_blas.pxd).
+    # W[g] (C_out_g × C_in_g, row-major) is already the layout BLAS reads (see gemm_blas.pxi).
     wm = np.ascontiguousarray(w.reshape(p.groups, p.c_out_per_group, p.c_in_per_group))
     bias = None if b is None else np.ascontiguousarray(b)
     return wm, bias
