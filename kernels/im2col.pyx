@@ -5,12 +5,20 @@ DESIGN NOTE (filled in from measurements below).
 """
 from cython.parallel cimport prange, threadid
 from cython cimport floating
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
+
+cdef extern from "gemm_ukernel.h" nogil:
+    int FC_MR, FC_NR
+    void fc_pack_w(const float* w, int M, int K, float* wp)
+    size_t fc_packed_w_floats(int M, int K)
+    size_t fc_packed_b_floats(int N, int K)
+    void fc_gemm_packed(int M, int N, int K, const float* wp, const float* bp, const float* bias,
+                        float* c, Py_ssize_t ldc, float* tmp)
 
 import numpy as np
 
 include "gemm_blas.pxi"
-TILE_BYTES = 2 * 1024 * 1024   # unfolded tile per thread (K × cols); see module docstring
+TILE_BYTES = 512 * 1024       # unfolded tile per thread (K × cols); see module docstring
 MIN_COLS = 128                  # narrower GEMMs spend their time re-packing the weights
 
 
@@ -18,7 +26,7 @@ def supports(p, **opts) -> str | None:
     return None
 
 
-def tile_cols(p, nthreads: int, tile_bytes: int = TILE_BYTES) -> int:
+def tile_cols(p, nthreads: int, tile_bytes: int = TILE_BYTES, align: int = 16) -> int:
     """Output pixels per tile (always within one image): ``K·cols·itemsize ≤ tile_bytes`` but at
     least MIN_COLS, equal tiles, and at least 2 tasks per thread where the map allows."""
     P = p.out_h * p.out_w
@@ -29,12 +37,20 @@ def tile_cols(p, nthreads: int, tile_bytes: int = TILE_BYTES) -> int:
     if p.n * p.groups * ntile < want:
         ntile = min(-(-want // (p.n * p.groups)), max(1, P // 16))
     cols = -(-P // ntile)
-    return int(min(P, -(-cols // 16) * 16))
+    return int(min(P, -(-cols // align) * align))
 
 
-def workspace_bytes(p, tile_bytes: int = TILE_BYTES, **opts) -> int:
+def _uk_ws_floats(cols: int, K: int) -> int:
+    # packed tile + one unfolded row + the micro-kernel's edge block
+    return int(fc_packed_b_floats(cols, K)) + cols + FC_MR * FC_NR
+
+
+def workspace_bytes(p, tile_bytes: int = TILE_BYTES, engine: str = "ukernel", **opts) -> int:
     nt = threads.get_num_threads()
-    return nt * p.c_in_per_group * p.kh * p.kw * tile_cols(p, nt, tile_bytes) * p.itemsize
+    K = p.c_in_per_group * p.kh * p.kw
+    if p.dtype == "float32" and engine == "ukernel":
+        return nt * _uk_ws_floats(tile_cols(p, nt, tile_bytes, FC_NR), K) * 4
+    return nt * K * tile_cols(p, nt, tile_bytes) * p.itemsize
 
 
 def prepare(w, b, p, **opts):
@@ -42,12 +58,21 @@ def prepare(w, b, p, **opts):
     # unfolded rows follow the same (ci, u, v) order.
     wm = np.ascontiguousarray(w.reshape(p.groups, p.c_out_per_group, -1))
     bias = None if b is None else np.ascontiguousarray(b)
-    return wm, bias
+    wp = _pack_w(wm) if wm.dtype == np.float32 else None
+    return wm, bias, wp
 
 
-def run(x, packed, p, out, tile_bytes: int = TILE_BYTES, **opts) -> None:
-    wm, bias = packed
+def run(x, packed, p, out, tile_bytes: int = TILE_BYTES, engine: str = "ukernel", **opts) -> None:
+    wm, bias, wp = packed
     nt = threads.get_num_threads()
+    if wp is not None and engine == "ukernel":
+        cols = tile_cols(p, nt, tile_bytes, FC_NR)
+        K = wm.shape[2]
+        ws = np.empty((nt, _uk_ws_floats(cols, K)), dtype=np.float32)
+        b = bias if bias is not None else wm[0, 0, :1]
+        _im2col_uk(x, wp, b, out, ws, bias is not None, p.c_out_per_group, p.kh, p.kw, p.stride[0], p.stride[1],
+                   p.pad[0], p.pad[2], p.dilation[0], p.dilation[1], cols, nt)
+        return
     cols = tile_cols(p, nt, tile_bytes)
     ws = np.empty((nt, wm.shape[2] * cols), dtype=x.dtype)
     b = bias if bias is not None else wm[0, 0, :1]  # placeholder, never read
@@ -56,46 +81,69 @@ def run(x, packed, p, out, tile_bytes: int = TILE_BYTES, **opts) -> None:
                 p.dilation[0], p.dilation[1], cols, nt)
 
 
+cdef void _unfold_row(const floating* plane, int H, int W, floating* dst, int p0, int m, int ow,
+                      int sh, int sw, int r0, int c0) noexcept nogil:
+    """dst[t] = plane[i·sh + r0, j·sw + c0] (0 outside the plane) for the output pixels
+    t = 0 … m−1 ↔ p0 + t = i·ow + j: one row of the unfolded matrix, k = (ci, u, v) fixed."""
+    cdef int i, j, ja, jb, lo, hi, r, t = 0
+    cdef const floating* src
+    # the columns j whose input column j·sw + c0 lies in [0, W)
+    lo = 0 if c0 >= 0 else (-c0 + sw - 1) // sw
+    hi = (W - 1 - c0) // sw + 1 if W - 1 - c0 >= 0 else 0  # exclusive
+    i = p0 // ow
+    ja = p0 - i * ow
+    while t < m:
+        jb = min(ow, ja + m - t)
+        r = i * sh + r0
+        if r < 0 or r >= H:
+            memset(dst + t, 0, (jb - ja) * sizeof(floating))
+        else:
+            src = plane + <Py_ssize_t>r * W
+            for j in range(ja, min(jb, lo)):
+                dst[t + j - ja] = 0
+            if sw == 1:
+                for j in range(max(ja, lo), min(jb, hi)):
+                    dst[t + j - ja] = src[j + c0]
+            else:
+                for j in range(max(ja, lo), min(jb, hi)):
+                    dst[t + j - ja] = src[j * sw + c0]
+            for j in range(max(ja, hi), jb):
+                dst[t + j - ja] = 0
+        t += jb - ja
+        ja = 0
+        i += 1
+
+
 cdef void _unfold(const floating* x, int cin, int H, int W, floating* buf, Py_ssize_t ld, int p0, int m, int ow,
                   int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw) noexcept nogil:
-    """buf[k·ld + t] = x[ci, i·sh + u·dh − pt, j·sw + v·dw − pl] (0 outside), k = (ci, u, v), for
-    the output pixels t = 0 … m−1 ↔ p0 + t = i·ow + j of one image."""
-    cdef int ci, u, v, i, j, ja, jb, lo, hi, r, c0, t
+    """Row layout for BLAS: buf[k·ld + t], k = (ci, u, v), for the tile's m output pixels."""
+    cdef int ci, u, v
     cdef Py_ssize_t k = 0
-    cdef floating* dst
-    cdef const floating* src
     for ci in range(cin):
         for u in range(kh):
             for v in range(kw):
-                dst = buf + k * ld
+                _unfold_row(x + <Py_ssize_t>ci * H * W, H, W, buf + k * ld, p0, m, ow, sh, sw,
+                            u * dh - pt, v * dw - pl)
                 k += 1
-                # the columns j whose input column j·sw + v·dw − pl lies in [0, W)
-                c0 = v * dw - pl
-                lo = 0 if c0 >= 0 else (-c0 + sw - 1) // sw
-                hi = (W - 1 - c0) // sw + 1 if W - 1 - c0 >= 0 else 0  # exclusive
-                i = p0 // ow
-                ja = p0 - i * ow
-                t = 0
-                while t < m:
-                    jb = min(ow, ja + m - t)
-                    r = i * sh + u * dh - pt
-                    if r < 0 or r >= H:
-                        memset(dst + t, 0, (jb - ja) * sizeof(floating))
-                    else:
-                        src = x + (<Py_ssize_t>ci * H + r) * W
-                        for j in range(ja, min(jb, lo)):
-                            dst[t + j - ja] = 0
-                        if sw == 1:
-                            for j in range(max(ja, lo), min(jb, hi)):
-                                dst[t + j - ja] = src[j + c0]
-                        else:
-                            for j in range(max(ja, lo), min(jb, hi)):
-                                dst[t + j - ja] = src[j * sw + c0]
-                        for j in range(max(ja, hi), jb):
-                            dst[t + j - ja] = 0
-                    t += jb - ja
-                    ja = 0
-                    i += 1
+
+
+cdef void _unfold_packed(const float* x, int cin, int H, int W, float* buf, float* row, int p0, int m, int ow,
+                         int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw) noexcept nogil:
+    """Panel layout for the micro-kernel: element (k, t) at buf[(t/NR)·K·NR + k·NR + t%NR], the
+    last panel zero-padded. Each row is unfolded into ``row`` (L1) and dealt out NR at a time."""
+    cdef int ci, u, v, q, nr, K = cin * kh * kw
+    cdef int npan = (m + FC_NR - 1) // FC_NR
+    cdef Py_ssize_t k = 0
+    for ci in range(cin):
+        for u in range(kh):
+            for v in range(kw):
+                _unfold_row(x + <Py_ssize_t>ci * H * W, H, W, row, p0, m, ow, sh, sw, u * dh - pt, v * dw - pl)
+                for q in range(npan):
+                    nr = min(FC_NR, m - q * FC_NR)
+                    memcpy(buf + (<Py_ssize_t>q * K + k) * FC_NR, row + q * FC_NR, nr * sizeof(float))
+                    if nr < FC_NR:
+                        memset(buf + (<Py_ssize_t>q * K + k) * FC_NR + nr, 0, (FC_NR - nr) * sizeof(float))
+                k += 1
 
 
 def _im2col(const floating[:, :, :, ::1] x, const floating[:, :, ::1] wm, const floating[::1] b,
@@ -126,3 +174,41 @@ def _im2col(const floating[:, :, :, ::1] x, const floating[:, :, ::1] wm, const 
         if has_bias:
             add_bias(cog, m, &b[g * cog], &out[img, g * cog, 0, 0] + p0, P)
     blas_threads_end(old, 1)
+
+
+def _pack_w(const float[:, :, ::1] wm):
+    """Per group, W (C_out_g × K) in the micro-kernel's [⌈C_out_g/MR⌉][K][MR] panels."""
+    cdef int groups = wm.shape[0], M = wm.shape[1], K = wm.shape[2], g
+    wp = np.empty((groups, fc_packed_w_floats(M, K)), dtype=np.float32)
+    cdef float[:, ::1] wpv = wp
+    for g in range(groups):
+        fc_pack_w(&wm[g, 0, 0], M, K, &wpv[g, 0])
+    return wp
+
+
+def _im2col_uk(const float[:, :, :, ::1] x, const float[:, ::1] wp, const float[::1] b,
+               float[:, :, :, ::1] out, float[:, ::1] ws, bint has_bias, int cog, int kh, int kw, int sh, int sw,
+               int pt, int pl, int dh, int dw, int cols, int nt):
+    """Same tiles as _im2col, but the tile is unfolded straight into panels and multiplied by the
+    micro-kernel against W packed in prepare (bias fused into the accumulators)."""
+    cdef int n = x.shape[0], oh = out.shape[2], ow = out.shape[3]
+    cdef int groups = wp.shape[0]
+    cdef int cig = x.shape[1] // groups, H = x.shape[2], W = x.shape[3]
+    cdef int K = cig * kh * kw
+    cdef int P = oh * ow
+    cdef int ntile = (P + cols - 1) // cols
+    cdef Py_ssize_t ntasks = <Py_ssize_t>n * groups * ntile
+    cdef Py_ssize_t t, bsize = fc_packed_b_floats(cols, K)
+    cdef int img, g, tile, p0, m
+    cdef float* buf
+    for t in prange(ntasks, nogil=True, schedule="static", num_threads=nt):
+        tile = t % ntile
+        g = (t // ntile) % groups
+        img = t // (ntile * groups)
+        p0 = tile * cols
+        m = min(cols, P - p0)
+        buf = &ws[threadid(), 0]
+        _unfold_packed(&x[img, g * cig, 0, 0], cig, H, W, buf, buf + bsize, p0, m, ow, kh, kw, sh, sw,
+                       pt, pl, dh, dw)
+        fc_gemm_packed(cog, m, K, &wp[g, 0], buf, &b[g * cog] if has_bias else NULL,
+                       &out[img, g * cog, 0, 0] + p0, P, buf + bsize + cols)

@@ -27,10 +27,13 @@ def workspace_bytes(p, **opts) -> int:
 
 
 def prepare(w, b, p, **opts):
+    if p.stride != (1, 1):
+        from . import im2col
+        return im2col.prepare(w, b, p)
     # W[g] (C_out_g × C_in_g, row-major) is already the layout BLAS reads (see gemm_blas.pxi).
     wm = np.ascontiguousarray(w.reshape(p.groups, p.c_out_per_group, p.c_in_per_group))
     bias = None if b is None else np.ascontiguousarray(b)
-    return wm, bias
+    return wm, bias, None
 
 
 def run(x, packed, p, out, mode: str = "chunks", **opts) -> None:
@@ -38,7 +41,7 @@ def run(x, packed, p, out, mode: str = "chunks", **opts) -> None:
         from . import im2col
         im2col.run(x, packed, p, out, **opts)
         return
-    wm, bias = packed
+    wm, bias = packed[:2]
     nt = threads.get_num_threads()
     hw = p.out_h * p.out_w
     x3 = x.reshape(p.n, p.c_in, hw)
