@@ -13,7 +13,7 @@ cdef extern from "gemm_ukernel.h" nogil:
     size_t fc_packed_w_floats(int M, int K)
     size_t fc_packed_b_floats(int N, int K)
     void fc_gemm_packed(int M, int N, int K, const float* wp, const float* bp, const float* bias,
-                        float* c, Py_ssize_t ldc, float* tmp)
+                        float* c, Py_ssize_t ldc)
 
 import numpy as np
 
@@ -41,8 +41,8 @@ def tile_cols(p, nthreads: int, tile_bytes: int = TILE_BYTES, align: int = 16) -
 
 
 def _uk_ws_floats(cols: int, K: int) -> int:
-    # packed tile + one unfolded row + the micro-kernel's edge block
-    return int(fc_packed_b_floats(cols, K)) + cols + FC_MR * FC_NR
+    # packed tile + one unfolded row
+    return int(fc_packed_b_floats(cols, K)) + cols
 
 
 def workspace_bytes(p, tile_bytes: int = TILE_BYTES, engine: str = "ukernel", **opts) -> int:
@@ -211,4 +211,4 @@ def _im2col_uk(const float[:, :, :, ::1] x, const float[:, ::1] wp, const float[
         _unfold_packed(&x[img, g * cig, 0, 0], cig, H, W, buf, buf + bsize, p0, m, ow, kh, kw, sh, sw,
                        pt, pl, dh, dw)
         fc_gemm_packed(cog, m, K, &wp[g, 0], buf, &b[g * cog] if has_bias else NULL,
-                       &out[img, g * cog, 0, 0] + p0, P, buf + bsize + cols)
+                       &out[img, g * cog, 0, 0] + p0, P)
