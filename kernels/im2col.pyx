@@ -41,8 +41,8 @@ def tile_cols(p, nthreads: int, tile_bytes: int = TILE_BYTES, align: int = 16) -
 
 
 def _uk_ws_floats(cols: int, K: int) -> int:
-    # packed tile + one unfolded row
-    return int(fc_packed_b_floats(cols, K)) + cols
+    # packed tile + its segment table (4 ints per segment, at most 2 per column + 2)
+    return int(fc_packed_b_floats(cols, K)) + 8 * cols + 8
 
 
 def workspace_bytes(p, tile_bytes: int = TILE_BYTES, engine: str = "ukernel", **opts) -> int:
@@ -127,22 +127,62 @@ cdef void _unfold(const floating* x, int cin, int H, int W, floating* buf, Py_ss
                 k += 1
 
 
-cdef void _unfold_packed(const float* x, int cin, int H, int W, float* buf, float* row, int p0, int m, int ow,
+cdef void _unfold_packed(const float* x, int cin, int H, int W, float* buf, int* seg, int p0, int m, int ow,
                          int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw) noexcept nogil:
     """Panel layout for the micro-kernel: element (k, t) at buf[(t/NR)·K·NR + k·NR + t%NR], the
-    last panel zero-padded. Each row is unfolded into ``row`` (L1) and dealt out NR at a time."""
-    cdef int ci, u, v, q, nr, K = cin * kh * kw
-    cdef int npan = (m + FC_NR - 1) // FC_NR
-    cdef Py_ssize_t k = 0
+    last panel zero-padded. The tile's pixels are first cut into segments that stay within one
+    output row and one panel (seg: i, ja, jb, offset — computed once, shared by all K rows)."""
+    cdef int ci, u, v, i, j, ja, jb, e, lo, hi, r, r0, c0, s, nseg = 0, t = 0, K = cin * kh * kw
+    cdef Py_ssize_t k = 0, off
+    cdef float* dst
+    cdef const float* src
+    i = p0 // ow
+    ja = p0 - i * ow
+    while t < m:
+        jb = min(ow, ja + m - t)
+        while ja < jb:
+            e = min(jb, ja + FC_NR - t % FC_NR)
+            seg[4 * nseg] = i
+            seg[4 * nseg + 1] = ja
+            seg[4 * nseg + 2] = e
+            seg[4 * nseg + 3] = (t // FC_NR) * K * FC_NR + t % FC_NR
+            nseg += 1
+            t += e - ja
+            ja = e
+        ja = 0
+        i += 1
+    if m % FC_NR:  # zero the padding columns of the last panel
+        for k in range(K):
+            memset(buf + ((m // FC_NR) * <Py_ssize_t>K + k) * FC_NR + m % FC_NR, 0, (FC_NR - m % FC_NR) * sizeof(float))
+    k = 0
     for ci in range(cin):
         for u in range(kh):
+            r0 = u * dh - pt
             for v in range(kw):
-                _unfold_row(x + <Py_ssize_t>ci * H * W, H, W, row, p0, m, ow, sh, sw, u * dh - pt, v * dw - pl)
-                for q in range(npan):
-                    nr = min(FC_NR, m - q * FC_NR)
-                    memcpy(buf + (<Py_ssize_t>q * K + k) * FC_NR, row + q * FC_NR, nr * sizeof(float))
-                    if nr < FC_NR:
-                        memset(buf + (<Py_ssize_t>q * K + k) * FC_NR + nr, 0, (FC_NR - nr) * sizeof(float))
+                c0 = v * dw - pl
+                # the output columns j whose input column j·sw + c0 lies in [0, W)
+                lo = 0 if c0 >= 0 else (-c0 + sw - 1) // sw
+                hi = (W - 1 - c0) // sw + 1 if W - 1 - c0 >= 0 else 0  # exclusive
+                for s in range(nseg):
+                    i = seg[4 * s]
+                    ja = seg[4 * s + 1]
+                    jb = seg[4 * s + 2]
+                    dst = buf + seg[4 * s + 3] + k * FC_NR - ja  # dst[j] for j in [ja, jb)
+                    r = i * sh + r0
+                    if r < 0 or r >= H:
+                        memset(dst + ja, 0, (jb - ja) * sizeof(float))
+                        continue
+                    src = x + (<Py_ssize_t>ci * H + r) * W + c0
+                    for j in range(ja, min(jb, lo)):
+                        dst[j] = 0
+                    if sw == 1:
+                        for j in range(max(ja, lo), min(jb, hi)):
+                            dst[j] = src[j]
+                    else:
+                        for j in range(max(ja, lo), min(jb, hi)):
+                            dst[j] = src[j * sw]
+                    for j in range(max(ja, hi), jb):
+                        dst[j] = 0
                 k += 1
 
 
@@ -208,7 +248,7 @@ def _im2col_uk(const float[:, :, :, ::1] x, const float[:, ::1] wp, const float[
         p0 = tile * cols
         m = min(cols, P - p0)
         buf = &ws[threadid(), 0]
-        _unfold_packed(&x[img, g * cig, 0, 0], cig, H, W, buf, buf + bsize, p0, m, ow, kh, kw, sh, sw,
+        _unfold_packed(&x[img, g * cig, 0, 0], cig, H, W, buf, <int*>(buf + bsize), p0, m, ow, kh, kw, sh, sw,
                        pt, pl, dh, dw)
         fc_gemm_packed(cog, m, K, &wp[g, 0], buf, &b[g * cog] if has_bias else NULL,
                        &out[img, g * cog, 0, 0] + p0, P)
