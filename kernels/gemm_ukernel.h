@@ -18,6 +18,12 @@
 #include <immintrin.h>
 #endif
 
+#ifdef __AVX512F__
+#define FC_AVX512 1
+#else
+#define FC_AVX512 0   /* the kernels then use BLAS instead (the scalar loop below is only a fallback) */
+#endif
+
 #define FC_MR 8
 #define FC_NR 48
 #ifndef FC_KC

@@ -8,7 +8,7 @@ from cython cimport floating
 from libc.string cimport memset, memcpy
 
 cdef extern from "gemm_ukernel.h" nogil:
-    int FC_MR, FC_NR
+    int FC_MR, FC_NR, FC_KC, FC_AVX512
     void fc_pack_w(const float* w, int M, int K, float* wp)
     size_t fc_packed_w_floats(int M, int K)
     size_t fc_packed_b_floats(int N, int K)
@@ -45,27 +45,33 @@ def _uk_ws_floats(cols: int, K: int) -> int:
     return int(fc_packed_b_floats(cols, K)) + 8 * cols + 8
 
 
-def workspace_bytes(p, tile_bytes: int = TILE_BYTES, engine: str = "ukernel", **opts) -> int:
+def workspace_bytes(p, tile_bytes: int = TILE_BYTES, engine: str = "auto", **opts) -> int:
     nt = threads.get_num_threads()
     K = p.c_in_per_group * p.kh * p.kw
-    if p.dtype == "float32" and engine == "ukernel":
+    if _use_ukernel(p.dtype, engine):
         return nt * _uk_ws_floats(tile_cols(p, nt, tile_bytes, FC_NR), K) * 4
     return nt * K * tile_cols(p, nt, tile_bytes) * p.itemsize
 
 
-def prepare(w, b, p, **opts):
+def prepare(w, b, p, engine: str = "auto", **opts):
     # Row-major W[g] (C_out_g × C_in_g·kh·kw) is what BLAS reads in place (gemm_blas.pxi); the
-    # unfolded rows follow the same (ci, u, v) order.
+    # unfolded rows follow the same (ci, u, v) order. The micro-kernel gets W in panels (wp).
     wm = np.ascontiguousarray(w.reshape(p.groups, p.c_out_per_group, -1))
     bias = None if b is None else np.ascontiguousarray(b)
-    wp = _pack_w(wm) if wm.dtype == np.float32 else None
+    wp = _pack_w(wm) if _use_ukernel(wm.dtype, engine) else None
     return wm, bias, wp
 
 
-def run(x, packed, p, out, tile_bytes: int = TILE_BYTES, engine: str = "ukernel", **opts) -> None:
+def _use_ukernel(dtype, engine: str) -> bool:
+    """float32 runs on the micro-kernel where AVX-512 was compiled in; float64 (and engine="blas")
+    on BLAS."""
+    return np.dtype(dtype) == np.float32 and (engine == "ukernel" or (engine == "auto" and bool(FC_AVX512)))
+
+
+def run(x, packed, p, out, tile_bytes: int = TILE_BYTES, engine: str = "auto", **opts) -> None:
     wm, bias, wp = packed
     nt = threads.get_num_threads()
-    if wp is not None and engine == "ukernel":
+    if wp is not None and _use_ukernel(x.dtype, engine):
         cols = tile_cols(p, nt, tile_bytes, FC_NR)
         K = wm.shape[2]
         ws = np.empty((nt, _uk_ws_floats(cols, K)), dtype=np.float32)
