@@ -10,7 +10,6 @@ The BLAS is numpy's OpenBLAS when `gemm_lib` finds it (measured faster), else sc
 """
 from libc.stdint cimport int64_t, uintptr_t
 from cython cimport floating
-from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import contextlib
 
@@ -22,21 +21,32 @@ ctypedef void (*sgemm64_t)(const char*, const char*, const int64_t*, const int64
 ctypedef void (*dgemm64_t)(const char*, const char*, const int64_t*, const int64_t*, const int64_t*,
                            const double*, const double*, const int64_t*, const double*, const int64_t*,
                            const double*, double*, const int64_t*) noexcept nogil
+# scipy.linalg.cython_blas's LP64 Fortran BLAS (the fallback), taken from its capsules at run time
+# so that importing scipy.linalg (~0.3 s) is only paid when numpy's BLAS is not usable.
+ctypedef void (*sgemm32_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
+                           float*, float*, int*) noexcept nogil
+ctypedef void (*dgemm32_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
+                           double*, double*, int*) noexcept nogil
 ctypedef void (*set_threads_t)(int) noexcept nogil
 ctypedef int (*get_threads_t)() noexcept nogil
 
 cdef sgemm64_t _sgemm64 = NULL
 cdef dgemm64_t _dgemm64 = NULL
+cdef sgemm32_t _sgemm32 = NULL
+cdef dgemm32_t _dgemm32 = NULL
 cdef set_threads_t _blas_set_threads = NULL
 cdef get_threads_t _blas_get_threads = NULL
 
 
 def _bind_blas():
     """Point the kernels at numpy's OpenBLAS (see gemm_lib); returns its name or 'scipy'."""
-    global _sgemm64, _dgemm64, _blas_set_threads, _blas_get_threads
-    from .gemm_lib import numpy_openblas
+    global _sgemm64, _dgemm64, _sgemm32, _dgemm32, _blas_set_threads, _blas_get_threads
+    from .gemm_lib import numpy_openblas, scipy_cython_blas
     f = numpy_openblas()
     if f is None:
+        g = scipy_cython_blas()
+        _sgemm32 = <sgemm32_t><uintptr_t>g["sgemm"]
+        _dgemm32 = <dgemm32_t><uintptr_t>g["dgemm"]
         _sgemm64, _dgemm64, _blas_set_threads, _blas_get_threads = NULL, NULL, NULL, NULL
         return "scipy"
     _sgemm64 = <sgemm64_t><uintptr_t>f["sgemm"]
@@ -83,12 +93,12 @@ cdef inline void gemm_rowmajor(int M, int cols, int K, const floating* w, const 
         if _sgemm64 != NULL:
             _sgemm64(&tr, &tr, &m64, &n64, &k64, &one, b, &lda64, w, &ldb64, &zero, c, &ldc64)
         else:
-            sgemm(&tr, &tr, &cols, &M, &K, &one, <float*>b, &ldb, <float*>w, &ldw, &zero, c, &ldc)
+            _sgemm32(&tr, &tr, &cols, &M, &K, &one, <float*>b, &ldb, <float*>w, &ldw, &zero, c, &ldc)
     else:
         if _dgemm64 != NULL:
             _dgemm64(&tr, &tr, &m64, &n64, &k64, &one, b, &lda64, w, &ldb64, &zero, c, &ldc64)
         else:
-            dgemm(&tr, &tr, &cols, &M, &K, &one, <double*>b, &ldb, <double*>w, &ldw, &zero, c, &ldc)
+            _dgemm32(&tr, &tr, &cols, &M, &K, &one, <double*>b, &ldb, <double*>w, &ldw, &zero, c, &ldc)
 
 
 cdef inline void add_bias(int M, int cols, const floating* bias, floating* c, int ldc) noexcept nogil:

@@ -4,7 +4,8 @@ Measured on this machine (1 thread, CPU time, interleaved medians): the OpenBLAS
 numpy ships runs our GEMM shapes 10–20% faster than the OpenBLAS 0.3.30 behind
 ``scipy.linalg.cython_blas`` (e.g. 64×256 @ 256×3136: 0.80×; 256×2400 @ 2400×676: 0.91×).
 So the kernels call numpy's library through function pointers found here, and fall back to
-scipy's ``cython_blas`` when numpy's BLAS is not an ILP64 scipy-openblas build we recognise
+scipy's ``cython_blas`` (pointers from its capsules, so scipy.linalg — ~0.3 s to import — is
+only loaded then) when numpy's BLAS is not an ILP64 scipy-openblas build we recognise
 (``FASTCONV_BLAS=scipy`` forces the fallback).
 """
 from __future__ import annotations
@@ -33,3 +34,17 @@ def numpy_openblas() -> dict[str, int] | None:
             if all(hasattr(dll, s) for s in names.values()):
                 return {k: ctypes.cast(getattr(dll, s), ctypes.c_void_p).value for k, s in names.items()}
     return None
+
+
+def scipy_cython_blas() -> dict[str, int]:
+    """Addresses of ``sgemm``/``dgemm`` (LP64) exported by ``scipy.linalg.cython_blas``."""
+    import ctypes
+
+    from scipy.linalg import cython_blas
+
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    get_ptr.restype, get_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    caps = cython_blas.__pyx_capi__
+    return {k: get_ptr(caps[k], get_name(caps[k])) for k in ("sgemm", "dgemm")}

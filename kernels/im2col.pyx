@@ -57,12 +57,12 @@ def supports(p, **opts) -> str | None:
     return None
 
 
-def tile_cols(p, nthreads: int, tile_bytes: int = TILE_BYTES, align: int = 16) -> int:
+def tile_cols(p, nthreads: int, tile_bytes: int = TILE_BYTES, align: int = 16, min_cols: int = MIN_COLS) -> int:
     """Output pixels per tile (always within one image): ``K·cols·itemsize ≤ tile_bytes`` but at
     least MIN_COLS, equal tiles, and at least 2 tasks per thread where the map allows."""
     P = p.out_h * p.out_w
     K = p.c_in_per_group * p.kh * p.kw
-    budget = max(MIN_COLS, tile_bytes // (K * p.itemsize))
+    budget = max(min_cols, tile_bytes // (K * p.itemsize))
     ntile = -(-P // min(budget, P))
     want = 2 * nthreads
     if p.n * p.groups * ntile < want:
@@ -76,12 +76,13 @@ def _uk_ws_floats(cols: int, K: int) -> int:
     return int(fc_packed_b_floats(cols, K)) + 8 * cols + 8
 
 
-def workspace_bytes(p, tile_bytes: int = TILE_BYTES, engine: str = "auto", **opts) -> int:
+def workspace_bytes(p, tile_bytes: int = TILE_BYTES, engine: str = "auto", min_cols: int = MIN_COLS,
+                    **opts) -> int:
     nt = threads.get_num_threads()
     K = p.c_in_per_group * p.kh * p.kw
     if _use_ukernel(p.dtype, engine):
-        return nt * _uk_ws_floats(tile_cols(p, nt, tile_bytes, FC_NR), K) * 4
-    return nt * K * tile_cols(p, nt, tile_bytes) * p.itemsize
+        return nt * _uk_ws_floats(tile_cols(p, nt, tile_bytes, FC_NR, min_cols), K) * 4
+    return nt * K * tile_cols(p, nt, tile_bytes, 16, min_cols) * p.itemsize
 
 
 def prepare(w, b, p, engine: str = "auto", **opts):
@@ -99,18 +100,19 @@ def _use_ukernel(dtype, engine: str) -> bool:
     return np.dtype(dtype) == np.float32 and (engine == "ukernel" or (engine == "auto" and bool(FC_AVX512)))
 
 
-def run(x, packed, p, out, tile_bytes: int = TILE_BYTES, engine: str = "auto", **opts) -> None:
+def run(x, packed, p, out, tile_bytes: int = TILE_BYTES, engine: str = "auto", min_cols: int = MIN_COLS,
+        **opts) -> None:
     wm, bias, wp = packed
     nt = threads.get_num_threads()
     if wp is not None and _use_ukernel(x.dtype, engine):
-        cols = tile_cols(p, nt, tile_bytes, FC_NR)
+        cols = tile_cols(p, nt, tile_bytes, FC_NR, min_cols)
         K = wm.shape[2]
         ws = np.empty((nt, _uk_ws_floats(cols, K)), dtype=np.float32)
         b = bias if bias is not None else wm[0, 0, :1]
         _im2col_uk(x, wp, b, out, ws, bias is not None, p.c_out_per_group, p.kh, p.kw, p.stride[0], p.stride[1],
                    p.pad[0], p.pad[2], p.dilation[0], p.dilation[1], cols, nt)
         return
-    cols = tile_cols(p, nt, tile_bytes)
+    cols = tile_cols(p, nt, tile_bytes, 16, min_cols)
     ws = np.empty((nt, wm.shape[2] * cols), dtype=x.dtype)
     b = bias if bias is not None else wm[0, 0, :1]  # placeholder, never read
     with _single_blas():
