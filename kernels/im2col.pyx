@@ -64,9 +64,9 @@ def tile_cols(p, nthreads: int, tile_bytes: int = TILE_BYTES, align: int = 16, m
     K = p.c_in_per_group * p.kh * p.kw
     budget = max(min_cols, tile_bytes // (K * p.itemsize))
     ntile = -(-P // min(budget, P))
-    want = 2 * nthreads
-    if p.n * p.groups * ntile < want:
-        ntile = min(-(-want // (p.n * p.groups)), max(1, P // 16))
+    want, images = 2 * nthreads, max(1, p.n * p.groups)  # n = 0: sized as for one image
+    if images * ntile < want:
+        ntile = min(-(-want // images), max(1, P // 16))
     cols = -(-P // ntile)
     return int(min(P, -(-cols // align) * align))
 
