@@ -100,10 +100,11 @@ REGISTRY: list[Algorithm] = [
     Algorithm("direct", _K + "direct", "cython",
               "direct: phase-packed input, register-blocked channels x positions; any stride/padding/"
               "dilation/groups"),
-    Algorithm("im2col", _K + "im2col", "numba",
-              "im2col + GEMM over bounded tiles of output rows; any stride/padding/dilation/groups"),
-    Algorithm("pointwise", _K + "pointwise", "numba",
-              "1x1 kernels as one GEMM per image straight on NCHW"),
+    Algorithm("im2col", _K + "im2col", "cython",
+              "im2col + GEMM over bounded tiles of output pixels (AVX-512 micro-kernel for float32, "
+              "BLAS otherwise); any stride/padding/dilation/groups"),
+    Algorithm("pointwise", _K + "pointwise", "cython",
+              "1x1 kernels as BLAS GEMMs straight on NCHW, split over threads; strided via im2col tiles"),
     Algorithm("winograd", _K + "winograd", "numba",
               "Winograd F(2x2,3x3): 3x3, stride 1, dilation 1",
               # The input/output transforms add and subtract terms of different sizes; F(2x2) keeps

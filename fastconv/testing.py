@@ -114,6 +114,11 @@ CONV_CASES: list[ConvCase] = [
     ConvCase("direct_depthwise_w62", n=1, c_in=3, h=5, w=62, c_out=3, padding=1, groups=3),
     ConvCase("direct_s2_w200", n=1, c_in=1, h=6, w=200, c_out=9, kh=3, kw=5, stride=2, padding=2),
     ConvCase("direct_stride_over_kernel", h=9, w=10, stride=(7, 5), padding=1),  # unused phases skipped
+    # GEMM tiling edges (im2col / pointwise): tiles that split rows mid-way with groups and a
+    # stride pair, and 1x1 chunks that split mid-(image, group)
+    ConvCase("gemm_tiles_groups_stride", n=1, c_in=4, h=9, w=13, c_out=6, kh=2, kw=3, stride=(1, 2),
+             padding=1, groups=2, bias=False),
+    ConvCase("pointwise_chunks_groups", n=3, c_in=6, h=7, w=5, c_out=9, kh=1, kw=1, groups=3),
 ]
 
 
