@@ -67,14 +67,14 @@ REGISTRY: list[Algorithm] = [
               "im2col + GEMM over bounded tiles of output rows; any stride/padding/dilation/groups"),
     Algorithm("pointwise", _K + "pointwise", "numba",
               "1x1 kernels as one GEMM per image straight on NCHW"),
-    Algorithm("winograd", _K + "winograd", "numba",
+    Algorithm("winograd", _K + "winograd", "cython",
+              "Winograd, tile chosen per layer (F(4x4,3x3) on maps >= 28x28, else F(2x2,3x3)): 3x3, stride 1",
+              tolerance={"float32": 1e-3, "float64": 1e-10}, options={"tile": 0}),
+    Algorithm("winograd_f2", _K + "winograd", "cython",
               "Winograd F(2x2,3x3): 3x3, stride 1, dilation 1",
-              # The input/output transforms add and subtract terms of different sizes; F(2x2) keeps
-              # the growth small (measured ~1e-6 of the absolute-product scale in float32).
               tolerance={"float32": 1e-4, "float64": 1e-11}, options={"tile": 2}),
-    Algorithm("winograd_f4", _K + "winograd", "numba",
+    Algorithm("winograd_f4", _K + "winograd", "cython",
               "Winograd F(4x4,3x3): 3x3, stride 1, dilation 1; fewer multiplies, larger error",
-              # F(4x4)'s transform matrices hold ±1/4…±8 entries: error grows by ~10x over F(2x2).
               tolerance={"float32": 1e-3, "float64": 1e-10}, options={"tile": 4}),
 ]
 BY_NAME: dict[str, Algorithm] = {a.name: a for a in REGISTRY}

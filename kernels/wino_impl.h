@@ -1,0 +1,180 @@
+/* wino_impl.h — body of the fused Winograd F(m x m, 3x3) pipeline, included by wino_kernels.h
+ * once per dtype with T (float/double), SFX (f32/f64), MR, NR (micro-kernel tile) and UKR (the
+ * micro-kernel of microkernel.h) defined. Not a standalone header.
+ *
+ * One task = one block of nt output tiles (of one image and group) x one range of output-channel
+ * panels [cp0, cp1):
+ *   1. input transform  V[xi][tg][ci][r] = (B^T d B)[xi] of tile tg*MR + r, channel ci
+ *                       (written straight in the micro-kernel's packed A layout; MR tiles per lane
+ *                       group so the transform arithmetic runs on MR-wide vectors)
+ *   2. GEMM per point   M[xi][t][co] = sum_ci V[xi][t][ci] U[xi][ci][co]   (U packed in prepare)
+ *   3. output transform y[co][tile] = (A^T M A)[co] + bias[co]   (vectorized over co, clipped at
+ *                       the bottom/right edges)
+ * V and M are the caller's per-thread buffers; they stay in L2 for the block sizes chosen by
+ * winograd.pyx, so the transforms never make a pass through main memory.
+ */
+#define WJOIN_(a, b) a##_##b
+#define WJOIN(a, b) WJOIN_(a, b)
+#define WN(name) WJOIN(name, SFX)
+
+#define WINO_OL 16 /* output-transform lanes (output channels per vector chunk) */
+
+/* out[i*os + r] = sum_k BT[i][k] in[k*is + r], r < L  (BT of F(2x2,3x3) / F(4x4,3x3)) */
+static inline __attribute__((always_inline)) void
+WN(wino_bt)(const int m, const T *restrict in, long is, T *restrict out, long os, const int L)
+{
+    if (m == 2) {
+        for (int r = 0; r < L; r++) {
+            T d0 = in[r], d1 = in[is + r], d2 = in[2 * is + r], d3 = in[3 * is + r];
+            out[r] = d0 - d2;
+            out[os + r] = d1 + d2;
+            out[2 * os + r] = d2 - d1;
+            out[3 * os + r] = d1 - d3;
+        }
+    } else {
+        for (int r = 0; r < L; r++) {
+            T d0 = in[r], d1 = in[is + r], d2 = in[2 * is + r], d3 = in[3 * is + r],
+              d4 = in[4 * is + r], d5 = in[5 * is + r];
+            T s12 = d1 + d2, s34 = d3 + d4, t42 = d4 - d2, t31 = d3 - d1;
+            out[r] = 4 * d0 - 5 * d2 + d4;
+            out[os + r] = s34 - 4 * s12;
+            out[2 * os + r] = (d4 - d3) + 4 * (d1 - d2);
+            out[3 * os + r] = t42 + 2 * t31;
+            out[4 * os + r] = t42 - 2 * t31;
+            out[5 * os + r] = 4 * d1 - 5 * d3 + d5;
+        }
+    }
+}
+
+/* out[i*os + r] = sum_k AT[i][k] in[k*is + r], i < m, r < L */
+static inline __attribute__((always_inline)) void
+WN(wino_at)(const int m, const T *restrict in, long is, T *restrict out, long os, const int L)
+{
+    if (m == 2) {
+        for (int r = 0; r < L; r++) {
+            T m0 = in[r], m1 = in[is + r], m2 = in[2 * is + r], m3 = in[3 * is + r];
+            out[r] = m0 + m1 + m2;
+            out[os + r] = m1 - m2 - m3;
+        }
+    } else {
+        for (int r = 0; r < L; r++) {
+            T m0 = in[r], m1 = in[is + r], m2 = in[2 * is + r], m3 = in[3 * is + r],
+              m4 = in[4 * is + r], m5 = in[5 * is + r];
+            T a12 = m1 + m2, s12 = m1 - m2, a34 = m3 + m4, s34 = m3 - m4;
+            out[r] = m0 + a12 + a34;
+            out[os + r] = s12 + 2 * s34;
+            out[2 * os + r] = a12 + 4 * a34;
+            out[3 * os + r] = s12 + 8 * s34 + m5;
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void
+WN(wino_task_m)(const int m, const T *x, int H, int W, int cig, int pt, int pl, int tw, int t0,
+                int nt, const T *U, int ncp, int cp0, int cp1, const T *bias, T *y, int cog,
+                int OH, int OW, T *V, T *M)
+{
+    enum { AMAX = 6 };
+    const int A = m + 2;
+    const int ntg = (nt + MR - 1) / MR, NBp = ntg * MR;
+    const long HW = (long)H * W, OHW = (long)OH * OW;
+    const long ldc = (long)(cp1 - cp0) * NR;
+    const long vs = (long)ntg * cig * MR; /* V stride between transform points */
+
+    /* 1. input transform, MR tiles at a time (one lane per tile) */
+    for (int tg = 0; tg < ntg; tg++) {
+        long off[MR];
+        int y0[MR], x0[MR], state[MR]; /* 0: past the block, 1: interior, 2: touches padding */
+        for (int r = 0; r < MR; r++) {
+            int t = tg * MR + r;
+            if (t >= nt) { state[r] = 0; off[r] = 0; y0[r] = x0[r] = 0; continue; }
+            t += t0;
+            y0[r] = (t / tw) * m - pt;
+            x0[r] = (t % tw) * m - pl;
+            off[r] = (long)y0[r] * W + x0[r];
+            state[r] = (y0[r] >= 0 && x0[r] >= 0 && y0[r] + A <= H && x0[r] + A <= W) ? 1 : 2;
+        }
+        for (int ci = 0; ci < cig; ci++) {
+            const T *xc = x + ci * HW;
+            T d[AMAX * AMAX * MR], tmp[AMAX * AMAX * MR];
+            for (int r = 0; r < MR; r++) {
+                if (state[r] == 1) {
+                    const T *p = xc + off[r];
+                    for (int i = 0; i < A; i++)
+                        for (int j = 0; j < A; j++) d[(i * A + j) * MR + r] = p[(long)i * W + j];
+                } else if (state[r] == 0) {
+                    for (int i = 0; i < A * A; i++) d[i * MR + r] = 0;
+                } else {
+                    for (int i = 0; i < A; i++) {
+                        int yy = y0[r] + i;
+                        for (int j = 0; j < A; j++) {
+                            int xx = x0[r] + j;
+                            d[(i * A + j) * MR + r] =
+                                (yy >= 0 && yy < H && xx >= 0 && xx < W) ? xc[(long)yy * W + xx] : 0;
+                        }
+                    }
+                }
+            }
+            for (int j = 0; j < A; j++) /* columns: tmp = B^T d */
+                WN(wino_bt)(m, d + j * MR, (long)A * MR, tmp + j * MR, (long)A * MR, MR);
+            T *vout = V + ((long)tg * cig + ci) * MR;
+            for (int i = 0; i < A; i++) /* rows: V = tmp B */
+                WN(wino_bt)(m, tmp + i * A * MR, MR, vout + (long)i * A * vs, vs, MR);
+        }
+    }
+
+    /* 2. one GEMM per transform point: B panel (cig x NR) reused over the block's tile groups */
+    for (int xi = 0; xi < A * A; xi++)
+        for (int cp = cp0; cp < cp1; cp++) {
+            const T *Bp = U + ((long)xi * ncp + cp) * cig * NR;
+            for (int tg = 0; tg < ntg; tg++)
+                UKR(cig, V + xi * vs + (long)tg * cig * MR, Bp,
+                    M + ((long)xi * NBp + tg * MR) * ldc + (long)(cp - cp0) * NR, ldc);
+        }
+
+    /* 3. output transform, WINO_OL output channels at a time */
+    const int co0 = cp0 * NR, ncol = (cp1 * NR < cog ? cp1 * NR : cog) - co0;
+    const long ms = (long)NBp * ldc; /* M stride between transform points */
+    for (int tt = 0; tt < nt; tt++) {
+        const int t = t0 + tt, oy = (t / tw) * m, ox = (t % tw) * m;
+        const int rows = OH - oy < m ? OH - oy : m, cols = OW - ox < m ? OW - ox : m;
+        for (int cc = 0; cc < ncol; cc += WINO_OL) {
+            T tmp[AMAX * AMAX * WINO_OL], Y[AMAX * AMAX * WINO_OL];
+            const T *mp = M + (long)tt * ldc + cc;
+            for (int j = 0; j < A; j++) /* columns: tmp = A^T M */
+                WN(wino_at)(m, mp + j * ms, A * ms, tmp + j * WINO_OL, (long)A * WINO_OL, WINO_OL);
+            for (int i = 0; i < m; i++) /* rows: Y = tmp A */
+                WN(wino_at)(m, tmp + i * A * WINO_OL, WINO_OL, Y + i * m * WINO_OL, WINO_OL, WINO_OL);
+            const int nl = ncol - cc < WINO_OL ? ncol - cc : WINO_OL;
+            for (int l = 0; l < nl; l++) {
+                const int co = co0 + cc + l;
+                const T b = bias[co];
+                T *yp = y + co * OHW + (long)oy * OW + ox;
+                if (rows == m && cols == m) {
+                    for (int i = 0; i < m; i++)
+                        for (int j = 0; j < m; j++) yp[(long)i * OW + j] = Y[(i * m + j) * WINO_OL + l] + b;
+                } else {
+                    for (int i = 0; i < rows; i++)
+                        for (int j = 0; j < cols; j++) yp[(long)i * OW + j] = Y[(i * m + j) * WINO_OL + l] + b;
+                }
+            }
+        }
+    }
+}
+
+/* x: [cig][H][W] of one image and group; U: [A*A][ncp][cig][NR] of the group; bias, y: [cog] and
+ * [cog][OH][OW] of the image and group; V: >= A*A*ceil(nt/MR)*MR*cig; M: >= A*A*ceil(nt/MR)*MR*(cp1-cp0)*NR */
+static void WN(wino_task)(int m, const T *x, int H, int W, int cig, int pt, int pl, int tw, int t0,
+                          int nt, const T *U, int ncp, int cp0, int cp1, const T *bias, T *y,
+                          int cog, int OH, int OW, T *V, T *M)
+{
+    if (m == 2)
+        WN(wino_task_m)(2, x, H, W, cig, pt, pl, tw, t0, nt, U, ncp, cp0, cp1, bias, y, cog, OH, OW, V, M);
+    else
+        WN(wino_task_m)(4, x, H, W, cig, pt, pl, tw, t0, nt, U, ncp, cp0, cp1, bias, y, cog, OH, OW, V, M);
+}
+
+#undef WN
+#undef WJOIN
+#undef WJOIN_
+#undef WINO_OL

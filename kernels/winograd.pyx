@@ -1,0 +1,213 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Winograd F(m x m, 3x3) convolution (Cython + C), for 3x3 kernels with stride 1 and dilation 1.
+
+Each m x m block of output costs (m+2)² multiplies per (input, output) channel pair instead of
+9·m², at the price of a larger rounding error (the transforms add terms of mixed sign and size).
+
+Design — a fused, cache-blocked pipeline (kernels/wino_impl.h), one OpenMP task per block of
+tiles (of one image and group) and range of output channels:
+  1. input transform ``V = Bᵀ d B`` of the block's tiles, written straight into the micro-kernel's
+     packed layout in a per-thread buffer (MR tiles per vector, so the arithmetic is vectorized);
+  2. one GEMM per transform point ``M[ξ] = V[ξ] · U[ξ]`` with a register-blocked 8x32 micro-kernel
+     (kernels/microkernel.h, ~103 GFLOP/s per core = the FMA peak) against the weights transformed
+     (``U = G g Gᵀ`` in float64) and packed into 32-column panels once, in `prepare`;
+  3. output transform ``Y = Aᵀ M A`` (+ bias) straight into ``out``.
+The block's V and M stay in L2 (block size below), so the transforms never stream through memory
+as separate passes — the unfused Numba + OpenBLAS prototype spent 45–70 % of its time there
+and re-packed the weights on every call (DESIGN.md).
+
+Language: C intrinsics-free vector code (GCC vector extensions) called from Cython with the GIL
+released, because the GEMM micro-kernel must keep its 8x32 tile in registers — Numba's
+``np.dot`` goes through BLAS per call (re-packing) and its loops did not reach the FMA peak.
+
+Tile size: ``tile=2`` F(2x2,3x3), ``tile=4`` F(4x4,3x3), ``tile=0`` chooses per layer (see
+`auto_tile`). Measured errors and timings: see the registry comments in fastconv/dispatch.py.
+
+NaN and Inf: the transforms mix every pixel of a tile (``Inf − Inf`` and ``Inf · 0`` give NaN),
+so a single non-finite input would turn whole tiles to NaN where torch gives ±Inf or finite
+values. A call whose input or weights are not all finite therefore runs the direct kernel —
+detected with one summation pass over the input (a finite sum proves finiteness; an overflow to
+Inf just takes the slower, still exact, path).
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from cython.parallel cimport prange, parallel
+from libc.stdlib cimport malloc, free
+
+from . import direct
+from ..threads import get_num_threads
+
+cdef extern from "wino_kernels.h" nogil:
+    int FC_MR_F32, FC_NR_F32, FC_MR_F64, FC_NR_F64
+    void wino_task_f32(int m, const float *x, int H, int W, int cig, int pt, int pl, int tw, int t0,
+                       int nt, const float *U, int ncp, int cp0, int cp1, const float *bias, float *y,
+                       int cog, int OH, int OW, float *V, float *M)
+    void wino_task_f64(int m, const double *x, int H, int W, int cig, int pt, int pl, int tw, int t0,
+                       int nt, const double *U, int ncp, int cp0, int cp1, const double *bias,
+                       double *y, int cog, int OH, int OW, double *V, double *M)
+
+ctypedef fused floating:
+    float
+    double
+
+# Transform matrices (Lavin & Gray 2015); only G is used here (U = G g Gᵀ), Bᵀ/Aᵀ are spelled
+# out in wino_impl.h and checked against these by the tests (through the results).
+_G = {
+    2: np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
+    # integer fractions scaled by 24 (``1 / 4`` would be C integer division under cdivision)
+    4: np.array([[6, 0, 0], [-4, -4, -4], [-4, 4, -4], [1, 2, 4], [1, -2, 4], [0, 0, 24]]) / 24.0,
+}
+TILES = (2, 4)
+L2_BYTES = 1 << 19  # per-thread budget for a block's V + M (half the 1 MiB L2: U panels need room)
+MIN_BLOCK = 32      # tiles; fewer would re-stream the whole U once per few tiles on deep layers
+
+
+def _mr_nr(itemsize):
+    return (FC_MR_F32, FC_NR_F32) if itemsize == 4 else (FC_MR_F64, FC_NR_F64)
+
+
+def auto_tile(p) -> int:
+    """F(4x4) wherever it has enough tiles; F(2x2) on small maps (its 4x4 tiles pad less)."""
+    return 4 if p.out_h * p.out_w >= 28 * 28 else 2
+
+
+class Geometry(NamedTuple):
+    m: int         # output tile size
+    th: int        # tile rows
+    tw: int        # tile columns
+    block: int     # tiles per task
+    nblocks: int   # tile blocks per (image, group)
+    ncp: int       # NR-wide output-channel panels per group
+    cps: int       # panels per task
+    nchunks: int   # output-channel ranges per (image, group, block)
+    nthreads: int
+
+
+def geometry(p, tile: int = 0, block: int = 0) -> Geometry:
+    m = tile or auto_tile(p)
+    a2 = (m + 2) ** 2
+    mr, nr = _mr_nr(p.itemsize)
+    th, tw = -(-p.out_h // m), -(-p.out_w // m)
+    ntiles = th * tw
+    cig, cog = p.c_in_per_group, p.c_out_per_group
+    ncp = -(-cog // nr)
+    nthreads = get_num_threads()
+    if ntiles == 0:
+        return Geometry(m, th, tw, mr, 0, ncp, ncp, 1, nthreads)
+    if block <= 0:
+        block = L2_BYTES // (a2 * (cig + ncp * nr) * p.itemsize)
+        block = max(MIN_BLOCK, block // mr * mr)
+    block = min(block, -(-ntiles // mr) * mr)
+    nblocks = -(-ntiles // block)
+    # too few tasks to keep every thread busy: split the output channels too (each range redoes
+    # the cheap input transform of its block)
+    base = max(p.n, 1) * p.groups * nblocks
+    nchunks = 1
+    if base < 2 * nthreads:
+        nchunks = min(ncp, -(-2 * nthreads // base))
+    cps = -(-ncp // nchunks)
+    nchunks = -(-ncp // cps)
+    return Geometry(m, th, tw, block, nblocks, ncp, cps, nchunks, nthreads)
+
+
+def supports(p, tile: int = 0, block: int = 0) -> str | None:
+    if tile not in TILES and tile != 0:
+        return f"tile size must be one of {TILES} (or 0 for auto), got {tile}"
+    if (p.kh, p.kw) != (3, 3):
+        return f"needs a 3x3 kernel, got {p.kh}x{p.kw}"
+    if p.stride != (1, 1):
+        return f"needs stride 1, got {p.stride}"
+    if p.dilation != (1, 1):
+        return f"needs dilation 1, got {p.dilation}"
+    return None
+
+
+def workspace_bytes(p, tile: int = 0, block: int = 0) -> int:
+    g = geometry(p, tile, block)
+    mr, nr = _mr_nr(p.itemsize)
+    rows = (g.m + 2) ** 2 * (-(-g.block // mr) * mr)
+    return g.nthreads * rows * (p.c_in_per_group + g.cps * nr) * p.itemsize
+
+
+class Packed(NamedTuple):
+    u: dict           # tile size -> U packed [g][ξ][ncp][cig][NR]
+    bias: np.ndarray
+    exact: tuple      # direct.prepare(w, b, p), for inputs with NaN/Inf (module docstring)
+    weights_finite: bool
+
+
+def _pack_u(w, p, m):
+    """U[g, ξ, panel, ci, lane] = (G w Gᵀ)[co = panel·NR + lane, ci, ξ], computed in float64."""
+    G = _G[m]
+    a = m + 2
+    _, nr = _mr_nr(p.itemsize)
+    u = np.einsum("ak,oikl,bl->oiab", G, w.astype(np.float64), G)       # [Co, Ci/g, α, α]
+    u = u.reshape(p.groups, p.c_out_per_group, p.c_in_per_group, a * a).transpose(0, 3, 2, 1)
+    ncp = -(-p.c_out_per_group // nr)
+    u = np.pad(u, ((0, 0), (0, 0), (0, 0), (0, ncp * nr - p.c_out_per_group)))
+    u = u.reshape(p.groups, a * a, p.c_in_per_group, ncp, nr).transpose(0, 1, 3, 2, 4)
+    return np.ascontiguousarray(u, dtype=w.dtype).reshape(-1)
+
+
+def prepare(w, b, p, tile: int = 0, block: int = 0) -> Packed:
+    # the auto tile depends on the map size only, which prepare may not assume (plans are reused
+    # across batches, not sizes — but the map size is part of p), so pack what p needs
+    m = tile or auto_tile(p)
+    bias = np.zeros(p.c_out, dtype=w.dtype) if b is None else np.ascontiguousarray(b)
+    return Packed({m: _pack_u(w, p, m)}, bias, direct.prepare(w, b, p), bool(np.isfinite(w).all()))
+
+
+def run(x, packed: Packed, p, out, tile: int = 0, block: int = 0) -> None:
+    with np.errstate(all="ignore"):  # an overflowing or NaN sum is the answer, not a warning
+        finite = packed.weights_finite and np.isfinite(np.add.reduce(x, axis=None))
+    if not finite:
+        direct.run(x, packed.exact, p, out)
+        return
+    g = geometry(p, tile, block)
+    _run(x, packed.u[g.m], packed.bias, out, g.m, p.groups, p.pad[0], p.pad[2], g.tw, g.th * g.tw,
+         g.block, g.nblocks, g.ncp, g.cps, g.nchunks, g.nthreads)
+
+
+def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[::1] bias,
+         floating[:, :, :, ::1] out, int m, int groups, int pt, int pl, int tw, int ntiles,
+         int block, int nblocks, int ncp, int cps, int nchunks, int nthreads):
+    cdef int N = x.shape[0], H = x.shape[2], W = x.shape[3], OH = out.shape[2], OW = out.shape[3]
+    cdef int cig = x.shape[1] // groups, cog = out.shape[1] // groups
+    cdef int a2 = (m + 2) * (m + 2)
+    cdef int mr = FC_MR_F32 if floating is float else FC_MR_F64
+    cdef int nr = FC_NR_F32 if floating is float else FC_NR_F64
+    cdef long rows = <long>a2 * ((block + mr - 1) // mr) * mr
+    cdef long vsize = rows * cig, msize = rows * cps * nr
+    cdef long ntasks = <long>N * groups * nblocks * nchunks
+    cdef long task, rest
+    cdef int n, g, tb, ch, t0, nt, cp0, cp1
+    cdef floating *V
+    cdef floating *M
+    if ntasks == 0:
+        return
+    with nogil, parallel(num_threads=nthreads):
+        V = <floating *> malloc(vsize * sizeof(floating))
+        M = <floating *> malloc(msize * sizeof(floating))
+        for task in prange(ntasks, schedule="dynamic"):
+            ch = task % nchunks
+            rest = task // nchunks
+            tb = rest % nblocks
+            rest = rest // nblocks
+            g = rest % groups
+            n = rest // groups
+            t0 = tb * block
+            nt = min(block, ntiles - t0)
+            cp0 = ch * cps
+            cp1 = min(ncp, cp0 + cps)
+            if floating is float:
+                wino_task_f32(m, &x[n, g * cig, 0, 0], H, W, cig, pt, pl, tw, t0, nt,
+                              &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog],
+                              &out[n, g * cog, 0, 0], cog, OH, OW, V, M)
+            else:
+                wino_task_f64(m, &x[n, g * cig, 0, 0], H, W, cig, pt, pl, tw, t0, nt,
+                              &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog],
+                              &out[n, g * cog, 0, 0], cog, OH, OW, V, M)
+        free(V)
+        free(M)
