@@ -18,6 +18,9 @@
 #define WN(name) WJOIN(name, SFX)
 
 #define WINO_OL 16 /* output-transform lanes (output channels per vector chunk) */
+#ifndef WINO_PAD
+#define WINO_PAD 16 /* elements between the (m+2)^2 panels of V and of M */
+#endif
 
 /* out[i*os + r] = sum_k BT[i][k] in[k*is + r], r < L  (BT of F(2x2,3x3) / F(4x4,3x3)) */
 static inline __attribute__((always_inline)) void
@@ -79,12 +82,15 @@ WN(wino_task_m)(const int m, const T *x, int H, int W, int cig, int pt, int pl, 
     const int ntg = (nt + MR - 1) / MR, NBp = ntg * MR;
     const long HW = (long)H * W, OHW = (long)OH * OW;
     const long ldc = (long)(cp1 - cp0) * NR;
-    const long vs = (long)ntg * cig * MR; /* V stride between transform points */
+    /* strides between transform points, padded by a cache line: a multiple of 4 KiB would put all
+     * (m+2)^2 streams of the transforms into the same L1 set (measured: 2x slower transforms) */
+    const long vs = (long)ntg * cig * MR + WINO_PAD, ms = (long)NBp * ldc + WINO_PAD;
 
     /* 1. input transform, MR tiles at a time (one lane per tile) */
     for (int tg = 0; tg < ntg; tg++) {
         long off[MR];
         int y0[MR], x0[MR], state[MR]; /* 0: past the block, 1: interior, 2: touches padding */
+        int edge = 0;
         for (int r = 0; r < MR; r++) {
             int t = tg * MR + r;
             if (t >= nt) { state[r] = 0; off[r] = 0; y0[r] = x0[r] = 0; continue; }
@@ -93,10 +99,25 @@ WN(wino_task_m)(const int m, const T *x, int H, int W, int cig, int pt, int pl, 
             x0[r] = (t % tw) * m - pl;
             off[r] = (long)y0[r] * W + x0[r];
             state[r] = (y0[r] >= 0 && x0[r] >= 0 && y0[r] + A <= H && x0[r] + A <= W) ? 1 : 2;
+            edge |= state[r] == 2;
         }
+#ifdef WINO_GATHER
+        /* interior groups: one hardware gather per patch position, 8 tiles per vector; lanes past
+         * the block gather offset 0 (valid memory; their V rows only feed unused C rows) */
+        const int gather = !edge && HW < (1L << 30);
+        int off32[MR];
+        for (int r = 0; r < MR; r++) off32[r] = (int)off[r];
+#else
+        const int gather = 0;
+#endif
         for (int ci = 0; ci < cig; ci++) {
             const T *xc = x + ci * HW;
             T d[AMAX * AMAX * MR], tmp[AMAX * AMAX * MR];
+#ifdef WINO_GATHER
+            if (gather) {
+                WINO_GATHER(d, xc, off32, A, W);
+            } else
+#endif
             for (int r = 0; r < MR; r++) {
                 if (state[r] == 1) {
                     const T *p = xc + off[r];
@@ -129,12 +150,11 @@ WN(wino_task_m)(const int m, const T *x, int H, int W, int cig, int pt, int pl, 
             const T *Bp = U + ((long)xi * ncp + cp) * cig * NR;
             for (int tg = 0; tg < ntg; tg++)
                 UKR(cig, V + xi * vs + (long)tg * cig * MR, Bp,
-                    M + ((long)xi * NBp + tg * MR) * ldc + (long)(cp - cp0) * NR, ldc);
+                    M + xi * ms + (long)tg * MR * ldc + (long)(cp - cp0) * NR, ldc);
         }
 
     /* 3. output transform, WINO_OL output channels at a time */
     const int co0 = cp0 * NR, ncol = (cp1 * NR < cog ? cp1 * NR : cog) - co0;
-    const long ms = (long)NBp * ldc; /* M stride between transform points */
     for (int tt = 0; tt < nt; tt++) {
         const int t = t0 + tt, oy = (t / tw) * m, ox = (t % tw) * m;
         const int rows = OH - oy < m ? OH - oy : m, cols = OW - ox < m ? OW - ox : m;
@@ -163,7 +183,8 @@ WN(wino_task_m)(const int m, const T *x, int H, int W, int cig, int pt, int pl, 
 }
 
 /* x: [cig][H][W] of one image and group; U: [A*A][ncp][cig][NR] of the group; bias, y: [cog] and
- * [cog][OH][OW] of the image and group; V: >= A*A*ceil(nt/MR)*MR*cig; M: >= A*A*ceil(nt/MR)*MR*(cp1-cp0)*NR */
+ * [cog][OH][OW] of the image and group; V: >= A*A*(ceil(nt/MR)*MR*cig + WINO_PAD);
+ * M: >= A*A*(ceil(nt/MR)*MR*(cp1-cp0)*NR + WINO_PAD) elements */
 static void WN(wino_task)(int m, const T *x, int H, int W, int cig, int pt, int pl, int tw, int t0,
                           int nt, const T *U, int ncp, int cp0, int cp1, const T *bias, T *y,
                           int cog, int OH, int OW, T *V, T *M)

@@ -40,7 +40,7 @@ from . import direct
 from ..threads import get_num_threads
 
 cdef extern from "wino_kernels.h" nogil:
-    int FC_MR_F32, FC_NR_F32, FC_MR_F64, FC_NR_F64
+    int FC_MR_F32, FC_NR_F32, FC_MR_F64, FC_NR_F64, WINO_PAD
     void wino_task_f32(int m, const float *x, int H, int W, int cig, int pt, int pl, int tw, int t0,
                        int nt, const float *U, int ncp, int cp0, int cp1, const float *bias, float *y,
                        int cog, int OH, int OW, float *V, float *M)
@@ -127,8 +127,9 @@ def supports(p, tile: int = 0, block: int = 0) -> str | None:
 def workspace_bytes(p, tile: int = 0, block: int = 0) -> int:
     g = geometry(p, tile, block)
     mr, nr = _mr_nr(p.itemsize)
-    rows = (g.m + 2) ** 2 * (-(-g.block // mr) * mr)
-    return g.nthreads * rows * (p.c_in_per_group + g.cps * nr) * p.itemsize
+    a2 = (g.m + 2) ** 2
+    rows = a2 * (-(-g.block // mr) * mr)
+    return g.nthreads * (rows * (p.c_in_per_group + g.cps * nr) + 2 * a2 * WINO_PAD) * p.itemsize
 
 
 class Packed(NamedTuple):
@@ -179,7 +180,7 @@ def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[:
     cdef int mr = FC_MR_F32 if floating is float else FC_MR_F64
     cdef int nr = FC_NR_F32 if floating is float else FC_NR_F64
     cdef long rows = <long>a2 * ((block + mr - 1) // mr) * mr
-    cdef long vsize = rows * cig, msize = rows * cps * nr
+    cdef long vsize = rows * cig + a2 * WINO_PAD, msize = rows * cps * nr + a2 * WINO_PAD
     cdef long ntasks = <long>N * groups * nblocks * nchunks
     cdef long task, rest
     cdef int n, g, tb, ch, t0, nt, cp0, cp1
