@@ -2,8 +2,8 @@
  * once per dtype with T (float/double), SFX (f32/f64), MR, NR (micro-kernel tile) and UKR (the
  * micro-kernel of microkernel.h) defined. Not a standalone header.
  *
- * One task = one block of nt output tiles (of one image and group) x one range of output-channel
- * panels [cp0, cp1):
+ * One task = one block of nt output tiles (of one group; a block may span images, so small maps
+ * of a batch share each pass over U) x one range of output-channel panels [cp0, cp1):
  *   1. input transform  V[xi][tg][ci][r] = (B^T d B)[xi] of tile tg*MR + r, channel ci
  *                       (written straight in the micro-kernel's packed A layout; MR tiles per lane
  *                       group so the transform arithmetic runs on MR-wide vectors)
@@ -73,9 +73,9 @@ WN(wino_at)(const int m, const T *restrict in, long is, T *restrict out, long os
 }
 
 static inline __attribute__((always_inline)) void
-WN(wino_task_m)(const int m, const T *x, int H, int W, int cig, int pt, int pl, int tw, int t0,
-                int nt, const T *U, int ncp, int cp0, int cp1, const T *bias, T *y, int cog,
-                int OH, int OW, T *V, T *M)
+WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt, int pl, int ntile,
+                int tw, long t0, int nt, const T *U, int ncp, int cp0, int cp1, const T *bias, T *y,
+                long ys, int cog, int OH, int OW, T *V, T *M)
 {
     enum { AMAX = 6 };
     const int A = m + 2;
@@ -88,30 +88,32 @@ WN(wino_task_m)(const int m, const T *x, int H, int W, int cig, int pt, int pl, 
 
     /* 1. input transform, MR tiles at a time (one lane per tile) */
     for (int tg = 0; tg < ntg; tg++) {
-        long off[MR];
+        long off[MR], ioff[MR];
         int y0[MR], x0[MR], state[MR]; /* 0: past the block, 1: interior, 2: touches padding */
         int edge = 0;
         for (int r = 0; r < MR; r++) {
             int t = tg * MR + r;
-            if (t >= nt) { state[r] = 0; off[r] = 0; y0[r] = x0[r] = 0; continue; }
-            t += t0;
-            y0[r] = (t / tw) * m - pt;
-            x0[r] = (t % tw) * m - pl;
-            off[r] = (long)y0[r] * W + x0[r];
+            if (t >= nt) { state[r] = 0; off[r] = ioff[r] = 0; y0[r] = x0[r] = 0; continue; }
+            const long tg_ = t0 + t;
+            const int tl = (int)(tg_ % ntile);
+            y0[r] = (tl / tw) * m - pt;
+            x0[r] = (tl % tw) * m - pl;
+            ioff[r] = (tg_ / ntile) * xs;
+            off[r] = ioff[r] + (long)y0[r] * W + x0[r];
             state[r] = (y0[r] >= 0 && x0[r] >= 0 && y0[r] + A <= H && x0[r] + A <= W) ? 1 : 2;
             edge |= state[r] == 2;
         }
 #ifdef WINO_GATHER
         /* interior groups: one hardware gather per patch position, 8 tiles per vector; lanes past
          * the block gather offset 0 (valid memory; their V rows only feed unused C rows) */
-        const int gather = !edge && HW < (1L << 30);
+        const int gather = !edge && (t0 + nt) / ntile * xs < (1L << 30);
         int off32[MR];
         for (int r = 0; r < MR; r++) off32[r] = (int)off[r];
 #else
         const int gather = 0;
 #endif
         for (int ci = 0; ci < cig; ci++) {
-            const T *xc = x + ci * HW;
+            const T *xc = x + ci * HW; /* + off[r]: image, row and column of lane r's tile */
             T d[AMAX * AMAX * MR], tmp[AMAX * AMAX * MR];
 #ifdef WINO_GATHER
             if (gather) {
@@ -131,7 +133,7 @@ WN(wino_task_m)(const int m, const T *x, int H, int W, int cig, int pt, int pl, 
                         for (int j = 0; j < A; j++) {
                             int xx = x0[r] + j;
                             d[(i * A + j) * MR + r] =
-                                (yy >= 0 && yy < H && xx >= 0 && xx < W) ? xc[(long)yy * W + xx] : 0;
+                                (yy >= 0 && yy < H && xx >= 0 && xx < W) ? xc[ioff[r] + (long)yy * W + xx] : 0;
                         }
                     }
                 }
@@ -156,7 +158,9 @@ WN(wino_task_m)(const int m, const T *x, int H, int W, int cig, int pt, int pl, 
     /* 3. output transform, WINO_OL output channels at a time */
     const int co0 = cp0 * NR, ncol = (cp1 * NR < cog ? cp1 * NR : cog) - co0;
     for (int tt = 0; tt < nt; tt++) {
-        const int t = t0 + tt, oy = (t / tw) * m, ox = (t % tw) * m;
+        const long tg_ = t0 + tt;
+        const int tl = (int)(tg_ % ntile), oy = (tl / tw) * m, ox = (tl % tw) * m;
+        T *yi = y + (tg_ / ntile) * ys;
         const int rows = OH - oy < m ? OH - oy : m, cols = OW - ox < m ? OW - ox : m;
         for (int cc = 0; cc < ncol; cc += WINO_OL) {
             T tmp[AMAX * AMAX * WINO_OL], Y[AMAX * AMAX * WINO_OL];
@@ -169,7 +173,7 @@ WN(wino_task_m)(const int m, const T *x, int H, int W, int cig, int pt, int pl, 
             for (int l = 0; l < nl; l++) {
                 const int co = co0 + cc + l;
                 const T b = bias[co];
-                T *yp = y + co * OHW + (long)oy * OW + ox;
+                T *yp = yi + co * OHW + (long)oy * OW + ox;
                 if (rows == m && cols == m) {
                     for (int i = 0; i < m; i++)
                         for (int j = 0; j < m; j++) yp[(long)i * OW + j] = Y[(i * m + j) * WINO_OL + l] + b;
@@ -182,17 +186,20 @@ WN(wino_task_m)(const int m, const T *x, int H, int W, int cig, int pt, int pl, 
     }
 }
 
-/* x: [cig][H][W] of one image and group; U: [A*A][ncp][cig][NR] of the group; bias, y: [cog] and
- * [cog][OH][OW] of the image and group; V: >= A*A*(ceil(nt/MR)*MR*cig + WINO_PAD);
+/* Tiles t0 .. t0+nt-1 counted over all images (ntile per image, tw per row): image t / ntile.
+ * x: channel 0 of the group in image 0 (images xs apart); U: [A*A][ncp][cig][NR] of the group;
+ * bias: [cog] of the group; y: output channel 0 of the group in image 0 (images ys apart); V: >= A*A*(ceil(nt/MR)*MR*cig + WINO_PAD);
  * M: >= A*A*(ceil(nt/MR)*MR*(cp1-cp0)*NR + WINO_PAD) elements */
-static void WN(wino_task)(int m, const T *x, int H, int W, int cig, int pt, int pl, int tw, int t0,
-                          int nt, const T *U, int ncp, int cp0, int cp1, const T *bias, T *y,
-                          int cog, int OH, int OW, T *V, T *M)
+static void WN(wino_task)(int m, const T *x, long xs, int H, int W, int cig, int pt, int pl,
+                          int ntile, int tw, long t0, int nt, const T *U, int ncp, int cp0, int cp1,
+                          const T *bias, T *y, long ys, int cog, int OH, int OW, T *V, T *M)
 {
     if (m == 2)
-        WN(wino_task_m)(2, x, H, W, cig, pt, pl, tw, t0, nt, U, ncp, cp0, cp1, bias, y, cog, OH, OW, V, M);
+        WN(wino_task_m)(2, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, ys,
+                        cog, OH, OW, V, M);
     else
-        WN(wino_task_m)(4, x, H, W, cig, pt, pl, tw, t0, nt, U, ncp, cp0, cp1, bias, y, cog, OH, OW, V, M);
+        WN(wino_task_m)(4, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, ys,
+                        cog, OH, OW, V, M);
 }
 
 #undef WN

@@ -1,5 +1,6 @@
 /* wino_kernels.h — the fused Winograd pipeline (wino_impl.h) instantiated for float32 and float64:
- *   wino_task_f32(m, x, H, W, cig, pt, pl, tw, t0, nt, U, ncp, cp0, cp1, bias, y, cog, OH, OW, V, M)
+ *   wino_task_f32(m, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, ys, cog,
+ *                 OH, OW, V, M)
  *   wino_task_f64(...)   same, double
  * m is the output tile size (2 or 4); see wino_impl.h for the layouts and kernels/winograd.pyx for
  * the driver.

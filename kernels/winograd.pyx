@@ -41,12 +41,14 @@ from ..threads import get_num_threads
 
 cdef extern from "wino_kernels.h" nogil:
     int FC_MR_F32, FC_NR_F32, FC_MR_F64, FC_NR_F64, WINO_PAD
-    void wino_task_f32(int m, const float *x, int H, int W, int cig, int pt, int pl, int tw, int t0,
-                       int nt, const float *U, int ncp, int cp0, int cp1, const float *bias, float *y,
-                       int cog, int OH, int OW, float *V, float *M)
-    void wino_task_f64(int m, const double *x, int H, int W, int cig, int pt, int pl, int tw, int t0,
-                       int nt, const double *U, int ncp, int cp0, int cp1, const double *bias,
-                       double *y, int cog, int OH, int OW, double *V, double *M)
+    void wino_task_f32(int m, const float *x, long xs, int H, int W, int cig, int pt, int pl,
+                       int ntile, int tw, long t0, int nt, const float *U, int ncp, int cp0, int cp1,
+                       const float *bias, float *y, long ys, int cog, int OH, int OW, float *V,
+                       float *M)
+    void wino_task_f64(int m, const double *x, long xs, int H, int W, int cig, int pt, int pl,
+                       int ntile, int tw, long t0, int nt, const double *U, int ncp, int cp0,
+                       int cp1, const double *bias, double *y, long ys, int cog, int OH, int OW,
+                       double *V, double *M)
 
 ctypedef fused floating:
     float
@@ -78,10 +80,10 @@ class Geometry(NamedTuple):
     th: int        # tile rows
     tw: int        # tile columns
     block: int     # tiles per task
-    nblocks: int   # tile blocks per (image, group)
+    nblocks: int   # tile blocks per group (blocks run over the tiles of all images)
     ncp: int       # NR-wide output-channel panels per group
     cps: int       # panels per task
-    nchunks: int   # output-channel ranges per (image, group, block)
+    nchunks: int   # output-channel ranges per (group, block)
     nthreads: int
 
 
@@ -90,7 +92,7 @@ def geometry(p, tile: int = 0, block: int = 0) -> Geometry:
     a2 = (m + 2) ** 2
     mr, nr = _mr_nr(p.itemsize)
     th, tw = -(-p.out_h // m), -(-p.out_w // m)
-    ntiles = th * tw
+    ntiles = max(p.n, 1) * th * tw
     cig, cog = p.c_in_per_group, p.c_out_per_group
     ncp = -(-cog // nr)
     nthreads = get_num_threads()
@@ -103,7 +105,7 @@ def geometry(p, tile: int = 0, block: int = 0) -> Geometry:
     nblocks = -(-ntiles // block)
     # too few tasks to keep every thread busy: split the output channels too (each range redoes
     # the cheap input transform of its block)
-    base = max(p.n, 1) * p.groups * nblocks
+    base = p.groups * nblocks
     nchunks = 1
     if base < 2 * nthreads:
         nchunks = min(ncp, -(-2 * nthreads // base))
@@ -172,7 +174,7 @@ def run(x, packed: Packed, p, out, tile: int = 0, block: int = 0) -> None:
 
 
 def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[::1] bias,
-         floating[:, :, :, ::1] out, int m, int groups, int pt, int pl, int tw, int ntiles,
+         floating[:, :, :, ::1] out, int m, int groups, int pt, int pl, int tw, int ntile,
          int block, int nblocks, int ncp, int cps, int nchunks, int nthreads):
     cdef int N = x.shape[0], H = x.shape[2], W = x.shape[3], OH = out.shape[2], OW = out.shape[3]
     cdef int cig = x.shape[1] // groups, cog = out.shape[1] // groups
@@ -181,9 +183,10 @@ def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[:
     cdef int nr = FC_NR_F32 if floating is float else FC_NR_F64
     cdef long rows = <long>a2 * ((block + mr - 1) // mr) * mr
     cdef long vsize = rows * cig + a2 * WINO_PAD, msize = rows * cps * nr + a2 * WINO_PAD
-    cdef long ntasks = <long>N * groups * nblocks * nchunks
-    cdef long task, rest
-    cdef int n, g, tb, ch, t0, nt, cp0, cp1
+    cdef long ntasks = <long>groups * nblocks * nchunks, ntiles = <long>N * ntile
+    cdef long xs = <long>x.shape[1] * H * W, ys = <long>out.shape[1] * OH * OW
+    cdef long task, rest, t0
+    cdef int g, tb, ch, nt, cp0, cp1
     cdef floating *V
     cdef floating *M
     if ntasks == 0:
@@ -195,20 +198,18 @@ def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[:
             ch = task % nchunks
             rest = task // nchunks
             tb = rest % nblocks
-            rest = rest // nblocks
-            g = rest % groups
-            n = rest // groups
-            t0 = tb * block
+            g = rest // nblocks
+            t0 = <long>tb * block
             nt = min(block, ntiles - t0)
             cp0 = ch * cps
             cp1 = min(ncp, cp0 + cps)
             if floating is float:
-                wino_task_f32(m, &x[n, g * cig, 0, 0], H, W, cig, pt, pl, tw, t0, nt,
+                wino_task_f32(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
                               &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog],
-                              &out[n, g * cog, 0, 0], cog, OH, OW, V, M)
+                              &out[0, g * cog, 0, 0], ys, cog, OH, OW, V, M)
             else:
-                wino_task_f64(m, &x[n, g * cig, 0, 0], H, W, cig, pt, pl, tw, t0, nt,
+                wino_task_f64(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
                               &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog],
-                              &out[n, g * cog, 0, 0], cog, OH, OW, V, M)
+                              &out[0, g * cog, 0, 0], ys, cog, OH, OW, V, M)
         free(V)
         free(M)
