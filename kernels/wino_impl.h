@@ -18,6 +18,7 @@
 #define WN(name) WJOIN(name, SFX)
 
 #define WINO_OL 16 /* output-transform lanes (output channels per vector chunk) */
+#define WINO_PF 2 /* input channels prefetched ahead */
 #ifndef WINO_PAD
 #define WINO_PAD 16 /* elements between the (m+2)^2 panels of V and of M */
 #endif
@@ -86,15 +87,17 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
      * (m+2)^2 streams of the transforms into the same L1 set (measured: 2x slower transforms) */
     const long vs = (long)ntg * cig * MR + WINO_PAD, ms = (long)NBp * ldc + WINO_PAD;
 
-    /* 1. input transform, MR tiles at a time (one lane per tile) */
+    /* 1. input transform, MR tiles at a time (one lane per tile). Channel-outer order: within a
+     * channel plane the tile groups walk along the rows, so the hardware prefetchers follow (the
+     * tile-outer order jumped between planes at every patch: 1.3x slower on 224x224 maps) */
+    long off[ntg * MR], ioff[ntg * MR];
+    int y0[ntg * MR], x0[ntg * MR], state[ntg * MR]; /* 0: past the block, 1: inside, 2: edge */
+    int gather[ntg], off32[ntg * MR];
     for (int tg = 0; tg < ntg; tg++) {
-        long off[MR], ioff[MR];
-        int y0[MR], x0[MR], state[MR]; /* 0: past the block, 1: interior, 2: touches padding */
         int edge = 0;
-        for (int r = 0; r < MR; r++) {
-            int t = tg * MR + r;
-            if (t >= nt) { state[r] = 0; off[r] = ioff[r] = 0; y0[r] = x0[r] = 0; continue; }
-            const long tg_ = t0 + t;
+        for (int r = tg * MR; r < tg * MR + MR; r++) {
+            if (r >= nt) { state[r] = 0; off[r] = ioff[r] = 0; y0[r] = x0[r] = 0; continue; }
+            const long tg_ = t0 + r;
             const int tl = (int)(tg_ % ntile);
             y0[r] = (tl / tw) * m - pt;
             x0[r] = (tl % tw) * m - pl;
@@ -103,36 +106,50 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
             state[r] = (y0[r] >= 0 && x0[r] >= 0 && y0[r] + A <= H && x0[r] + A <= W) ? 1 : 2;
             edge |= state[r] == 2;
         }
-#ifdef WINO_GATHER
-        /* interior groups: one hardware gather per patch position, 8 tiles per vector; lanes past
+        /* interior groups: one hardware gather per patch position, MR tiles per vector; lanes past
          * the block gather offset 0 (valid memory; their V rows only feed unused C rows) */
-        const int gather = !edge && (t0 + nt) / ntile * xs < (1L << 30);
-        int off32[MR];
-        for (int r = 0; r < MR; r++) off32[r] = (int)off[r];
-#else
-        const int gather = 0;
-#endif
-        for (int ci = 0; ci < cig; ci++) {
-            const T *xc = x + ci * HW; /* + off[r]: image, row and column of lane r's tile */
+        gather[tg] = !edge && (t0 + nt) / ntile * xs + (long)cig * HW < (1L << 30);
+        for (int r = tg * MR; r < tg * MR + MR; r++) off32[r] = (int)off[r];
+    }
+    /* the block's input rows [plo, phi) when they lie in one image (the usual case): software
+     * prefetch WINO_PF channels ahead — per channel they are only a few short rows, too short for
+     * the hardware prefetchers to catch on (measured 1.5x faster input transform at 224x224) */
+    long plo = -1, phi = 0;
+    if (nt > 0 && (t0 / ntile) == (t0 + nt - 1) / ntile) {
+        const long img = (t0 / ntile) * xs;
+        int ya = y0[0], yb = y0[nt - 1] + A;
+        ya = ya < 0 ? 0 : ya;
+        yb = yb > H ? H : yb;
+        plo = img + (long)ya * W;
+        phi = img + (long)yb * W;
+        if ((phi - plo) * (long)sizeof(T) > (64L << 10)) plo = -1; /* huge block: leave to the hardware */
+    }
+    for (int ci = 0; ci < cig; ci++) {
+        const T *xc = x + ci * HW; /* + off[r]: image, row and column of lane r's tile */
+        if (plo >= 0 && ci + WINO_PF < cig)
+            for (long q = plo; q < phi; q += 64 / sizeof(T))
+                __builtin_prefetch(xc + WINO_PF * HW + q, 0, 3);
+        for (int tg = 0; tg < ntg; tg++) {
             T d[AMAX * AMAX * MR], tmp[AMAX * AMAX * MR];
 #ifdef WINO_GATHER
-            if (gather) {
-                WINO_GATHER(d, xc, off32, A, W);
+            if (gather[tg]) {
+                WINO_GATHER(d, xc, off32 + tg * MR, A, W);
             } else
 #endif
-            for (int r = 0; r < MR; r++) {
+            for (int l = 0; l < MR; l++) {
+                const int r = tg * MR + l;
                 if (state[r] == 1) {
                     const T *p = xc + off[r];
                     for (int i = 0; i < A; i++)
-                        for (int j = 0; j < A; j++) d[(i * A + j) * MR + r] = p[(long)i * W + j];
+                        for (int j = 0; j < A; j++) d[(i * A + j) * MR + l] = p[(long)i * W + j];
                 } else if (state[r] == 0) {
-                    for (int i = 0; i < A * A; i++) d[i * MR + r] = 0;
+                    for (int i = 0; i < A * A; i++) d[i * MR + l] = 0;
                 } else {
                     for (int i = 0; i < A; i++) {
                         int yy = y0[r] + i;
                         for (int j = 0; j < A; j++) {
                             int xx = x0[r] + j;
-                            d[(i * A + j) * MR + r] =
+                            d[(i * A + j) * MR + l] =
                                 (yy >= 0 && yy < H && xx >= 0 && xx < W) ? xc[ioff[r] + (long)yy * W + xx] : 0;
                         }
                     }
