@@ -174,12 +174,15 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
 
     /* 3. output transform, WINO_OL output channels at a time */
     const int co0 = cp0 * NR, ncol = (cp1 * NR < cog ? cp1 * NR : cog) - co0;
+    /* channel chunks outer, tiles inner: consecutive tiles fill the same few output lines (the
+     * other order kept 4x more partially written lines live) */
+    for (int cc = 0; cc < ncol; cc += WINO_OL)
     for (int tt = 0; tt < nt; tt++) {
         const long tg_ = t0 + tt;
         const int tl = (int)(tg_ % ntile), oy = (tl / tw) * m, ox = (tl % tw) * m;
         T *yi = y + (tg_ / ntile) * ys;
         const int rows = OH - oy < m ? OH - oy : m, cols = OW - ox < m ? OW - ox : m;
-        for (int cc = 0; cc < ncol; cc += WINO_OL) {
+        {
             T tmp[AMAX * AMAX * WINO_OL], Y[AMAX * AMAX * WINO_OL];
             const T *mp = M + (long)tt * ldc + cc;
             for (int j = 0; j < A; j++) /* columns: tmp = A^T M */
@@ -187,6 +190,13 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
             for (int i = 0; i < m; i++) /* rows: Y = tmp A */
                 WN(wino_at)(m, tmp + i * A * WINO_OL, WINO_OL, Y + i * m * WINO_OL, WINO_OL, WINO_OL);
             const int nl = ncol - cc < WINO_OL ? ncol - cc : WINO_OL;
+#ifdef WINO_STORE16
+            if (m == 4 && nl == 16) {
+                WINO_STORE16(Y, bias + co0 + cc, yi + (co0 + cc) * OHW + (long)oy * OW + ox, OHW, OW,
+                             rows, cols);
+                continue;
+            }
+#endif
             for (int l = 0; l < nl; l++) {
                 const int co = co0 + cc + l;
                 const T b = bias[co];
