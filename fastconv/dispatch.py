@@ -67,15 +67,22 @@ REGISTRY: list[Algorithm] = [
               "im2col + GEMM over bounded tiles of output rows; any stride/padding/dilation/groups"),
     Algorithm("pointwise", _K + "pointwise", "numba",
               "1x1 kernels as one GEMM per image straight on NCHW"),
+    # Winograd tolerances, from the contract metric max |y - ref| / (|W|*|X| + |b|) measured over
+    # the case table (20 seeds) and the suite's 3x3 layers (kernels/winograd.pyx docstring):
+    #   F(2x2): float32 worst 8.5e-7 (table) / 1.6e-7 (suite); float64 1.2e-15  -> 1e-5 / 1e-13
+    #   F(4x4): float32 worst 2.3e-4 (table: rows of padding, where an output's own scale is
+    #           small but its tile mixes in its neighbours) / 3.5e-6 (suite); float64 5.8e-13
+    #           -> 1e-3 / 1e-11.  Margins: >= 4x over the worst case seen, >= 80x on the suite.
     Algorithm("winograd", _K + "winograd", "cython",
-              "Winograd, tile chosen per layer (F(4x4,3x3) on maps >= 28x28, else F(2x2,3x3)): 3x3, stride 1",
-              tolerance={"float32": 1e-3, "float64": 1e-10}, options={"tile": 0}),
+              "Winograd, tile chosen per layer (F(4x4,3x3), or F(2x2,3x3) where it needs fewer GEMM "
+              "rows, e.g. 7x7 maps): 3x3, stride 1, dilation 1",
+              tolerance={"float32": 1e-3, "float64": 1e-11}, options={"tile": 0}),
     Algorithm("winograd_f2", _K + "winograd", "cython",
               "Winograd F(2x2,3x3): 3x3, stride 1, dilation 1",
-              tolerance={"float32": 1e-4, "float64": 1e-11}, options={"tile": 2}),
+              tolerance={"float32": 1e-5, "float64": 1e-13}, options={"tile": 2}),
     Algorithm("winograd_f4", _K + "winograd", "cython",
               "Winograd F(4x4,3x3): 3x3, stride 1, dilation 1; fewer multiplies, larger error",
-              tolerance={"float32": 1e-3, "float64": 1e-10}, options={"tile": 4}),
+              tolerance={"float32": 1e-3, "float64": 1e-11}, options={"tile": 4}),
 ]
 BY_NAME: dict[str, Algorithm] = {a.name: a for a in REGISTRY}
 
