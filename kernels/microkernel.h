@@ -5,12 +5,13 @@
  *   FC_MR_F32, FC_NR_F32   rows and columns of the float32 micro-kernel tile (8 x 32)
  *   FC_MR_F64, FC_NR_F64   rows and columns of the float64 micro-kernel tile (8 x 16)
  *
- *   void fc_ukr_f32(long K, const float *A, const float *B, float *C, long ldc);
- *   void fc_ukr_f64(long K, const double *A, const double *B, double *C, long ldc);
+ *   void fc_ukr_f32(long K, const float *A, long lda, const float *B, float *C, long ldc);
+ *   void fc_ukr_f64(long K, const double *A, long lda, const double *B, double *C, long ldc);
  *
- *     C[r][c] = sum_k A[k*MR + r] * B[k*NR + c]     for r < MR, c < NR  (C is overwritten)
+ *     C[r][c] = sum_k A[k*lda + r] * B[k*NR + c]     for r < MR, c < NR  (C is overwritten)
  *
- *     A: packed panel of MR rows, k-major ([K][MR]); B: packed panel of NR columns, k-major
+ *     A: panel of MR rows, k-major with stride lda >= MR between k steps (lda = MR for a packed
+ *     [K][MR] panel; larger lets two panels interleave); B: packed panel of NR columns, k-major
  *     ([K][NR]); C: row-major with row stride ldc (elements). Pad the packed panels with zeros
  *     for row/column remainders: the kernel always writes a full MR x NR tile. No alignment
  *     is required (loads/stores are unaligned). K may be 0 (C is zeroed).
@@ -38,8 +39,8 @@ typedef float fc_v16f __attribute__((vector_size(64)));
 typedef double fc_v8d __attribute__((vector_size(64)));
 
 #define FC_DEFINE_UKR(NAME, T, VT, VL, MR)                                                    \
-    static inline void NAME(long K, const T *restrict A, const T *restrict B, T *restrict C,  \
-                            long ldc)                                                          \
+    static inline void NAME(long K, const T *restrict A, long lda, const T *restrict B,       \
+                            T *restrict C, long ldc)                                           \
     {                                                                                          \
         VT c0[MR], c1[MR];                                                                     \
         for (int r = 0; r < MR; r++) { c0[r] = (VT){0}; c1[r] = (VT){0}; }                     \
@@ -47,7 +48,7 @@ typedef double fc_v8d __attribute__((vector_size(64)));
             VT b0, b1;                                                                         \
             memcpy(&b0, B + k * 2 * VL, sizeof b0);                                            \
             memcpy(&b1, B + k * 2 * VL + VL, sizeof b1);                                       \
-            const T *a = A + k * MR;                                                           \
+            const T *a = A + k * lda;                                                          \
             _Pragma("GCC unroll 16")                                                           \
             for (int r = 0; r < MR; r++) {                                                     \
                 VT av = (VT){0} + a[r];                                                        \

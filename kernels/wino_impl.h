@@ -4,9 +4,9 @@
  *
  * One task = one block of nt output tiles (of one group; a block may span images, so small maps
  * of a batch share each pass over U) x one range of output-channel panels [cp0, cp1):
- *   1. input transform  V[xi][tg][ci][r] = (B^T d B)[xi] of tile tg*MR + r, channel ci
- *                       (written straight in the micro-kernel's packed A layout; MR tiles per lane
- *                       group so the transform arithmetic runs on MR-wide vectors)
+ *   1. input transform  V[xi][g][ci][r] = (B^T d B)[xi] of tile g*2*MR + r, channel ci
+ *                       (written straight in the micro-kernel's A layout; 2*MR tiles per lane
+ *                       group so the transform arithmetic runs on 16-wide vectors)
  *   2. GEMM per point   M[xi][t][co] = sum_ci V[xi][t][ci] U[xi][ci][co]   (U packed in prepare)
  *   3. output transform y[co][tile] = (A^T M A)[co] + bias[co]   (vectorized over co, clipped at
  *                       the bottom/right edges)
@@ -23,53 +23,52 @@
 #define WINO_PAD 16 /* elements between the (m+2)^2 panels of V and of M */
 #endif
 
-/* out[i*os + r] = sum_k BT[i][k] in[k*is + r], r < L  (BT of F(2x2,3x3) / F(4x4,3x3)) */
+/* The 1-D transforms act on 16 lanes at once (16 tiles in the input transform, 16 output
+ * channels in the output transform), as GCC vector types: the plain loops over lanes were left
+ * partly scalar by the vectorizer (aliasing versions, unrolled strided stores). */
+typedef T WN(v16) __attribute__((vector_size(16 * sizeof(T))));
+#define WLD(p) ({ WN(v16) v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define WST(p, v) do { WN(v16) v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
+
+/* out[i*os + r] = sum_k BT[i][k] in[k*is + r], r < 16  (BT of F(2x2,3x3) / F(4x4,3x3)) */
 static inline __attribute__((always_inline)) void
-WN(wino_bt)(const int m, const T *restrict in, long is, T *restrict out, long os, const int L)
+WN(wino_bt)(const int m, const T *restrict in, long is, T *restrict out, long os)
 {
     if (m == 2) {
-        for (int r = 0; r < L; r++) {
-            T d0 = in[r], d1 = in[is + r], d2 = in[2 * is + r], d3 = in[3 * is + r];
-            out[r] = d0 - d2;
-            out[os + r] = d1 + d2;
-            out[2 * os + r] = d2 - d1;
-            out[3 * os + r] = d1 - d3;
-        }
+        WN(v16) d0 = WLD(in), d1 = WLD(in + is), d2 = WLD(in + 2 * is), d3 = WLD(in + 3 * is);
+        WST(out, d0 - d2);
+        WST(out + os, d1 + d2);
+        WST(out + 2 * os, d2 - d1);
+        WST(out + 3 * os, d1 - d3);
     } else {
-        for (int r = 0; r < L; r++) {
-            T d0 = in[r], d1 = in[is + r], d2 = in[2 * is + r], d3 = in[3 * is + r],
-              d4 = in[4 * is + r], d5 = in[5 * is + r];
-            T s12 = d1 + d2, s34 = d3 + d4, t42 = d4 - d2, t31 = d3 - d1;
-            out[r] = 4 * d0 - 5 * d2 + d4;
-            out[os + r] = s34 - 4 * s12;
-            out[2 * os + r] = (d4 - d3) + 4 * (d1 - d2);
-            out[3 * os + r] = t42 + 2 * t31;
-            out[4 * os + r] = t42 - 2 * t31;
-            out[5 * os + r] = 4 * d1 - 5 * d3 + d5;
-        }
+        WN(v16) d0 = WLD(in), d1 = WLD(in + is), d2 = WLD(in + 2 * is), d3 = WLD(in + 3 * is),
+                d4 = WLD(in + 4 * is), d5 = WLD(in + 5 * is);
+        WN(v16) s12 = d1 + d2, s34 = d3 + d4, t42 = d4 - d2, t31 = d3 - d1;
+        WST(out, 4 * d0 - 5 * d2 + d4);
+        WST(out + os, s34 - 4 * s12);
+        WST(out + 2 * os, (d4 - d3) + 4 * (d1 - d2));
+        WST(out + 3 * os, t42 + 2 * t31);
+        WST(out + 4 * os, t42 - 2 * t31);
+        WST(out + 5 * os, 4 * d1 - 5 * d3 + d5);
     }
 }
 
-/* out[i*os + r] = sum_k AT[i][k] in[k*is + r], i < m, r < L */
+/* out[i*os + r] = sum_k AT[i][k] in[k*is + r], i < m, r < 16 */
 static inline __attribute__((always_inline)) void
-WN(wino_at)(const int m, const T *restrict in, long is, T *restrict out, long os, const int L)
+WN(wino_at)(const int m, const T *restrict in, long is, T *restrict out, long os)
 {
     if (m == 2) {
-        for (int r = 0; r < L; r++) {
-            T m0 = in[r], m1 = in[is + r], m2 = in[2 * is + r], m3 = in[3 * is + r];
-            out[r] = m0 + m1 + m2;
-            out[os + r] = m1 - m2 - m3;
-        }
+        WN(v16) m0 = WLD(in), m1 = WLD(in + is), m2 = WLD(in + 2 * is), m3 = WLD(in + 3 * is);
+        WST(out, m0 + m1 + m2);
+        WST(out + os, m1 - m2 - m3);
     } else {
-        for (int r = 0; r < L; r++) {
-            T m0 = in[r], m1 = in[is + r], m2 = in[2 * is + r], m3 = in[3 * is + r],
-              m4 = in[4 * is + r], m5 = in[5 * is + r];
-            T a12 = m1 + m2, s12 = m1 - m2, a34 = m3 + m4, s34 = m3 - m4;
-            out[r] = m0 + a12 + a34;
-            out[os + r] = s12 + 2 * s34;
-            out[2 * os + r] = a12 + 4 * a34;
-            out[3 * os + r] = s12 + 8 * s34 + m5;
-        }
+        WN(v16) m0 = WLD(in), m1 = WLD(in + is), m2 = WLD(in + 2 * is), m3 = WLD(in + 3 * is),
+                m4 = WLD(in + 4 * is), m5 = WLD(in + 5 * is);
+        WN(v16) a12 = m1 + m2, s12 = m1 - m2, a34 = m3 + m4, s34 = m3 - m4;
+        WST(out, m0 + a12 + a34);
+        WST(out + os, s12 + 2 * s34);
+        WST(out + 2 * os, a12 + 4 * a34);
+        WST(out + 3 * os, s12 + 8 * s34 + m5);
     }
 }
 
@@ -85,17 +84,21 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
     const long ldc = (long)(cp1 - cp0) * NR;
     /* strides between transform points, padded by a cache line: a multiple of 4 KiB would put all
      * (m+2)^2 streams of the transforms into the same L1 set (measured: 2x slower transforms) */
-    const long vs = (long)ntg * cig * MR + WINO_PAD, ms = (long)NBp * ldc + WINO_PAD;
+    const long vs = (long)(ntg + 1) / 2 * cig * 2 * MR + WINO_PAD, ms = (long)NBp * ldc + WINO_PAD;
 
-    /* 1. input transform, MR tiles at a time (one lane per tile). Channel-outer order: within a
-     * channel plane the tile groups walk along the rows, so the hardware prefetchers follow (the
+    /* 1. input transform, IL = 2*MR tiles at a time (one vector lane per tile; V holds the two
+     * MR-row panels of a lane group interleaved, read back with lda = IL). Channel-outer order:
+     * within a channel plane the lane groups walk along the rows, so prefetching works (the
      * tile-outer order jumped between planes at every patch: 1.3x slower on 224x224 maps) */
-    long off[ntg * MR], ioff[ntg * MR];
-    int y0[ntg * MR], x0[ntg * MR], state[ntg * MR]; /* 0: past the block, 1: inside, 2: edge */
-    int gather[ntg], off32[ntg * MR];
-    for (int tg = 0; tg < ntg; tg++) {
+    enum { IL = 2 * MR };
+    _Static_assert(IL == 16 && WINO_OL == 16, "the 1-D transforms are written for 16 lanes");
+    const int nlg = (nt + IL - 1) / IL; /* lane groups */
+    long off[nlg * IL], ioff[nlg * IL];
+    int y0[nlg * IL], x0[nlg * IL], state[nlg * IL]; /* 0: past the block, 1: inside, 2: edge */
+    int gather[nlg], off32[nlg * IL];
+    for (int lg = 0; lg < nlg; lg++) {
         int edge = 0;
-        for (int r = tg * MR; r < tg * MR + MR; r++) {
+        for (int r = lg * IL; r < lg * IL + IL; r++) {
             if (r >= nt) { state[r] = 0; off[r] = ioff[r] = 0; y0[r] = x0[r] = 0; continue; }
             const long tg_ = t0 + r;
             const int tl = (int)(tg_ % ntile);
@@ -106,14 +109,14 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
             state[r] = (y0[r] >= 0 && x0[r] >= 0 && y0[r] + A <= H && x0[r] + A <= W) ? 1 : 2;
             edge |= state[r] == 2;
         }
-        /* interior groups: one hardware gather per patch position, MR tiles per vector; lanes past
-         * the block gather offset 0 (valid memory; their V rows only feed unused C rows) */
-        gather[tg] = !edge && (t0 + nt) / ntile * xs + (long)cig * HW < (1L << 30);
-        for (int r = tg * MR; r < tg * MR + MR; r++) off32[r] = (int)off[r];
+        /* lane groups inside the image: one hardware gather per patch position; lanes past the
+         * block gather offset 0 (valid memory; their V rows only feed unused C rows) */
+        gather[lg] = !edge && (t0 + nt) / ntile * xs + (long)cig * HW < (1L << 30);
+        for (int r = lg * IL; r < lg * IL + IL; r++) off32[r] = (int)off[r];
     }
     /* the block's input rows [plo, phi) when they lie in one image (the usual case): software
      * prefetch WINO_PF channels ahead — per channel they are only a few short rows, too short for
-     * the hardware prefetchers to catch on (measured 1.5x faster input transform at 224x224) */
+     * the hardware prefetchers to catch on (measured 1.2x faster input transform at 224x224) */
     long plo = -1, phi = 0;
     if (nt > 0 && (t0 / ntile) == (t0 + nt - 1) / ntile) {
         const long img = (t0 / ntile) * xs;
@@ -129,37 +132,37 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
         if (plo >= 0 && ci + WINO_PF < cig)
             for (long q = plo; q < phi; q += 64 / sizeof(T))
                 __builtin_prefetch(xc + WINO_PF * HW + q, 0, 3);
-        for (int tg = 0; tg < ntg; tg++) {
-            T d[AMAX * AMAX * MR], tmp[AMAX * AMAX * MR];
+        for (int lg = 0; lg < nlg; lg++) {
+            T d[AMAX * AMAX * IL], tmp[AMAX * AMAX * IL];
 #ifdef WINO_GATHER
-            if (gather[tg]) {
-                WINO_GATHER(d, xc, off32 + tg * MR, A, W);
+            if (gather[lg]) {
+                WINO_GATHER(d, xc, off32 + lg * IL, A, W);
             } else
 #endif
-            for (int l = 0; l < MR; l++) {
-                const int r = tg * MR + l;
+            for (int l = 0; l < IL; l++) {
+                const int r = lg * IL + l;
                 if (state[r] == 1) {
                     const T *p = xc + off[r];
                     for (int i = 0; i < A; i++)
-                        for (int j = 0; j < A; j++) d[(i * A + j) * MR + l] = p[(long)i * W + j];
+                        for (int j = 0; j < A; j++) d[(i * A + j) * IL + l] = p[(long)i * W + j];
                 } else if (state[r] == 0) {
-                    for (int i = 0; i < A * A; i++) d[i * MR + l] = 0;
+                    for (int i = 0; i < A * A; i++) d[i * IL + l] = 0;
                 } else {
                     for (int i = 0; i < A; i++) {
                         int yy = y0[r] + i;
                         for (int j = 0; j < A; j++) {
                             int xx = x0[r] + j;
-                            d[(i * A + j) * MR + l] =
+                            d[(i * A + j) * IL + l] =
                                 (yy >= 0 && yy < H && xx >= 0 && xx < W) ? xc[ioff[r] + (long)yy * W + xx] : 0;
                         }
                     }
                 }
             }
             for (int j = 0; j < A; j++) /* columns: tmp = B^T d */
-                WN(wino_bt)(m, d + j * MR, (long)A * MR, tmp + j * MR, (long)A * MR, MR);
-            T *vout = V + ((long)tg * cig + ci) * MR;
+                WN(wino_bt)(m, d + j * IL, (long)A * IL, tmp + j * IL, (long)A * IL);
+            T *vout = V + ((long)lg * cig + ci) * IL;
             for (int i = 0; i < A; i++) /* rows: V = tmp B */
-                WN(wino_bt)(m, tmp + i * A * MR, MR, vout + (long)i * A * vs, vs, MR);
+                WN(wino_bt)(m, tmp + i * A * IL, IL, vout + (long)i * A * vs, vs);
         }
     }
 
@@ -168,7 +171,7 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
         for (int cp = cp0; cp < cp1; cp++) {
             const T *Bp = U + ((long)xi * ncp + cp) * cig * NR;
             for (int tg = 0; tg < ntg; tg++)
-                UKR(cig, V + xi * vs + (long)tg * cig * MR, Bp,
+                UKR(cig, V + xi * vs + (long)(tg / 2) * cig * IL + (tg % 2) * MR, IL, Bp,
                     M + xi * ms + (long)tg * MR * ldc + (long)(cp - cp0) * NR, ldc);
         }
 
@@ -186,9 +189,9 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
             T tmp[AMAX * AMAX * WINO_OL], Y[AMAX * AMAX * WINO_OL];
             const T *mp = M + (long)tt * ldc + cc;
             for (int j = 0; j < A; j++) /* columns: tmp = A^T M */
-                WN(wino_at)(m, mp + j * ms, A * ms, tmp + j * WINO_OL, (long)A * WINO_OL, WINO_OL);
+                WN(wino_at)(m, mp + j * ms, A * ms, tmp + j * WINO_OL, (long)A * WINO_OL);
             for (int i = 0; i < m; i++) /* rows: Y = tmp A */
-                WN(wino_at)(m, tmp + i * A * WINO_OL, WINO_OL, Y + i * m * WINO_OL, WINO_OL, WINO_OL);
+                WN(wino_at)(m, tmp + i * A * WINO_OL, WINO_OL, Y + i * m * WINO_OL, WINO_OL);
             const int nl = ncol - cc < WINO_OL ? ncol - cc : WINO_OL;
 #ifdef WINO_STORE16
             if (m == 4 && nl == 16) {
@@ -230,6 +233,8 @@ static void WN(wino_task)(int m, const T *x, long xs, int H, int W, int cig, int
 }
 
 #undef WN
+#undef WLD
+#undef WST
 #undef WJOIN
 #undef WJOIN_
 #undef WINO_OL

@@ -12,15 +12,29 @@
 
 #if defined(__AVX2__)
 #include <immintrin.h>
-/* d[(i*A + j)*8 + r] = xc[off[r] + i*W + j] for the 8 tiles of a group (all inside the image) */
+/* d[(i*A + j)*16 + r] = xc[off[r] + i*W + j] for the 16 tiles of a lane group (all inside) */
+#if defined(__AVX512F__)
 #define WINO_GATHER_F32(d, xc, off, A, W)                                                      \
     do {                                                                                       \
-        const __m256i vidx_ = _mm256_loadu_si256((const __m256i *)(off));                      \
+        const __m512i vidx_ = _mm512_loadu_si512((const void *)(off));                         \
         for (int i_ = 0; i_ < (A); i_++)                                                       \
             for (int j_ = 0; j_ < (A); j_++)                                                   \
-                _mm256_storeu_ps((d) + (i_ * (A) + j_) * 8,                                     \
-                                 _mm256_i32gather_ps((xc) + (long)i_ * (W) + j_, vidx_, 4));    \
+                _mm512_storeu_ps((d) + (i_ * (A) + j_) * 16,                                    \
+                                 _mm512_i32gather_ps(vidx_, (xc) + (long)i_ * (W) + j_, 4));    \
     } while (0)
+#else
+#define WINO_GATHER_F32(d, xc, off, A, W)                                                      \
+    do {                                                                                       \
+        const __m256i lo_ = _mm256_loadu_si256((const __m256i *)(off));                        \
+        const __m256i hi_ = _mm256_loadu_si256((const __m256i *)(off) + 1);                    \
+        for (int i_ = 0; i_ < (A); i_++)                                                       \
+            for (int j_ = 0; j_ < (A); j_++) {                                                 \
+                const float *b_ = (xc) + (long)i_ * (W) + j_;                                  \
+                _mm256_storeu_ps((d) + (i_ * (A) + j_) * 16, _mm256_i32gather_ps(b_, lo_, 4)); \
+                _mm256_storeu_ps((d) + (i_ * (A) + j_) * 16 + 8, _mm256_i32gather_ps(b_, hi_, 4)); \
+            }                                                                                  \
+    } while (0)
+#endif
 #endif
 
 #if defined(__AVX512F__)

@@ -138,8 +138,8 @@ def workspace_bytes(p, tile: int = 0, block: int = 0) -> int:
     g = geometry(p, tile, block)
     mr, nr = _mr_nr(p.itemsize)
     a2 = (g.m + 2) ** 2
-    rows = a2 * (-(-g.block // mr) * mr)
-    return g.nthreads * (rows * (p.c_in_per_group + g.cps * nr) + 2 * a2 * WINO_PAD) * p.itemsize
+    rows, vrows = a2 * (-(-g.block // mr) * mr), a2 * (-(-g.block // (2 * mr)) * 2 * mr)
+    return g.nthreads * (vrows * p.c_in_per_group + rows * g.cps * nr + 2 * a2 * WINO_PAD) * p.itemsize
 
 
 class Packed(NamedTuple):
@@ -190,7 +190,8 @@ def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[:
     cdef int mr = FC_MR_F32 if floating is float else FC_MR_F64
     cdef int nr = FC_NR_F32 if floating is float else FC_NR_F64
     cdef long rows = <long>a2 * ((block + mr - 1) // mr) * mr
-    cdef long vsize = rows * cig + a2 * WINO_PAD, msize = rows * cps * nr + a2 * WINO_PAD
+    cdef long vrows = <long>a2 * ((block + 2 * mr - 1) // (2 * mr)) * 2 * mr  # 2*MR-tile lane groups
+    cdef long vsize = vrows * cig + a2 * WINO_PAD, msize = rows * cps * nr + a2 * WINO_PAD
     cdef long ntasks = <long>groups * nblocks * nchunks, ntiles = <long>N * ntile
     cdef long xs = <long>x.shape[1] * H * W, ys = <long>out.shape[1] * OH * OW
     cdef long task, rest, t0
