@@ -64,6 +64,8 @@ _G = {
 TILES = (2, 4)
 L2_BYTES = 1 << 19  # per-thread budget for a block's V + M (half the 1 MiB L2: U panels need room)
 MIN_BLOCK = 32      # tiles; fewer would re-stream the whole U once per few tiles on deep layers
+U_SHRINK_BYTES = 1 << 21  # U up to this size may be re-read per smaller block for balance (measured:
+                          # re-reading a 9-14 MB U per 16-tile block cost 5-10 % on one thread)
 
 
 def _mr_nr(itemsize):
@@ -111,8 +113,16 @@ def geometry(p, tile: int = 0, block: int = 0) -> Geometry:
         block = max(MIN_BLOCK, block // mr * mr)
     block = min(block, -(-ntiles // mr) * mr)
     nblocks = -(-ntiles // block)
-    # too few tasks to keep every thread busy: split the output channels too (each range redoes
-    # the cheap input transform of its block)
+    # Too few tasks for the threads (a task is the unit of dynamic scheduling: 7 equal tasks on
+    # 2 threads run 4 rounds, i.e. at 7/8 of the speed). Where U is small (stays in L2), smaller
+    # blocks cost nothing: aim at >= 4 tasks per thread, blocks >= 16 tiles (one input-transform
+    # lane group).
+    if p.groups * nblocks < 4 * nthreads and a2 * cig * cog * p.itemsize <= U_SHRINK_BYTES:
+        block = max(2 * mr, ntiles // (4 * nthreads * p.groups) // (2 * mr) * 2 * mr)
+        block = min(block, -(-ntiles // mr) * mr)
+        nblocks = -(-ntiles // block)
+    # Still too few (deep layers on small maps, where every block streams all of U): split the
+    # output channels too; each range redoes the (there cheap) input transform of its block.
     base = p.groups * nblocks
     nchunks = 1
     if base < 2 * nthreads:
