@@ -36,7 +36,6 @@ import numpy as np
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 
-from . import direct
 from ..threads import get_num_threads
 
 cdef extern from "wino_kernels.h" nogil:
@@ -155,7 +154,8 @@ def workspace_bytes(p, tile: int = 0, block: int = 0) -> int:
 class Packed(NamedTuple):
     u: dict           # tile size -> U packed [g][ξ][ncp][cig][NR]
     bias: np.ndarray
-    exact: tuple      # direct.prepare(w, b, p), for inputs with NaN/Inf (module docstring)
+    w: np.ndarray     # the weights and bias as given, for the exact path taken on inputs with
+    b: object         # NaN/Inf (module docstring); the direct kernel is only imported then
     weights_finite: bool
 
 
@@ -177,14 +177,15 @@ def prepare(w, b, p, tile: int = 0, block: int = 0) -> Packed:
     # across batches, not sizes — but the map size is part of p), so pack what p needs
     m = tile or auto_tile(p)
     bias = np.zeros(p.c_out, dtype=w.dtype) if b is None else np.ascontiguousarray(b)
-    return Packed({m: _pack_u(w, p, m)}, bias, direct.prepare(w, b, p), bool(np.isfinite(w).all()))
+    return Packed({m: _pack_u(w, p, m)}, bias, w, b, bool(np.isfinite(w).all()))
 
 
 def run(x, packed: Packed, p, out, tile: int = 0, block: int = 0) -> None:
     with np.errstate(all="ignore"):  # an overflowing or NaN sum is the answer, not a warning
         finite = packed.weights_finite and np.isfinite(np.add.reduce(x, axis=None))
     if not finite:
-        direct.run(x, packed.exact, p, out)
+        from . import direct  # lazily: importing it starts numba, which the fast path never needs
+        direct.run(x, direct.prepare(packed.w, packed.b, p), p, out)
         return
     g = geometry(p, tile, block)
     _run(x, packed.u[g.m], packed.bias, out, g.m, p.groups, p.pad[0], p.pad[2], g.tw, g.th * g.tw,
