@@ -134,6 +134,40 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
                 __builtin_prefetch(xc + WINO_PF * HW + q, 0, 3);
         for (int lg = 0; lg < nlg; lg++) {
             T d[AMAX * AMAX * IL], tmp[AMAX * AMAX * IL];
+#ifdef WINO_LOAD6
+            /* F(4x4): row loads + transposes for every lane group — a border tile loads from a
+             * zero-padded copy of its patch (lane groups of consecutive tiles nearly always hold
+             * one: with the all-or-nothing gather path most groups of a 56x56 map were scalar) */
+            if (m == 4) {
+                const T *rp[IL];
+                long rs[IL];
+                T ebuf[IL * 36];
+                static const T zero[8] = {0};
+                for (int l = 0; l < IL; l++) {
+                    const int r = lg * IL + l;
+                    if (state[r] == 1) {
+                        rp[l] = xc + off[r];
+                        rs[l] = W;
+                    } else if (state[r] == 0) {
+                        rp[l] = zero;
+                        rs[l] = 0;
+                    } else {
+                        T *e = ebuf + l * 36;
+                        for (int i = 0; i < 6; i++) {
+                            const int yy = y0[r] + i;
+                            for (int j = 0; j < 6; j++) {
+                                const int xx = x0[r] + j;
+                                e[i * 6 + j] = (yy >= 0 && yy < H && xx >= 0 && xx < W)
+                                                   ? xc[ioff[r] + (long)yy * W + xx] : 0;
+                            }
+                        }
+                        rp[l] = e;
+                        rs[l] = 6;
+                    }
+                }
+                WINO_LOAD6(d, rp, rs);
+            } else
+#endif
 #ifdef WINO_GATHER
             if (gather[lg]) {
                 WINO_GATHER(d, xc, off32 + lg * IL, A, W);

@@ -37,6 +37,38 @@
 #endif
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+/* F(4x4) patches of 16 tiles: d[(i*6 + j)*16 + r] = rp[r][i*rs[r] + j], i, j < 6 (rp[r] points at
+ * the tile's corner in the image, rs[r] = W, or at a zero-padded copy for tiles on the border).
+ * Each patch row is one masked 6-float load per tile, then two 8x8 transposes: 2.5x faster than
+ * 36 hardware gathers, which cost ~1.3 cycles per element on Zen 4 (measured). */
+static inline void wino_load6_f32(float *d, const float *const *rp, const long *rs)
+{
+    for (int i = 0; i < 6; i++)
+        for (int h = 0; h < 2; h++) {
+            __m256 r[8], t[8];
+            for (int q = 0; q < 8; q++)
+                r[q] = _mm256_maskz_loadu_ps(0x3f, rp[h * 8 + q] + i * rs[h * 8 + q]);
+            for (int q = 0; q < 8; q += 2) {
+                t[q] = _mm256_unpacklo_ps(r[q], r[q + 1]);
+                t[q + 1] = _mm256_unpackhi_ps(r[q], r[q + 1]);
+            }
+            for (int q = 0; q < 8; q += 4) {
+                r[q] = _mm256_shuffle_ps(t[q], t[q + 2], 0x44);
+                r[q + 1] = _mm256_shuffle_ps(t[q], t[q + 2], 0xEE);
+                r[q + 2] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+                r[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0xEE);
+            }
+            for (int q = 0; q < 4; q++) {
+                t[q] = _mm256_permute2f128_ps(r[q], r[q + 4], 0x20);     /* element q of rows 0..7 */
+                t[q + 4] = _mm256_permute2f128_ps(r[q], r[q + 4], 0x31); /* element q + 4 */
+            }
+            for (int j = 0; j < 6; j++) _mm256_storeu_ps(d + (i * 6 + j) * 16 + h * 8, t[j]);
+        }
+}
+#define WINO_LOAD6 wino_load6_f32
+#endif
+
 #if defined(__AVX512F__)
 /* Y: 16 pixels (4x4 tile, row-major) x 16 output channels -> out[c][i][j] + bias[c] for c < 16,
  * i < rows, j < cols: an in-register 16x16 transpose turns the 256 scalar stores of the plain
@@ -99,6 +131,7 @@ static inline void wino_store16_f32(const float *Y, const float *bias, float *yp
 #include "wino_impl.h"
 #undef WINO_GATHER
 #undef WINO_STORE16
+#undef WINO_LOAD6
 #undef T
 #undef SFX
 #undef MR
