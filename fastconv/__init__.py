@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .dispatch import get_workspace_limit, set_workspace_limit
 from .functional import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
+from .layers import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
 from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
@@ -22,5 +23,6 @@ def algorithms() -> list[str]:
 
 
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "algorithms",
+           "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
            "set_num_threads", "get_num_threads", "set_workspace_limit", "get_workspace_limit",
            "__version__"]

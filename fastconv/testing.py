@@ -115,18 +115,42 @@ def describe(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, **kwargs) -> Co
                                 kwargs.get("dilation", 1), kwargs.get("groups", 1))[3]
 
 
-def conv_error_bound(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams) -> np.ndarray:
-    """``|W| ⊛ |X| + |b|`` in float64: the scale of each output's rounding error."""
-    x4 = x if x.ndim == 4 else x[None]
-    return reference.conv2d(np.abs(x4), np.abs(w), None if b is None else np.abs(b), p)
+def conv_error_bound(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams,
+                     tile: int = 0) -> np.ndarray:
+    """The scale of each output's rounding error, in float64.
+
+    ``tile=0`` (direct, GEMM): ``|W| ⊛ |X| + |b|`` — the sum of the absolute products the output
+    adds up. ``tile=m`` (Winograd F(m x m, 3x3)): the transforms mix every weight tap with every
+    pixel of the output's (m+2)² input tile, so an output whose own products are tiny (a zero
+    centre tap, say) still carries rounding from its neighbours; the scale is then
+    ``Σ_d Σ_uv |W[p,d,u,v]| · max |X[d]| over any tile holding the output`` (+ |b|).
+    """
+    x4 = np.abs(np.asarray(x if x.ndim == 4 else x[None], dtype=np.float64))
+    w = np.abs(np.asarray(w, dtype=np.float64))
+    bias = None if b is None else np.abs(b)
+    if tile == 0:
+        return reference.conv2d(x4, w, bias, p)
+    # Any tile holding output i reads input rows [i − pt − (m−1), i − pt + m + 1]: a box of L = 2m + 2.
+    L = 2 * tile + 2
+    top, left = p.pad[0] + tile - 1, p.pad[2] + tile - 1
+    bottom = max(0, p.out_h - 1 + L - (p.h + top))
+    right = max(0, p.out_w - 1 + L - (p.w + left))
+    q = np.pad(x4, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    box = np.lib.stride_tricks.sliding_window_view(q, (L, L), axis=(2, 3)).max(axis=(-2, -1))
+    box = box[:, :, :p.out_h, :p.out_w]
+    wsum = w.sum(axis=(2, 3))  # [C_out, C_in/groups]
+    cig, cog = p.c_in_per_group, p.c_out_per_group
+    scale = np.concatenate([np.einsum("pd,ndij->npij", wsum[g * cog:(g + 1) * cog], box[:, g * cig:(g + 1) * cig])
+                            for g in range(p.groups)], axis=1)
+    return scale if bias is None else scale + bias[None, :, None, None]
 
 
 def conv_errors(y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
-                p: ConvParams) -> tuple[float, float]:
+                p: ConvParams, tile: int = 0) -> tuple[float, float]:
     """(max |y − ref| / scale, max |y − ref| / max |ref|) of a result against the float64 oracle."""
     x4 = x if x.ndim == 4 else x[None]
     ref = reference.conv2d(x4, w, b, p)
-    scale = conv_error_bound(x, w, b, p)
+    scale = conv_error_bound(x, w, b, p, tile)
     err = np.abs(np.asarray(y, dtype=np.float64).reshape(ref.shape) - ref)
     with np.errstate(invalid="ignore", divide="ignore"):
         scaled = np.where(scale > 0, err / np.where(scale > 0, scale, 1), np.where(err > 0, np.inf, 0))
@@ -135,13 +159,20 @@ def conv_errors(y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | Non
 
 
 def assert_conv_close(y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
-                      p: ConvParams, tol: float, label: str = "") -> None:
-    """Fail unless every output is within ``tol · (|W| ⊛ |X| + |b|)`` of the float64 reference."""
+                      p: ConvParams, tol: float, label: str = "", tile: int = 0) -> None:
+    """Fail unless every output is within ``tol · scale`` of the float64 reference, with the
+    scale of `conv_error_bound` (``tile`` = the algorithm's ``error_tile``)."""
     assert np.asarray(y).shape == p.out_shape or np.asarray(y).shape == p.out_shape[1:], \
         f"{label}: shape {np.asarray(y).shape} != expected {p.out_shape}"
     assert np.all(np.isfinite(y)), f"{label}: non-finite values in output (unwritten or overflow)"
-    worst, rel = conv_errors(y, x, w, b, p)
+    worst, rel = conv_errors(y, x, w, b, p, tile)
     assert worst <= tol, f"{label}: error {worst:.3g} x scale exceeds tolerance {tol:g} (rel {rel:.3g})"
+
+
+def assert_algorithm_close(alg, y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                           p: ConvParams, label: str = "") -> None:
+    """`assert_conv_close` with the registry entry's own tolerance and error model."""
+    assert_conv_close(y, x, w, b, p, alg.tolerance[p.dtype], label or alg.name, alg.error_tile)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,17 @@ def apply() -> None:
         _state["blas_applied"] = n
 
 
+_ran: set[str] = set()
+
+
+def after_first_run(name: str) -> None:
+    """A kernel's first call may load a BLAS library lazily (numba's np.dot loads scipy's
+    OpenBLAS then); re-apply the knob once so that library obeys it too."""
+    if name not in _ran:
+        _ran.add(name)
+        apply()
+
+
 @contextlib.contextmanager
 def kernel_region():
     """Enter a kernel call: numba's per-thread count follows the knob in this Python thread."""

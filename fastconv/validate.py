@@ -16,6 +16,9 @@ import numpy as np
 from .params import ConvParams, PoolParams
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Every integer argument (sizes, strides, padding, dilation, groups, divisor) must fit a C int:
+# the Cython kernels take C ints, and it keeps all index arithmetic far from int64 overflow.
+INT_MAX = 2 ** 31 - 1
 IntOrPair = int | Sequence[int]
 
 
@@ -48,9 +51,12 @@ def _as_int(value: Any, name: str) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got bool {value!r}")
     try:
-        return operator.index(value)
+        v = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an int or a pair of ints, got {type(value).__name__} {value!r}") from None
+    if abs(v) > INT_MAX:
+        raise ValueError(f"{name} must be at most 2**31 - 1 in magnitude, got {v}")
+    return v
 
 
 def pair(value: Any, name: str) -> tuple[int, int]:
@@ -106,6 +112,8 @@ def conv2d_args(input: Any, weight: Any, bias: Any, stride: Any, padding: Any, d
     if g < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     n, c_in, h, wd = x4.shape
+    if h < 1 or wd < 1:  # as torch: only the batch may be empty
+        raise ValueError(f"input must have non-zero height and width, got shape {x.shape}")
     c_out, c_in_g, kh, kw = w.shape
     if min(c_out, c_in_g, kh, kw) < 1:
         raise ValueError(f"weight must have positive sizes (C_out, C_in/groups, kH, kW), got shape {w.shape}")
@@ -231,3 +239,88 @@ def algo_name(algo: Any, known: Sequence[str]) -> str:
     if not isinstance(algo, str) or (algo != "auto" and algo not in known):
         raise ValueError(f"algo must be 'auto' or one of {', '.join(repr(k) for k in known)}; got {algo!r}")
     return algo
+
+
+# --- layer objects (fastconv.layers) ------------------------------------------------------
+def positive_int(value: Any, name: str) -> int:
+    v = _as_int(value, name)
+    if v < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return v
+
+
+def flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def conv_layer_args(in_channels: Any, out_channels: Any, kernel_size: Any, stride: Any, padding: Any,
+                    dilation: Any, groups: Any, bias: Any, padding_mode: Any = "zeros") -> dict:
+    """Check a ``Conv2d(...)`` constructor as torch does → normalised attributes.
+
+    ``padding`` stays a string (``"same"``/``"valid"``) or becomes a pair, as on torch's module.
+    """
+    if padding_mode != "zeros":
+        raise ValueError(f"padding_mode must be 'zeros' (the only mode fastconv runs), got {padding_mode!r}")
+    c_in = positive_int(in_channels, "in_channels")
+    c_out = positive_int(out_channels, "out_channels")
+    g = positive_int(groups, "groups")
+    if c_in % g:
+        raise ValueError(f"in_channels={c_in} must be divisible by groups={g}")
+    if c_out % g:
+        raise ValueError(f"out_channels={c_out} must be divisible by groups={g}")
+    k = positive_pair(kernel_size, "kernel_size")
+    s = positive_pair(stride, "stride")
+    d = positive_pair(dilation, "dilation")
+    conv_padding(padding, s, d, k)  # raises for a bad padding
+    pad = padding if isinstance(padding, str) else nonnegative_pair(padding, "padding")
+    return dict(in_channels=c_in, out_channels=c_out, kernel_size=k, stride=s, padding=pad,
+                dilation=d, groups=g, bias=flag(bias, "bias"))
+
+
+def layer_param(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A weight or bias assigned to a layer: float32/float64 of exactly ``shape`` → a private
+    C-contiguous copy (so later changes to the caller's array or tensor cannot go stale)."""
+    arr = as_array(value, name)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {arr.shape}")
+    return np.array(arr, order="C", copy=True)
+
+
+def max_pool_layer_args(kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+                        return_indices: Any, ceil_mode: Any) -> dict:
+    k, s, pad, d, ceil = _pool_window(kernel_size, stride, padding, dilation, ceil_mode)
+    return dict(kernel_size=k, stride=s, padding=pad, dilation=d,
+                return_indices=flag(return_indices, "return_indices"), ceil_mode=ceil)
+
+
+def avg_pool_layer_args(kernel_size: Any, stride: Any, padding: Any, ceil_mode: Any,
+                        count_include_pad: Any, divisor_override: Any) -> dict:
+    k, s, pad, _, ceil = _pool_window(kernel_size, stride, padding, 1, ceil_mode)
+    div = None
+    if divisor_override is not None:
+        div = _as_int(divisor_override, "divisor_override")
+        if div == 0:
+            raise ValueError("divisor_override must be a non-zero int, got 0")
+    return dict(kernel_size=k, stride=s, padding=pad, ceil_mode=ceil,
+                count_include_pad=flag(count_include_pad, "count_include_pad"), divisor_override=div)
+
+
+def adaptive_output_size(output_size: Any) -> tuple[int | None, int | None]:
+    """``AdaptiveAvgPool2d(output_size)``: an int or a pair whose entries may be None (keep that size)."""
+    if output_size is None or isinstance(output_size, (str, bytes)):
+        raise TypeError(f"output_size must be an int or a pair of ints/None, got {output_size!r}")
+    items = list(output_size) if isinstance(output_size, Sequence) else [output_size, output_size]
+    if len(items) == 1:
+        items = items * 2
+    if len(items) != 2:
+        raise ValueError(f"output_size must be an int or a pair, got {output_size!r}")
+    return tuple(None if v is None else positive_int(v, "output_size") for v in items)
+
+
+def inference_only(requires_grad: bool, grad_enabled: bool, name: str) -> None:
+    """fastconv computes no gradients: refuse a call whose result autograd would need."""
+    if requires_grad and grad_enabled:
+        raise RuntimeError(f"{name} runs on fastconv, which computes no gradients, but its input requires "
+                           "grad; call the model under torch.no_grad() or torch.inference_mode()")

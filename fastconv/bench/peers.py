@@ -1,0 +1,162 @@
+"""Other libraries measured beside fastconv: torch, ONNX Runtime and a plain NumPy baseline.
+
+Each peer is optional: `make(name, layer, x, w, b, threads)` returns a ready-to-time callable,
+or raises `Skip` with the reason (not installed, cannot run this layer), which the report
+shows. Setup work (ONNX session creation, tensor wrapping) happens here, outside the timed
+call, and is reported as the peer's prepare time.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable
+
+import numpy as np
+
+from ..params import ConvParams, PoolParams
+
+PEERS = ("torch", "onnxruntime", "numpy")
+# thread-pool family of each peer, for the timer's cool-down rule
+POOL_OF = {"torch": "torch", "onnxruntime": "onnxruntime", "numpy": "blas"}
+
+
+class Skip(Exception):
+    """This peer cannot be measured here; the message says why."""
+
+
+def _need(module: str, hint: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise Skip(f"{module} not installed ({hint})")
+
+
+# --- torch -------------------------------------------------------------------------------------
+def _torch(p, x, w, b, threads: int) -> Callable[[], object]:
+    _need("torch", "pip install 'fastconv[peers]'")
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(threads)
+    tx = torch.from_numpy(x)
+    if isinstance(p, PoolParams):
+        if p.kind == "max":
+            args = dict(kernel_size=p.kernel, stride=p.stride, padding=p.padding, dilation=p.dilation,
+                        ceil_mode=p.ceil_mode)
+            op = lambda: F.max_pool2d(tx, **args)
+        elif p.kind == "avg":
+            args = dict(kernel_size=p.kernel, stride=p.stride, padding=p.padding, ceil_mode=p.ceil_mode,
+                        count_include_pad=p.count_include_pad, divisor_override=p.divisor_override)
+            op = lambda: F.avg_pool2d(tx, **args)
+        else:
+            op = lambda: F.adaptive_avg_pool2d(tx, p.output_size)
+    else:
+        if not p.symmetric_padding:
+            raise Skip("asymmetric padding")
+        tw, tb = torch.from_numpy(w), None if b is None else torch.from_numpy(b)
+        args = dict(stride=p.stride, padding=(p.pad[0], p.pad[2]), dilation=p.dilation, groups=p.groups)
+        op = lambda: F.conv2d(tx, tw, tb, **args)
+
+    def run():
+        with torch.no_grad():
+            return op().numpy()
+    return run
+
+
+# --- ONNX Runtime ------------------------------------------------------------------------------
+def _onnx_model(p, w, b):
+    from onnx import TensorProto, helper, numpy_helper
+    dt = TensorProto.FLOAT if p.dtype == "float32" else TensorProto.DOUBLE
+    inits, inputs = [], ["x"]
+    if isinstance(p, PoolParams):
+        if p.kind == "adaptive_avg":
+            if p.output_size != (1, 1):
+                raise Skip("adaptive pooling to more than 1x1 has no ONNX operator")
+            node = helper.make_node("GlobalAveragePool", ["x"], ["y"])
+        else:
+            attrs = dict(kernel_shape=list(p.kernel), strides=list(p.stride), pads=[*p.padding, *p.padding],
+                         ceil_mode=int(p.ceil_mode))
+            if p.kind == "max":
+                attrs["dilations"] = list(p.dilation)
+                node = helper.make_node("MaxPool", ["x"], ["y"], **attrs)
+            else:
+                if p.divisor_override:
+                    raise Skip("divisor_override has no ONNX equivalent")
+                node = helper.make_node("AveragePool", ["x"], ["y"], count_include_pad=int(p.count_include_pad),
+                                        **attrs)
+    else:
+        inits.append(numpy_helper.from_array(w, "w"))
+        inputs.append("w")
+        if b is not None:
+            inits.append(numpy_helper.from_array(b, "b"))
+            inputs.append("b")
+        t, bo, l, r = p.pad
+        node = helper.make_node("Conv", inputs, ["y"], kernel_shape=[p.kh, p.kw], strides=list(p.stride),
+                                pads=[t, l, bo, r], dilations=list(p.dilation), group=p.groups)
+    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", dt, list(p.input_shape))],
+                              [helper.make_tensor_value_info("y", dt, list(p.out_shape))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # the newest onnx writes an IR version older runtimes refuse; 8 carries opset 17
+    return model
+
+
+def _onnxruntime(p, x, w, b, threads: int) -> Callable[[], object]:
+    _need("onnxruntime", "pip install 'fastconv[peers]'")
+    _need("onnx", "pip install onnx (builds the one-node model)")
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(_onnx_model(p, w, b).SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    feed = {"x": x}
+    return lambda: sess.run(None, feed)[0]
+
+
+# --- NumPy baseline ----------------------------------------------------------------------------
+def _numpy(p, x, w, b, threads: int) -> Callable[[], object]:
+    """What one writes with NumPy alone: pad, a strided window view, one tensordot/einsum."""
+    if isinstance(p, PoolParams):
+        raise Skip("no NumPy pooling baseline (torch is the pooling peer)")
+    from numpy.lib.stride_tricks import sliding_window_view
+    t, bo, l, r = p.pad
+    sh, sw = p.stride
+    dh, dw = p.dilation
+    g, cig, cog = p.groups, p.c_in_per_group, p.c_out_per_group
+    wg = w.reshape(g, cog, cig, p.kh, p.kw)
+    bias = None if b is None else b[None, :, None, None]
+
+    def run():
+        xp = np.pad(x, ((0, 0), (0, 0), (t, bo), (l, r))) if any(p.pad) else x
+        win = sliding_window_view(xp, ((p.kh - 1) * dh + 1, (p.kw - 1) * dw + 1), axis=(2, 3))
+        win = win[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :p.out_h, :p.out_w]     # N, C, OH, OW, kh, kw
+        if g == 1:
+            y = np.tensordot(w, win, axes=([1, 2, 3], [1, 4, 5])).transpose(1, 0, 2, 3)
+        else:
+            win = win.reshape(p.n, g, cig, p.out_h, p.out_w, p.kh, p.kw)
+            y = np.einsum("ngcijuv,gocuv->ngoij", win, wg, optimize=True).reshape(p.out_shape)
+        return y + bias if bias is not None else y
+    return run
+
+
+_MAKERS = {"torch": _torch, "onnxruntime": _onnxruntime, "numpy": _numpy}
+
+
+_MODULES = {"torch": ("torch",), "onnxruntime": ("onnxruntime", "onnx"), "numpy": ()}
+
+
+def load(name: str) -> None:
+    """Import a peer's libraries (slow for torch) before its setup is timed; `Skip` if missing."""
+    import importlib
+    for mod in _MODULES[name]:
+        _need(mod, "pip install 'fastconv[peers]'")
+        importlib.import_module(mod)
+
+
+def make(name: str, p: ConvParams | PoolParams, x: np.ndarray, w: np.ndarray | None,
+         b: np.ndarray | None, threads: int) -> Callable[[], object]:
+    """A callable running peer ``name`` on this layer, or `Skip` with the reason."""
+    try:
+        return _MAKERS[name](p, x, w, b, threads)
+    except Skip:
+        raise
+    except Exception as e:  # a peer's own failure must not stop the benchmark: report it
+        raise Skip(f"{type(e).__name__}: {e}") from None

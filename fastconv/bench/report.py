@@ -1,0 +1,158 @@
+"""Presenting a benchmark report: a rich table, the JSON file and a matplotlib chart.
+
+How to read the table: one block per layer; one row per algorithm (``auto`` shows what it
+chose) and per peer. ``GFLOP/s`` counts 2 × MACs of the direct algorithm whatever ran, so a
+Winograd rate is *effective* (marked ``*``) and may exceed the machine's SGEMM rate. ``vs X``
+is X's time divided by ours: above 1 we are faster. Pools report GB/s of input read.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .runner import SCHEMA
+
+PEER_LABEL = {"torch": "torch", "onnxruntime": "onnxrt", "numpy": "numpy"}
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3f}" if s < 0.01 else f"{s * 1e3:.2f}" if s < 1 else f"{s * 1e3:.0f}"
+
+
+def _bytes(n: int | None) -> str:
+    if not n:
+        return "0" if n == 0 else ""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _ratio(v: float | None) -> str:
+    if v is None:
+        return ""
+    style = "green" if v >= 1.05 else "red" if v < 0.95 else ""
+    txt = f"{v:.2f}x"
+    return f"[{style}]{txt}[/{style}]" if style else txt
+
+
+def table(report: dict):
+    """A rich Table of every layer in ``report``."""
+    from rich.table import Table
+    peers = [p for p in ("torch", "onnxruntime", "numpy")
+             if any(e["name"] == p for L in report["layers"] for e in L["entries"])]
+    pk = report["peaks"]
+    t = Table(title=f"fastconv bench — suite {report['suite'] or '(layers)'}, {report['threads']} threads; "
+                    f"SGEMM {pk['sgemm_gflops']:.0f}, FMA peak {pk['fma_gflops']:.0f} GFLOP/s",
+              caption="GFLOP/s = 2·MACs of direct conv / time (* = effective: Winograd does fewer); pools: GB/s "
+                      "of input. vs X = X's time / ours (>1: fastconv faster). err = max|y−ref64| / max|ref64|.",
+              show_lines=False, header_style="bold")
+    for col, just in (("layer", "left"), ("algorithm", "left"), ("ms", "right"), ("±", "right"),
+                      ("GFLOP/s", "right"), ("%SGEMM", "right"), ("%peak", "right")):
+        t.add_column(col, justify=just, no_wrap=True)
+    for p in peers:
+        t.add_column(f"vs {PEER_LABEL[p]}", justify="right")
+    for col in ("err", "workspace", "prep ms"):
+        t.add_column(col, justify="right")
+    for L in report["layers"]:
+        best = min((e["median_s"] for e in L["entries"] if e["role"] != "peer"), default=None)
+        for i, e in enumerate(L["entries"]):
+            name = e["name"] + (f" → {e['chosen']}" if e.get("chosen") else "")
+            if e["role"] == "peer":
+                name = f"[dim]{name}[/dim]"
+            elif e["median_s"] == best:
+                name = f"[bold]{name}[/bold]"
+            rate = e.get("gflops", e.get("gbps"))
+            rate_s = f"{rate:.1f}" + ("*" if e.get("effective") else "") + (" GB/s" if "gbps" in e else "")
+            row = [L["name"] if i == 0 else "", name, _ms(e["median_s"]), f"{100 * e['spread']:.0f}%", rate_s,
+                   f"{e['pct_sgemm']:.0f}" if "pct_sgemm" in e else "",
+                   f"{e['pct_peak']:.0f}" if "pct_peak" in e else ""]
+            row += [_ratio(e.get("vs", {}).get(p)) for p in peers]
+            err = e.get("max_rel_err")
+            row += ["" if err is None else f"{err:.1e}", _bytes(e.get("workspace_bytes")),
+                    _ms(e["prepare_s"]) if e["prepare_s"] else ""]
+            t.add_row(*row, end_section=i == len(L["entries"]) - 1)
+    return t
+
+
+def skipped_lines(report: dict) -> list[str]:
+    """One line per reason something was not measured, with the layers it applies to."""
+    by_reason: dict[tuple[str, str], list[str]] = {}
+    for L in report["layers"]:
+        for s in L["skipped"]:
+            reason = s["reason"].splitlines()[0][:160]
+            by_reason.setdefault((s["name"], reason), []).append(L["name"])
+    return [f"skipped {name} on {', '.join(layers)}: {reason}" for (name, reason), layers in by_reason.items()]
+
+
+def write_json(report: dict, path: str | Path) -> None:
+    assert report.get("schema") == SCHEMA
+    Path(path).write_text(json.dumps(report, indent=1, default=float) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def plot(report: dict, path: str | Path) -> None:
+    """Per-layer rates by algorithm and peer (grouped bars, log scale), with the machine's SGEMM
+    rate and FMA peak as lines; pools in their own panel (GB/s)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    convs = [L for L in report["layers"] if L["unit"] == "GFLOP/s"]
+    pools = [L for L in report["layers"] if L["unit"] != "GFLOP/s"]
+    panels = [(convs, "gflops", "GFLOP/s (2·MACs of direct conv / time)")] if convs else []
+    if pools:
+        panels.append((pools, "gbps", "GB/s of input read"))
+    widths = [max(2, len(ls)) for ls, _, _ in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(24, 3 + 1.3 * sum(widths)), 6.5),
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, (layers, key, ylabel) in zip(axes[0], panels):
+        # pools: our kernel of each kind is one series, "fastconv"
+        series_of = (lambda e: e["name"] if e["role"] == "peer" or key == "gflops" else "fastconv")
+        series = []
+        for L in layers:
+            for e in L["entries"]:
+                if series_of(e) not in series:
+                    series.append(series_of(e))
+        # ours in registry order, then auto, then the peers in grey tones
+        from fastconv.dispatch import names
+        rank = {n: i for i, n in enumerate(names() + ["auto"] + list(PEER_LABEL))}
+        series.sort(key=lambda s: rank.get(s, -1))
+        peers = [s for s in series if s in PEER_LABEL]
+        n = len(series)
+        bw = 0.8 / n
+        xs = np.arange(len(layers))
+        for j, s in enumerate(series):
+            vals = [next((e.get(key, 0) for e in L["entries"] if series_of(e) == s), 0) for L in layers]
+            color = ("0.35", "0.6", "0.8")[peers.index(s) % 3] if s in peers else cmap(j % 10)
+            label = ("peer: " + s) if s in peers else s
+            ax.bar(xs - 0.4 + bw * (j + 0.5), [v if v > 0 else np.nan for v in vals], bw, label=label,
+                   color=color, edgecolor="black" if s == "auto" else None, hatch="//" if "winograd" in s else None)
+        if key == "gflops":
+            pk = report["peaks"]
+            ax.axhline(pk["sgemm_gflops"], color="tab:red", ls="--", lw=1)
+            ax.text(len(layers) - 0.5, pk["sgemm_gflops"], f" SGEMM {pk['sgemm_gflops']:.0f}", va="top",
+                    ha="right", color="tab:red", fontsize=8)
+            ax.axhline(pk["fma_gflops"], color="tab:purple", ls=":", lw=1)
+            ax.text(len(layers) - 0.5, pk["fma_gflops"], f" FMA peak {pk['fma_gflops']:.0f}", va="bottom",
+                    ha="right", color="tab:purple", fontsize=8)
+            ax.set_title("convolution (hatched: Winograd, effective rate)")
+        else:
+            ax.set_title("pooling")
+        ax.set_yscale("log")
+        ax.set_xticks(xs, [L["name"] for L in layers], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2 if n > 6 else 1, loc="upper left")
+    m = report["machine"]
+    fig.suptitle(f"fastconv {m['fastconv']} — {m['cpu']['model']}, {report['threads']} threads "
+                 f"(suite {report['suite'] or 'layers'})", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

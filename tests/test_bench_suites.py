@@ -1,0 +1,96 @@
+"""Suites, the interleaved timer and the gate's comparison logic (fast, no kernels timed)."""
+from __future__ import annotations
+
+import pytest
+
+from fastconv.bench import compare, suites, timer
+from fastconv.params import ConvParams, PoolParams
+
+SEED_TABLE = {  # the conv table of the kernels issue: N, C_in, H, C_out, k, s, p
+    "lenet.conv1": (64, 1, 28, 10, 5, 1, 0), "alexnet.conv1": (8, 1, 224, 96, 11, 4, 1),
+    "vgg16.conv4_2": (1, 512, 28, 512, 3, 1, 1), "resnet50.stem": (1, 3, 224, 64, 7, 2, 3),
+    "seed003.1gflop": (1, 100, 64, 100, 5, 1, 2), "nin.1x1": (8, 96, 54, 96, 1, 1, 0),
+}
+
+
+@pytest.mark.parametrize("name", suites.available())
+def test_every_shipped_suite_loads(name):
+    layers = suites.load(name)
+    assert layers and len({L.name for L in layers}) == len(layers)
+
+
+def test_seed_suite_is_the_whole_conv_table():
+    layers = {L.name: L.params for L in suites.load("seed")}
+    assert len(layers) == 18 and all(isinstance(p, ConvParams) for p in layers.values())
+    for name, (n, c, h, co, k, s, p) in SEED_TABLE.items():
+        assert layers[name] == ConvParams.from_layer(n, c, h, co, k, s, p)
+    assert layers["mobilenet.dw3x3"].is_depthwise
+    pools = [L for L in suites.load("all") if L.is_pool]
+    assert len(pools) == 5 and {L.params.kind for L in pools} == {"max", "avg", "adaptive_avg"}
+
+
+def test_layer_strings():
+    assert suites.parse_layer_arg("2,3,10,12,4,3,2,1").params == ConvParams(2, 3, 10, 12, 4, 3, 3, (2, 2), (1,) * 4)
+    assert suites.parse_layer_arg("1,8,9,8,3,1,1:g=8").params.groups == 8
+    p = suites.parse_layer_arg("max:1,64,112,112,3,2,1").params
+    assert isinstance(p, PoolParams) and p.out_shape == (1, 64, 56, 56)
+    assert suites.parse_layer_arg("gap:8,2048,7,7").params.out_shape == (8, 2048, 1, 1)
+
+
+def test_suite_file_errors_name_file_and_line(tmp_path):
+    f = tmp_path / "mine.txt"
+    f.write_text("# ok\nfine conv 1,3,8,4,3,1,1\nbroken conv 1,3,8\n")
+    with pytest.raises(suites.SuiteError, match=r"mine.txt:3: expected"):
+        suites.load(str(f))
+    f.write_text("a conv 1,3,8,4,3,1,1\ninclude mine\n")
+    g = tmp_path / "loop.txt"
+    g.write_text(f"include {g}\n")
+    with pytest.raises(suites.SuiteError, match="includes itself"):
+        suites.load(str(g))
+    with pytest.raises(suites.SuiteError, match="kind must be"):
+        suites.parse_line("x deconv 1,2,3,4,5,6,7", "here")
+
+
+def test_timer_interleaves_and_rotates():
+    log: list[str] = []
+    cands = [timer.Candidate(n, (lambda n=n: log.append(n))) for n in "abc"]
+    calib = timer.Candidate("cal", lambda: log.append("cal"), pool="other")
+    res = timer.measure(cands, repeats=3, min_sample_s=0, cooldown_s=0, calibration=calib)
+    timed = log[8:]                     # after 2 warm-up calls per candidate
+    rounds = [timed[i:i + 4] for i in range(0, 12, 4)]
+    assert rounds == [["cal", "a", "b", "c"], ["cal", "b", "c", "a"], ["cal", "c", "a", "b"]]
+    assert all(len(res[n].samples) == 3 and len(res[n].ratios) == 3 for n in "abc")
+
+
+def test_timing_statistics():
+    t = timer.Timing((1.0, 2.0, 3.0, 4.0, 100.0), (0.5, 1.0, 1.5, 2.0, 50.0))
+    assert t.median == 3.0 and t.min == 1.0 and t.norm == 1.5
+    assert t.spread == pytest.approx((4.0 - 2.0) / 3.0)
+
+
+def _report(values: dict[tuple[str, str], float]) -> dict:
+    layers: dict[str, list] = {}
+    for (layer, name), v in values.items():
+        layers.setdefault(layer, []).append({"name": name, "role": "algorithm", compare.GATE_KEY: v})
+    return {"schema": "fastconv-bench/1", "layers": [{"name": k, "entries": e} for k, e in layers.items()]}
+
+
+def test_compare_flags_only_what_regressed():
+    base = _report({("l1", "direct"): 1.0, ("l1", "im2col"): 2.0, ("l2", "auto"): 1.0, ("l3", "old"): 1.0})
+    now = _report({("l1", "direct"): 1.19, ("l1", "im2col"): 2.5, ("l2", "auto"): 0.5, ("l3", "new"): 1.0})
+    regs, changes, notes = compare.compare(base, now, 0.2)
+    assert [(c.layer, c.name) for c in regs] == [("l1", "im2col")]
+    assert len(changes) == 3 and len(notes) == 2
+    compare.merge_best(now, _report({("l1", "im2col"): 2.1}))
+    assert compare.compare(base, now, 0.2)[0] == []
+
+
+@pytest.mark.parametrize("text, value", [("20%", 0.2), ("20", 0.2), ("0.2", 0.2), ("5.5%", 0.055)])
+def test_parse_percent(text, value):
+    assert compare.parse_percent(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["abc", "-5%", "0", "2000%"])
+def test_parse_percent_rejects(text):
+    with pytest.raises(ValueError, match="max-regression"):
+        compare.parse_percent(text)
