@@ -94,6 +94,10 @@ CONV_CASES: list[ConvCase] = [
     ConvCase("input_equals_kernel", h=3, w=3),
     ConvCase("winograd_edges_10x7", h=10, w=7, padding=1),
     ConvCase("winograd_2x3", h=2, w=3, padding=1),
+    # Winograd blocking: tile blocks that span images, output channels split over panels/tasks
+    ConvCase("winograd_blocks_batch3", n=3, c_in=5, h=23, w=21, c_out=7, padding=1),
+    ConvCase("winograd_cout_panels", n=1, c_in=6, h=9, w=10, c_out=70, padding=(1, 0)),
+    ConvCase("winograd_interior_38", n=1, c_in=3, h=38, w=38, c_out=5),  # all tiles inside: fast loads
     # batch 0 / 1 / N
     ConvCase("batch0", n=0, padding=1),
     ConvCase("batch1", n=1, padding=1),
