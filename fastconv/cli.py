@@ -90,11 +90,10 @@ def cmd_info(args) -> int:
     import fastconv
     from fastconv import dispatch
     from fastconv.bench import machine
-    d = machine.info(probe=True)
+    d = machine.info()
     d["algorithms"] = {a.name: f"{a.language}: {a.summary}" for a in dispatch.REGISTRY}
     d["pools"] = {k.name: f"{k.language}: {k.summary}" for k in dispatch.POOL_REGISTRY}
     d["extensions"] = machine.extensions()
-    d["jit_cache"] = machine.jit_cache_dir()
     if args.peaks:
         d["peaks"] = machine.peaks(fastconv.get_num_threads())
     if args.json:
@@ -105,13 +104,14 @@ def cmd_info(args) -> int:
              f"CPU: {c['model']} — {c['usable_cpus']} usable of {c['logical_cpus']} logical CPUs",
              f"SIMD: {' '.join(c['simd_flags']) or 'none reported'}",
              f"threads: {d['threads']} (fastconv.set_num_threads / FASTCONV_NUM_THREADS)",
-             f"numba threading layer: {d['numba_threading_layer']}"]
+             "OpenMP: " + (", ".join(f"{o['internal_api']} ({o['num_threads']} threads) {o['filepath']}"
+                                     for o in d["openmp"]) or "no runtime loaded")]
     for bl in d["blas"]:
         lines.append(f"BLAS: {bl['internal_api']} {bl['version']} ({bl['threading_layer']}, {bl['num_threads']} "
                      f"threads, {bl['architecture']}) {bl['filepath']}")
     lines.append("libraries: " + ", ".join(f"{k} {v}" for k, v in d["libraries"].items() if v))
     lines.append("compiled extensions: " + ", ".join(f"{k} {v}" for k, v in d["extensions"].items()))
-    lines.append(f"JIT cache: {d['jit_cache']}")
+    lines.append("JIT: none — every kernel is compiled ahead of time (Cython/C), so there is no JIT cache")
     lines.append("algorithms: " + ", ".join(d["algorithms"]) + "; pools: " + ", ".join(d["pools"]))
     if "peaks" in d:
         lines.append(f"peaks ({d['threads']} threads): FMA {d['peaks']['fma_gflops']} GFLOP/s, "

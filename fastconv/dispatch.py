@@ -33,7 +33,7 @@ class Algorithm:
 
     name: str
     module: str                    # e.g. "fastconv.kernels.direct"
-    language: str                  # "numba" or "cython"
+    language: str                  # "cython" today (see each module docstring for why)
     summary: str
     # Accuracy contract checked by the tests: |y − ref| ≤ tol · scale, where scale is
     # fastconv.testing.conv_error_bound(..., tile=error_tile): for error_tile=0 the sum of absolute
@@ -47,7 +47,7 @@ class Algorithm:
     @cached_property
     def kernel(self):
         mod = importlib.import_module(self.module)
-        threads.apply()  # the kernel may have loaded a new thread pool (numba, BLAS)
+        threads.apply()  # the kernel may have loaded a new thread pool (OpenMP, BLAS)
         return mod
 
     def supports(self, p: ConvParams) -> str | None:
@@ -57,42 +57,12 @@ class Algorithm:
         return int(self.kernel.workspace_bytes(p, **self.options))
 
     def prepare(self, w: np.ndarray, b: np.ndarray | None, p: ConvParams) -> Any:
-        return _cache_fallback(self.kernel.prepare, w, b, p, **self.options)
+        return self.kernel.prepare(w, b, p, **self.options)
 
     def run(self, x: np.ndarray, packed: Any, p: ConvParams, out: np.ndarray) -> None:
         check_workspace(self, p)
-        with threads.kernel_region():
-            _cache_fallback(self.kernel.run, x, packed, p, out, **self.options)
+        self.kernel.run(x, packed, p, out, **self.options)
         threads.after_first_run(self.name)
-
-
-def _from_numba_cache(exc: BaseException) -> bool:
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.replace("\\", "/").endswith("numba/core/caching.py"):
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def _cache_fallback(fn, *args, **kwargs):
-    """Call ``fn``; if numba fails *reading its on-disk cache* (a corrupt or truncated ``.nbi`` /
-    ``.nbc`` file: numba raises EOFError, UnpicklingError, ... instead of recompiling), switch
-    every kernel in fastconv.kernels to in-memory compilation and call again."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:
-        if not _from_numba_cache(exc):
-            raise
-    import sys
-    from numba.core.caching import NullCache
-    from numba.core.dispatcher import Dispatcher
-    for name, mod in list(sys.modules.items()):
-        if name.startswith(_K) and mod is not None:
-            for obj in vars(mod).values():
-                if isinstance(obj, Dispatcher):
-                    obj._cache = NullCache()
-    return fn(*args, **kwargs)
 
 
 _K = "fastconv.kernels."

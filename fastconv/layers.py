@@ -11,7 +11,7 @@ nothing changes under a plan behind the layer's back. A layer also remembers the
 description of each contiguous input shape it has seen, so a repeated call skips validation.
 
 Plans are built under a per-layer lock: concurrent first calls prepare each plan once.
-Nothing here imports numba or torch at module level (``import fastconv`` stays light);
+Nothing here imports torch at module level (``import fastconv`` stays light);
 arrays in → arrays out, torch tensors in → torch tensors out, as in `fastconv.functional`.
 """
 from __future__ import annotations

@@ -205,7 +205,7 @@ def run(x, packed: Packed, p, out, tile: int = 0, block: int = 0) -> None:
     with np.errstate(all="ignore"):  # an overflowing or NaN sum is the answer, not a warning
         finite = packed.weights_finite and np.isfinite(np.add.reduce(x, axis=None))
     if not finite:
-        from . import direct  # lazily: importing it starts numba, which the fast path never needs
+        from . import direct  # lazily: the fast path never needs it
         direct.run(x, direct.prepare(packed.w, packed.b, p), p, out)
         return
     g = geometry(p, tile, block)

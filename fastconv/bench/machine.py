@@ -1,7 +1,7 @@
 """What machine the numbers come from, and how fast it can go.
 
-* `info()`: CPU model and flags, cores, threads, library versions, BLAS, numba threading
-  layer — recorded in the benchmark JSON and printed by ``fastconv info``;
+* `info()`: CPU model and flags, cores, threads, library versions, BLAS, OpenMP runtime —
+  recorded in the benchmark JSON and printed by ``fastconv info``;
 * `peaks(threads)`: the FMA peak (a register-only FMA loop, ``fastconv.kernels._peak``) and
   the SGEMM rate (NumPy's BLAS on 2048² float32) at ``threads`` threads. Measuring takes
   about a second, so the result is cached per machine and thread count in
@@ -74,18 +74,12 @@ def blas() -> list[dict]:
             for d in threadpool_info() if d.get("user_api") == "blas"]
 
 
-def numba_threading_layer(probe: bool = False) -> str:
-    """numba's threading layer; it is chosen at the first parallel launch, so ``probe`` runs a
-    tiny parallel kernel (direct conv, from the JIT cache) when none has run yet."""
-    import numba
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        if probe:
-            import fastconv
-            fastconv.conv2d(np.ones((1, 1, 3, 3), np.float32), np.ones((1, 1, 1, 1), np.float32), algo="direct")
-            return numba_threading_layer()
-        return f"not yet chosen (config: {numba.config.THREADING_LAYER})"
+def openmp() -> list[dict]:
+    """The OpenMP runtimes loaded (our Cython kernels' prange), with their thread counts."""
+    from threadpoolctl import threadpool_info
+    import fastconv.kernels.pool  # noqa: F401  (loads the OpenMP runtime our kernels use)
+    return [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "filepath")}
+            for d in threadpool_info() if d.get("user_api") == "openmp"]
 
 
 def extensions() -> dict[str, str]:
@@ -107,23 +101,14 @@ def extensions() -> dict[str, str]:
     return status
 
 
-def jit_cache_dir() -> str:
-    import numba
-    import fastconv.kernels as k
-    if numba.config.CACHE_DIR:
-        return numba.config.CACHE_DIR
-    here = Path(k.__file__).parent / "__pycache__"
-    return str(here) + ("" if os.access(here.parent, os.W_OK) else " (not writable: numba falls back to ~/.cache)")
-
-
-def info(probe: bool = False) -> dict:
+def info() -> dict:
     import fastconv
-    libs = {d: _version(d) for d in ("numpy", "numba", "llvmlite", "scipy", "threadpoolctl", "torch",
+    libs = {d: _version(d) for d in ("numpy", "Cython", "scipy", "threadpoolctl", "torch",
                                      "onnxruntime", "onnx", "rich", "matplotlib")}
     return {"fastconv": fastconv.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "host": platform.node(), "machine_key": machine_key(),
             "cpu": cpu(), "threads": _threads.get_num_threads(), "libraries": libs, "blas": blas(),
-            "numba_threading_layer": numba_threading_layer(probe)}
+            "openmp": openmp()}
 
 
 # --- peaks -----------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def bench_layer(layer: Layer, opts: Options, peaks: dict, progress: Progress | N
         progress.layer(layer.name, len(entries) * opts.repeats)
     for e in entries:       # warm-up: JIT compile, first touch, and lazily loaded libraries ...
         e.fn()
-    threads.apply()         # ... such as the BLAS numba's np.dot loads on first call: knob it too
+    threads.apply()         # ... such as a BLAS loaded lazily on a kernel's first call: knob it too
     if calib:
         calib()
     cands = [Candidate(e.name, e.fn, e.pool) for e in entries]
