@@ -396,7 +396,12 @@ def test_max_pool2d_fuzz(data):
         ty, ti = t if want_idx else (t, None)
         np.testing.assert_array_equal(y, ty.numpy(), err_msg="vs torch")
         if want_idx:
-            np.testing.assert_array_equal(idx, ti.numpy(), err_msg="indices vs torch")
+            # A window whose dilated taps all miss the input (e.g. 1x1 input, kernel 2, dilation 2,
+            # padding 1) holds no pixel: both give -inf, fastconv the index -1, torch an index
+            # outside the plane (found by the long profile). Elsewhere the indices are torch's.
+            real = ref_idx >= 0
+            np.testing.assert_array_equal(idx[real], ti.numpy()[real], err_msg="indices vs torch")
+            assert np.all(np.isneginf(y[~real])) and np.all(idx[~real] == -1)
 
 
 @given(data=st.data())
