@@ -317,6 +317,8 @@ def window(data, max_k=4, max_pad=2):
     k = data.draw(pairs(1, max_k))
     stride = data.draw(st.none() | pairs(1, 3))
     pad = data.draw(pairs(0, max_pad))
+    if data.draw(st.sampled_from([True, True, True, False])):  # mostly legal: padding ≤ kernel // 2
+        pad = (min(pad[0], k[0] // 2), min(pad[1], k[1] // 2))
     return k, stride, pad
 
 
@@ -396,7 +398,12 @@ def test_max_pool2d_fuzz(data):
         ty, ti = t if want_idx else (t, None)
         np.testing.assert_array_equal(y, ty.numpy(), err_msg="vs torch")
         if want_idx:
-            np.testing.assert_array_equal(idx, ti.numpy(), err_msg="indices vs torch")
+            # A window whose dilated taps all miss the input (e.g. 1x1 input, kernel 2, dilation 2,
+            # padding 1) holds no pixel: both give -inf, fastconv the index -1, torch an index
+            # outside the plane (found by the long profile). Elsewhere the indices are torch's.
+            real = ref_idx >= 0
+            np.testing.assert_array_equal(idx[real], ti.numpy()[real], err_msg="indices vs torch")
+            assert np.all(np.isneginf(y[~real])) and np.all(idx[~real] == -1)
 
 
 @given(data=st.data())
