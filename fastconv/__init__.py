@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from .dispatch import get_workspace_limit, set_workspace_limit
+from .dispatch import get_output_limit, get_workspace_limit, set_output_limit, set_workspace_limit
 from .functional import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 from .layers import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
 from .threads import get_num_threads, set_num_threads
@@ -25,4 +25,5 @@ def algorithms() -> list[str]:
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "algorithms",
            "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
            "set_num_threads", "get_num_threads", "set_workspace_limit", "get_workspace_limit",
+           "set_output_limit", "get_output_limit",
            "__version__"]

@@ -182,7 +182,7 @@ def check_output(shape: tuple[int, ...], dtype: Any, what: str) -> None:
     need = math.prod(shape) * np.dtype(dtype).itemsize
     if need > _OUTPUT_LIMIT[0]:
         raise MemoryError(f"{what}: the output {tuple(shape)} needs {need:,} bytes, over the limit of "
-                          f"{_OUTPUT_LIMIT[0]:,} bytes (fastconv.dispatch.set_output_limit)")
+                          f"{_OUTPUT_LIMIT[0]:,} bytes (fastconv.set_output_limit)")
 
 
 class Plan:
