@@ -57,23 +57,54 @@ class Algorithm:
         return int(self.kernel.workspace_bytes(p, **self.options))
 
     def prepare(self, w: np.ndarray, b: np.ndarray | None, p: ConvParams) -> Any:
-        return self.kernel.prepare(w, b, p, **self.options)
+        return _cache_fallback(self.kernel.prepare, w, b, p, **self.options)
 
     def run(self, x: np.ndarray, packed: Any, p: ConvParams, out: np.ndarray) -> None:
         check_workspace(self, p)
         with threads.kernel_region():
-            self.kernel.run(x, packed, p, out, **self.options)
+            _cache_fallback(self.kernel.run, x, packed, p, out, **self.options)
         threads.after_first_run(self.name)
+
+
+def _from_numba_cache(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.replace("\\", "/").endswith("numba/core/caching.py"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _cache_fallback(fn, *args, **kwargs):
+    """Call ``fn``; if numba fails *reading its on-disk cache* (a corrupt or truncated ``.nbi`` /
+    ``.nbc`` file: numba raises EOFError, UnpicklingError, ... instead of recompiling), switch
+    every kernel in fastconv.kernels to in-memory compilation and call again."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        if not _from_numba_cache(exc):
+            raise
+    import sys
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+    for name, mod in list(sys.modules.items()):
+        if name.startswith(_K) and mod is not None:
+            for obj in vars(mod).values():
+                if isinstance(obj, Dispatcher):
+                    obj._cache = NullCache()
+    return fn(*args, **kwargs)
 
 
 _K = "fastconv.kernels."
 REGISTRY: list[Algorithm] = [
-    Algorithm("direct", _K + "direct", "numba",
-              "direct loops over output pixels and kernel taps; any stride/padding/dilation/groups"),
-    Algorithm("im2col", _K + "im2col", "numba",
-              "im2col + GEMM over bounded tiles of output rows; any stride/padding/dilation/groups"),
-    Algorithm("pointwise", _K + "pointwise", "numba",
-              "1x1 kernels as one GEMM per image straight on NCHW"),
+    Algorithm("direct", _K + "direct", "cython",
+              "direct: phase-packed input, register-blocked channels x positions; any stride/padding/"
+              "dilation/groups"),
+    Algorithm("im2col", _K + "im2col", "cython",
+              "im2col + GEMM over bounded tiles of output pixels (AVX-512 micro-kernel for float32, "
+              "BLAS otherwise); any stride/padding/dilation/groups"),
+    Algorithm("pointwise", _K + "pointwise", "cython",
+              "1x1 kernels as BLAS GEMMs straight on NCHW, split over threads; strided via im2col tiles"),
     # Winograd tolerances, from the contract metric (error_tile: scale = sum|W| x max|X| over the
     # tile, see fastconv.testing.conv_error_bound) measured over the case table x 20 seeds:
     #   F(2x2): float32 worst 1.2e-7, float64 2.9e-16  -> 1e-5 / 1e-13  (>= 80x margin)

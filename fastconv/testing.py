@@ -106,6 +106,23 @@ CONV_CASES: list[ConvCase] = [
     ConvCase("wide_3x3", n=1, c_in=37, h=12, w=13, c_out=41, padding=1),
     ConvCase("wide_1x1", n=2, c_in=70, h=5, w=9, c_out=33, kh=1, kw=1),
     ConvCase("wide_5x5_s2", n=1, c_in=19, h=15, w=15, c_out=23, kh=5, kw=5, stride=2, padding=2),
+    # direct (kernels/direct_impl.h): channel blocks of 1..8 (9 = 5+4, 17 = 6+6+5), phase planes of
+    # stride 3 with dilation, packing per (image, group) inside threads (n*groups >= 4*threads)
+    ConvCase("direct_blocks_9_s3_d2", n=1, c_in=2, h=17, w=19, c_out=9, kh=3, kw=2, stride=3, dilation=2,
+             padding=(2, 1)),
+    ConvCase("direct_blocks_17_local_pack", n=9, c_in=2, h=7, w=6, c_out=17, kh=2, kw=3, padding=1),
+    ConvCase("direct_depthwise_k5_s2_local_pack", n=2, c_in=8, h=11, w=10, c_out=8, kh=5, kw=5, stride=2,
+             padding=2, groups=8),
+    # direct on wide rows (many chunks per row, ragged last chunk)
+    ConvCase("direct_wide_ragged_chunk", n=1, c_in=2, h=4, w=130, c_out=4, padding=1),
+    ConvCase("direct_depthwise_w62", n=1, c_in=3, h=5, w=62, c_out=3, padding=1, groups=3),
+    ConvCase("direct_s2_w200", n=1, c_in=1, h=6, w=200, c_out=9, kh=3, kw=5, stride=2, padding=2),
+    ConvCase("direct_stride_over_kernel", h=9, w=10, stride=(7, 5), padding=1),  # unused phases skipped
+    # GEMM tiling edges (im2col / pointwise): tiles that split rows mid-way with groups and a
+    # stride pair, and 1x1 chunks that split mid-(image, group)
+    ConvCase("gemm_tiles_groups_stride", n=1, c_in=4, h=9, w=13, c_out=6, kh=2, kw=3, stride=(1, 2),
+             padding=1, groups=2, bias=False),
+    ConvCase("pointwise_chunks_groups", n=3, c_in=6, h=7, w=5, c_out=9, kh=1, kw=1, groups=3),
 ]
 
 
@@ -193,6 +210,11 @@ MAX_POOL_CASES = [
     PoolCase("global", (2, 3, 5, 7), dict(kernel_size=(5, 7))),
     PoolCase("batch0", (0, 3, 8, 8), dict(kernel_size=2)),
     PoolCase("unbatched", (3, 8, 9), dict(kernel_size=3, stride=2, padding=1)),
+    # row-kernel paths (kernels/pool_impl.h): vector remainders on odd widths, stride > kernel
+    PoolCase("k3_s2_p1_wide_odd", (1, 3, 13, 37), dict(kernel_size=3, stride=2, padding=1)),
+    PoolCase("k2_s2_wide_odd", (1, 2, 9, 37), dict(kernel_size=2, stride=2)),
+    PoolCase("k3_s1_p1_wide", (1, 2, 7, 33), dict(kernel_size=3, stride=1, padding=1)),
+    PoolCase("k2_s3_gaps", (1, 2, 11, 13), dict(kernel_size=2, stride=3)),
 ]
 AVG_POOL_CASES = [
     PoolCase("k2", kwargs=dict(kernel_size=2)),
@@ -205,6 +227,14 @@ AVG_POOL_CASES = [
     PoolCase("rect", (2, 2, 9, 14), dict(kernel_size=(2, 5), stride=(2, 3), padding=(1, 2))),
     PoolCase("batch0", (0, 3, 8, 8), dict(kernel_size=2)),
     PoolCase("unbatched", (3, 8, 9), dict(kernel_size=3, stride=2, padding=1)),
+    # row-kernel paths (kernels/pool_impl.h): no interior column, stride > kernel, odd widths
+    PoolCase("k5_p2_no_interior", (1, 2, 6, 4), dict(kernel_size=5, stride=1, padding=2)),
+    PoolCase("k2_s3_gaps", (1, 2, 11, 13), dict(kernel_size=2, stride=3)),
+    PoolCase("k3_s2_p1_wide_odd", (1, 3, 13, 37), dict(kernel_size=3, stride=2, padding=1)),
+    PoolCase("k3_s1_p1_wide_exclude", (1, 2, 7, 33), dict(kernel_size=3, stride=1, padding=1,
+                                                         count_include_pad=False)),
+    PoolCase("k4x3_s3x2_p2x1_ceil", (1, 2, 14, 17), dict(kernel_size=(4, 3), stride=(3, 2), padding=(2, 1),
+                                                         ceil_mode=True)),
 ]
 ADAPTIVE_CASES = [
     PoolCase("global", (2, 5, 7, 7), dict(output_size=1)),
@@ -213,4 +243,5 @@ ADAPTIVE_CASES = [
     PoolCase("none_keeps", (1, 2, 6, 5), dict(output_size=(2, None))),
     PoolCase("batch0", (0, 3, 8, 8), dict(output_size=2)),
     PoolCase("unbatched", (3, 8, 9), dict(output_size=(4, 3))),
+    PoolCase("global_odd_plane", (2, 3, 5, 19), dict(output_size=1)),   # 95 = 11 lanes of 8 + 7
 ]

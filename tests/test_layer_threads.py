@@ -1,0 +1,133 @@
+"""Thread safety of the layer objects (fastconv.Conv2d and the pool layers).
+
+8 Python threads call layers at once — one shared layer, and one layer per thread — and
+get results bit-identical to serial calls; a shared layer builds each plan exactly once even
+when every thread's first call races for it. (Needs the layers branch: fastconv.Conv2d.)
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import dispatch
+
+N_THREADS = 8
+
+
+def _concurrently(target, n=N_THREADS):
+    barrier, errors = threading.Barrier(n), []
+
+    def wrap(i):
+        try:
+            barrier.wait()  # every thread's first call starts at the same moment
+            target(i)
+        except BaseException as e:
+            errors.append((i, repr(e)))
+
+    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in ts), "a thread hung"
+    assert not errors, errors
+
+
+@pytest.fixture
+def plan_count(monkeypatch):
+    """Counts dispatch.Plan constructions (= weight preparations)."""
+    count = [0]
+    lock = threading.Lock()
+
+    class Counting(dispatch.Plan):
+        def __init__(self, *a, **k):
+            with lock:
+                count[0] += 1
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(dispatch, "Plan", Counting)
+    return count
+
+
+def _geometry(algo: str) -> tuple[int, int]:
+    """(kernel, padding) of a layer ``algo`` runs: 3x3 pad 1, else 1x1 pad 0 (e.g. pointwise)."""
+    from fastconv.params import ConvParams
+    for k, pad in ((3, 1), (1, 0)):
+        if algo == "auto" or dispatch.get(algo).supports(ConvParams.from_layer(2, 16, 17, 24, k, padding=pad,
+                                                                               w=15)) is None:
+            return k, pad
+    raise AssertionError(f"{algo} runs neither a 3x3 nor a 1x1 layer")
+
+
+def _layer(algo="auto", seed=0):
+    k, pad = _geometry(algo)
+    return fastconv.Conv2d(16, 24, k, padding=pad, algo=algo, seed=seed)
+
+
+def _inputs():
+    rng = np.random.default_rng(1)
+    return [rng.standard_normal((2, 16, 17, 15)).astype(np.float32) for _ in range(N_THREADS)]
+
+
+@pytest.mark.parametrize("algo", ["auto"] + dispatch.names())
+def test_shared_layer_matches_serial_and_plans_once(algo, plan_count):
+    xs = _inputs()
+    serial = [_layer(algo)(x) for x in xs]
+    layer = _layer(algo)
+    before = plan_count[0]
+    results = [None] * N_THREADS
+
+    def work(i):
+        for _ in range(4):
+            y = layer(xs[i])
+            assert np.array_equal(y, serial[i]), f"thread {i} differs from serial"
+        results[i] = y
+
+    _concurrently(work)
+    assert plan_count[0] - before == 1, f"{plan_count[0] - before} plans built for one shape under a race"
+    assert all(r is not None for r in results)
+
+
+def test_separate_layers_match_serial():
+    xs = _inputs()
+    serial = [_layer(seed=i)(xs[i]) for i in range(N_THREADS)]
+
+    def work(i):
+        layer = _layer(seed=i)
+        for _ in range(4):
+            assert np.array_equal(layer(xs[i]), serial[i]), f"thread {i} differs from serial"
+
+    _concurrently(work)
+
+
+def test_shared_layer_new_shapes_race(plan_count):
+    """Threads with different input shapes on one layer: one plan per distinct shape."""
+    layer = _layer()
+    rng = np.random.default_rng(2)
+    shapes = [(1, 16, 9 + i % 4, 11) for i in range(N_THREADS)]  # 4 distinct shapes
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    serial = [_layer()(x) for x in xs]
+    before = plan_count[0]
+
+    def work(i):
+        assert np.array_equal(layer(xs[i]), serial[i])
+
+    _concurrently(work)
+    assert plan_count[0] - before == len(set(shapes))
+
+
+def test_pool_layers_match_serial():
+    xs = _inputs()
+    layers = [fastconv.MaxPool2d(3, 2, 1), fastconv.AvgPool2d(3, 2, 1, ceil_mode=True),
+              fastconv.AdaptiveAvgPool2d((5, 4))]
+    serial = [[np.array(layer(x)) for layer in layers] for x in xs]
+
+    def work(i):
+        for _ in range(4):
+            for layer, expected in zip(layers, serial[i]):
+                assert np.array_equal(layer(xs[i]), expected)
+
+    _concurrently(work)
