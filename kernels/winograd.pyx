@@ -181,16 +181,24 @@ class Packed(NamedTuple):
 
 
 def _pack_u(w, p, m):
-    """U[g, ξ, panel, ci, lane] = (G w Gᵀ)[co = panel·NR + lane, ci, ξ], computed in float64."""
+    """U[g, ξ, panel, ci, lane] = (G w Gᵀ)[co = panel·NR + lane, ci, ξ], computed in float64 and
+    rounded once. One NR-channel panel at a time: the float64 intermediates of a whole 512x512
+    layer are ~100 MB, and streaming them took ~1 s (measured); per panel they stay in cache."""
     G = _G[m]
     a = m + 2
     _, nr = _mr_nr(p.itemsize)
-    u = np.einsum("ak,oikl,bl->oiab", G, w.astype(np.float64), G)       # [Co, Ci/g, α, α]
-    u = u.reshape(p.groups, p.c_out_per_group, p.c_in_per_group, a * a).transpose(0, 3, 2, 1)
-    ncp = -(-p.c_out_per_group // nr)
-    u = np.pad(u, ((0, 0), (0, 0), (0, 0), (0, ncp * nr - p.c_out_per_group)))
-    u = u.reshape(p.groups, a * a, p.c_in_per_group, ncp, nr).transpose(0, 1, 3, 2, 4)
-    return np.ascontiguousarray(u, dtype=w.dtype).reshape(-1)
+    cig, cog = p.c_in_per_group, p.c_out_per_group
+    ncp = -(-cog // nr)
+    out = np.zeros((p.groups, a, a, ncp, cig, nr), dtype=w.dtype)
+    for g in range(p.groups):
+        for cp in range(ncp):
+            c0, c1 = g * cog + cp * nr, g * cog + min(cog, (cp + 1) * nr)
+            wc = w[c0:c1].astype(np.float64)                                   # [o, i, k, l]
+            t = wc[..., 0, None] * G[:, 0] + wc[..., 1, None] * G[:, 1] + wc[..., 2, None] * G[:, 2]
+            u = (t[:, :, 0, None, :] * G[:, 0, None] + t[:, :, 1, None, :] * G[:, 1, None]
+                 + t[:, :, 2, None, :] * G[:, 2, None])                        # [o, i, a, b]
+            out[g, :, :, cp, :, :c1 - c0] = u.transpose(2, 3, 1, 0)
+    return out.reshape(-1)
 
 
 def prepare(w, b, p, tile: int = 0, block: int = 0) -> Packed:
