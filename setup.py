@@ -24,6 +24,8 @@ extensions = [
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        # the C cores live in headers: a changed header must rebuild the extension
+        depends=sorted(glob.glob("kernels/*.h") + glob.glob("kernels/*.pxi")),
     )
     for path in sorted(glob.glob("kernels/*.pyx"))
 ]
@@ -31,7 +33,7 @@ extensions = [
 setup(
     packages=["fastconv", "fastconv.bench", "fastconv.kernels"],
     package_dir={"fastconv.kernels": "kernels"},
-    package_data={"fastconv.kernels": ["*.pxd", "*.h"], "fastconv.bench": ["suites/*.txt"]},
+    package_data={"fastconv.kernels": ["*.pxd", "*.pxi", "*.h"], "fastconv.bench": ["suites/*.txt"]},
     ext_modules=cythonize(
         extensions,
         language_level=3,
