@@ -221,16 +221,7 @@ def avg_pool2d_args(input: Any, kernel_size: Any, stride: Any, padding: Any, cei
 
 def adaptive_avg_pool2d_args(input: Any, output_size: Any) -> tuple[np.ndarray, PoolParams, bool]:
     x4, unbatched = _pool_input(input)
-    if output_size is None or isinstance(output_size, (str, bytes)):
-        raise TypeError(f"output_size must be an int or a pair of ints/None, got {output_size!r}")
-    items = list(output_size) if isinstance(output_size, Sequence) else [output_size, output_size]
-    if len(items) == 1:
-        items = items * 2
-    if len(items) != 2:
-        raise ValueError(f"output_size must be an int or a pair, got {output_size!r}")
-    size = tuple(x4.shape[2 + i] if v is None else _as_int(v, "output_size") for i, v in enumerate(items))
-    if min(size) < 1:
-        raise ValueError(f"output_size must be positive, got {output_size!r}")
+    size = tuple(x4.shape[2 + i] if v is None else v for i, v in enumerate(adaptive_output_size(output_size)))
     p = PoolParams("adaptive_avg", *x4.shape, output_size=size, dtype=x4.dtype.name)
     return _contiguous(x4), p, unbatched
 

@@ -78,7 +78,7 @@ POOL_ERRORS = [
     ("avg pad over half", fastconv.avg_pool2d, dict(kernel_size=2, padding=2), ValueError, r"at most half of kernel_size"),
     ("avg divisor zero", fastconv.avg_pool2d, dict(kernel_size=2, divisor_override=0), ValueError, r"divisor_override must be a non-zero int"),
     ("avg count_include_pad", fastconv.avg_pool2d, dict(kernel_size=2, count_include_pad=None), TypeError, r"count_include_pad must be a bool"),
-    ("adaptive zero", fastconv.adaptive_avg_pool2d, dict(output_size=0), ValueError, r"output_size must be positive"),
+    ("adaptive zero", fastconv.adaptive_avg_pool2d, dict(output_size=0), ValueError, r"output_size must be a positive int, got 0"),
     ("adaptive None", fastconv.adaptive_avg_pool2d, dict(output_size=None), TypeError, r"output_size must be an int"),
     ("adaptive triple", fastconv.adaptive_avg_pool2d, dict(output_size=(1, 2, 3)), ValueError, r"output_size must be an int or a pair"),
 ]
