@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import threads
+from . import threads, validate
 from .params import ConvParams
 
 
@@ -130,9 +130,7 @@ def select(p: ConvParams, algo: str = "auto") -> Algorithm:
         if chosen.supports(p) is None:
             return chosen
         return get("direct")  # direct runs every valid case
-    if algo not in BY_NAME:
-        raise ValueError(f"algo must be 'auto' or one of {', '.join(map(repr, names()))}; got {algo!r}")
-    chosen = get(algo)
+    chosen = get(validate.algo_name(algo, names()))
     reason = chosen.supports(p)
     if reason is not None:
         raise ValueError(f"algo={algo!r} cannot run this convolution ({p.describe()}): {reason}")

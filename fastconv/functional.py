@@ -30,7 +30,7 @@ def conv2d(input: Any, weight: Any, bias: Any = None, stride: IntOrPair = 1,
     ``torch.nn.functional.conv2d``; ``algo`` is ``"auto"`` or a name in `fastconv.algorithms()`."""
     x, w, b, p, unbatched = validate.conv2d_args(input, weight, bias, stride, padding, dilation, groups)
     dispatch.check_output(p.out_shape, p.dtype, f"conv2d ({p.describe()})")  # before prepare allocates
-    plan = dispatch.Plan(dispatch.select(p, validate.algo_name(algo, dispatch.names())), w, b, p)
+    plan = dispatch.Plan(dispatch.select(p, algo), w, b, p)
     out = plan.run(x)
     return _like(out[0] if unbatched else out, input)
 
