@@ -10,14 +10,15 @@ border columns with their taps clipped), then vertical over the ring; the hot lo
 per-element bounds branch and vectorise (gcc, -O3 -march=native), the global mean uses 8 fixed
 double lanes (gcc vector extensions).
 
-Measured (this machine, 1 thread, C loop over the planes, best of 50–300 repeats; input GB/s):
-max 3x3/s2/p1 1x64x112x112 200 us (16 GB/s), max 2x2/s2 1x64x224x224 550 us (23 GB/s), max
-3x3/s2 8x96x54x54 526 us (17 GB/s), avg 3x3/s1/p1 1x256x28x28 114 us (7 GB/s), global average
-8x2048x7x7 122 us (26 GB/s). torch 2.13 runs the four windowed pools at 0.3–1 GB/s. Variants
+Measured (this machine, 1 thread, C loop over the planes, random input, best of 50–300 repeats):
+max 3x3/s2/p1 1x64x112x112 210 us (15 GB/s), max 2x2/s2 1x64x224x224 420–550 us (23–30 GB/s),
+max 3x3/s2 8x96x54x54 520–600 us (15–17 GB/s), avg 3x3/s1/p1 1x256x28x28 147 us (5.4 GB/s),
+global average 8x2048x7x7 122 us (26 GB/s). torch 2.13 runs the four windowed pools at 0.3–1 GB/s. Variants
 measured and dropped: vertical-first max (reduce rows into a line, then re-load it at shifted
 offsets) 2287 us on the 54-wide AlexNet planes — the shifted loads of just-stored vectors stall
 store forwarding on short rows; avg through a staged double line buffer 284 us (same stall);
-the plain-C global-mean loop stayed scalar (237 us).
+the plain-C global-mean loop stayed scalar (237 us); a one-line NaN-max select with `||` compiled
+to branches that mispredict on random data (max pools 3x slower than on sorted data).
 
 The rules are torch's, so results match ``torch.nn.functional`` exactly:
 

@@ -1,9 +1,12 @@
 """Suites, the interleaved timer and the gate's comparison logic (fast, no kernels timed)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from fastconv.bench import compare, suites, timer
+from fastconv import reference, validate
+from fastconv.bench import compare, peers, suites, timer
+from fastconv.testing import AVG_POOL_CASES, MAX_POOL_CASES
 from fastconv.params import ConvParams, PoolParams
 
 SEED_TABLE = {  # the conv table of the kernels issue: N, C_in, H, C_out, k, s, p
@@ -94,3 +97,32 @@ def test_parse_percent(text, value):
 def test_parse_percent_rejects(text):
     with pytest.raises(ValueError, match="max-regression"):
         compare.parse_percent(text)
+
+
+POOL_DEFAULTS = {"max": dict(stride=None, padding=0, dilation=1, ceil_mode=False),
+                 "avg": dict(stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None)}
+
+
+@pytest.mark.parametrize("kind,case", [("max", c) for c in MAX_POOL_CASES] + [("avg", c) for c in AVG_POOL_CASES],
+                         ids=[f"max-{c.name}" for c in MAX_POOL_CASES] + [f"avg-{c.name}" for c in AVG_POOL_CASES])
+def test_numpy_pool_baseline_follows_torch_rules(kind, case):
+    """The NumPy pool is the gate's second reference for pools: it must compute the same pool."""
+    x = np.random.default_rng(1).standard_normal(case.shape).astype(np.float32)
+    args = validate.max_pool2d_args if kind == "max" else validate.avg_pool2d_args
+    x4, p, _ = args(x, **{**POOL_DEFAULTS[kind], **case.kwargs})
+    if x4.size:
+        x4 = x4.copy()
+        x4.flat[::7] = np.nan if kind == "max" else x4.flat[::7]      # NaN propagates like torch's
+    y = peers.make("numpy", p, x4, None, None, 1)()
+    ref = reference.max_pool2d(x4, p) if kind == "max" else reference.avg_pool2d(x4, p)
+    assert y.shape == ref.shape and y.dtype == x4.dtype
+    np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_numpy_global_average_baseline():
+    x = np.random.default_rng(2).standard_normal((2, 5, 7, 7)).astype(np.float32)
+    p = PoolParams("adaptive_avg", 2, 5, 7, 7, output_size=(1, 1))
+    np.testing.assert_allclose(peers.make("numpy", p, x, None, None, 1)(), x.mean(axis=(2, 3), keepdims=True),
+                               rtol=1e-5, atol=1e-7)
+    with pytest.raises(peers.Skip, match="more than 1x1"):
+        peers.make("numpy", PoolParams("adaptive_avg", 2, 5, 7, 7, output_size=(2, 3)), x, None, None, 1)

@@ -115,7 +115,7 @@ def _onnxruntime(p, x, w, b, threads: int) -> Callable[[], object]:
 def _numpy(p, x, w, b, threads: int) -> Callable[[], object]:
     """What one writes with NumPy alone: pad, a strided window view, one tensordot/einsum."""
     if isinstance(p, PoolParams):
-        raise Skip("no NumPy pooling baseline (torch is the pooling peer)")
+        return _numpy_pool(p, x)
     from numpy.lib.stride_tricks import sliding_window_view
     t, bo, l, r = p.pad
     sh, sw = p.stride
@@ -135,6 +135,49 @@ def _numpy(p, x, w, b, threads: int) -> Callable[[], object]:
             y = np.einsum("ngcijuv,gocuv->ngoij", win, wg, optimize=True).reshape(p.out_shape)
         return y + bias if bias is not None else y
     return run
+
+
+def _numpy_pool(p: PoolParams, x: np.ndarray) -> Callable[[], object]:
+    """Pooling with NumPy alone: pad, then one np.maximum / np.add per window tap over strided slices.
+
+    Also the gate's second reference for pools (fixed code with the pool's memory footprint; see
+    fastconv.bench.compare), so it follows torch's rules exactly and is checked like every entry.
+    """
+    if p.kind == "adaptive_avg":
+        if p.output_size != (1, 1):
+            raise Skip("adaptive pooling to more than 1x1 has no NumPy baseline")
+        return lambda: x.mean(axis=(2, 3), keepdims=True, dtype=np.float64).astype(x.dtype)
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = p.kernel, p.stride, p.padding, (p.out_h, p.out_w)
+    dh, dw = p.dilation if p.kind == "max" else (1, 1)
+    # rows/columns the windows reach: padding on both sides plus ceil_mode's overhang
+    hh, ww = max(p.h + 2 * ph, (oh - 1) * sh + (kh - 1) * dh + 1), max(p.w + 2 * pw, (ow - 1) * sw + (kw - 1) * dw + 1)
+    pads = ((0, 0), (0, 0), (ph, hh - p.h - ph), (pw, ww - p.w - pw))
+    taps = [(u * dh, v * dw) for u in range(kh) for v in range(kw)]
+
+    def windows(a):
+        return [a[:, :, r:r + (oh - 1) * sh + 1:sh, c:c + (ow - 1) * sw + 1:sw] for r, c in taps]
+
+    if p.kind == "max":
+        def run_max():
+            first, *rest = windows(np.pad(x, pads, constant_values=-np.inf))
+            y = first.copy()
+            for t in rest:
+                np.maximum(y, t, out=y)
+            return y
+        return run_max
+    # divisor: divisor_override, else the taps over input (and padding, if counted) — never the overhang
+    if p.divisor_override:
+        div = np.asarray(float(p.divisor_override))
+    else:
+        inside = np.ones((1, 1, p.h + 2 * ph, p.w + 2 * pw)) if p.count_include_pad else \
+            np.pad(np.ones((1, 1, p.h, p.w)), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        inside = np.pad(inside, ((0, 0), (0, 0), (0, hh - inside.shape[2]), (0, ww - inside.shape[3])))
+        div = sum(windows(inside))
+
+    def run_avg():
+        acc = sum(t.astype(np.float64) for t in windows(np.pad(x, pads)))
+        return (acc / div).astype(x.dtype)
+    return run_avg
 
 
 _MAKERS = {"torch": _torch, "onnxruntime": _onnxruntime, "numpy": _numpy}
