@@ -11,9 +11,11 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 EXIT_REGRESSION, EXIT_USAGE = 1, 2
+RETRY_WAIT_S = 0.5     # first pause before the gate re-measures a flagged layer (doubles per retry)
 
 
 class UsageError(Exception):
@@ -285,6 +287,9 @@ def _gate(base, rep, layers, opts, suite_name, max_reg, args, out) -> int:
     for attempt in range(args.retries):
         if not regs:
             break
+        # spaced out (0.5, 1, 2 s): a whole gate run takes ~0.5 s, and the machine's slow spells
+        # (measured: a shift that slowed memory-bound kernels ~30% for seconds) outlast it
+        time.sleep(RETRY_WAIT_S * 2 ** attempt)
         again = [L for L in layers if L.name in {c.layer for c in regs}]
         # twice the samples: more chances to catch calls no other process interrupted
         retry = _run(again, dataclasses.replace(opts, repeats=2 * opts.repeats), suite_name, True)
