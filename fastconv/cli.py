@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds of rest when switching thread pools (default 0.1)")
     b.add_argument("--calibration", choices=("sgemm", "fma"), default=None,
                    help="workload the gate divides kernel times by (default: the baseline's, else fma)")
+    b.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="element type of every layer (default float32; the baseline's with --compare)")
     b.add_argument("--no-check", action="store_true", help="skip the float64 reference (error columns)")
     b.add_argument("--json", metavar="PATH", help="write the full report as JSON (schema fastconv-bench/1)")
     b.add_argument("--plot", metavar="PATH.png", help="write a chart of per-layer rates")
@@ -131,6 +133,16 @@ def _layers(args):
         return "", [suites.parse_layer_arg(s) for s in args.layer]
     name = args.suite or suites.DEFAULT_SUITE
     return name, suites.load(name)
+
+
+def _report_dtype(report: dict) -> str:
+    """The element type a report's layers ran in (float32 for reports older than --dtype)."""
+    return next((L["params"].get("dtype", "float32") for L in report["layers"]), "float32")
+
+
+def _with_dtype(layers, dtype: str):
+    from fastconv.bench.suites import Layer
+    return [Layer(L.name, dataclasses.replace(L.params, dtype=dtype)) for L in layers]
 
 
 def _peer_list(args, gate: bool, prof: dict) -> tuple[str, ...]:
@@ -219,6 +231,10 @@ def cmd_bench(args) -> int:
     if repeats < 1:
         raise UsageError(f"--repeats must be a positive integer, got {repeats}")
     suite_name, layers = _layers(args)
+    base_dtype = _report_dtype(base) if base else None
+    if base_dtype and args.dtype and args.dtype != base_dtype:
+        raise UsageError(f"--dtype {args.dtype}: the baseline {args.compare!r} was measured in {base_dtype}")
+    layers = _with_dtype(layers, args.dtype or base_dtype or "float32")
     cooldown = args.cooldown if args.cooldown is not None else prof.get("cooldown_s", 0.1)
     opts = runner.Options(repeats=repeats, cooldown_s=cooldown, peers=_peer_list(args, gate, prof),
                           min_sample_s=prof.get("min_sample_s", 0.02), max_time_s=prof.get("max_time_s", 3.0),

@@ -128,3 +128,19 @@ def test_bench_model_times_original_and_converted(capsys, tmp_path):
 def test_bench_model_unknown_name(capsys):
     code, _, err = run_cli(capsys, "bench", "--model", "resnet1000")
     assert code == 2 and err.strip().count("\n") == 0 and "unknown model 'resnet1000'" in err
+
+
+def test_dtype_float64_runs_every_row_in_float64(tmp_path, capsys):
+    out = tmp_path / "f64.json"
+    rc, _, _ = run_cli(capsys, "bench", *TINY, "--dtype", "float64", "--quiet", "--json", str(out))
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    (layer,) = rep["layers"]
+    assert layer["params"]["dtype"] == "float64"
+    ours = [e for e in layer["entries"] if e["role"] != "peer"]
+    assert ours and all(e["max_rel_err"] < 1e-11 for e in layer["entries"])   # float64 accuracy, not float32's
+    # a float64 run cannot be gated against a float32 baseline
+    base = tmp_path / "b32.json"
+    assert run_cli(capsys, "bench", *TINY, "--quiet", "--save-baseline", str(base))[0] == 0
+    rc, _, err = run_cli(capsys, "bench", *TINY, "--dtype", "float64", "--compare", str(base))
+    assert rc == 2 and "measured in float32" in err

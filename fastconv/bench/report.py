@@ -37,6 +37,11 @@ def _ratio(v: float | None) -> str:
     return f"[{style}]{txt}[/{style}]" if style else txt
 
 
+def _dtype_note(report: dict) -> str:
+    kinds = {L["params"].get("dtype", "float32") for L in report["layers"]}
+    return "; float64 (%SGEMM and %peak against half those rates)" if kinds == {"float64"} else ""
+
+
 def table(report: dict):
     """A rich Table of every layer in ``report``."""
     from rich.table import Table
@@ -44,7 +49,8 @@ def table(report: dict):
              if any(e["name"] == p for L in report["layers"] for e in L["entries"])]
     pk = report["peaks"]
     t = Table(title=f"fastconv bench — suite {report['suite'] or '(layers)'}, {report['threads']} threads; "
-                    f"SGEMM {pk['sgemm_gflops']:.0f}, FMA peak {pk['fma_gflops']:.0f} GFLOP/s",
+                    f"SGEMM {pk['sgemm_gflops']:.0f}, FMA peak {pk['fma_gflops']:.0f} GFLOP/s"
+                    + _dtype_note(report),
               caption="GFLOP/s = 2·MACs of direct conv / time (* = effective: Winograd does fewer); pools: GB/s "
                       "of input. vs X = X's time / ours (>1: fastconv faster). err = max|y−ref64| / max|ref64|.",
               show_lines=False, header_style="bold")

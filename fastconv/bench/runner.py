@@ -200,8 +200,10 @@ def bench_layer(layer: Layer, opts: Options, peaks: dict, progress: Progress | N
             row["gflops"] = work / t.median / 1e9
             # FLOPs are the direct algorithm's, so Winograd's rate is "effective"
             row["effective"] = "winograd" in (e.chosen or e.name)
-            row["pct_sgemm"] = 100 * row["gflops"] / peaks["sgemm_gflops"]
-            row["pct_peak"] = 100 * row["gflops"] / peaks["fma_gflops"]
+            # float64 vectors hold half the lanes: its peaks are taken as half the float32 ones
+            lanes = 0.5 if p.dtype == "float64" else 1.0
+            row["pct_sgemm"] = 100 * row["gflops"] / (lanes * peaks["sgemm_gflops"])
+            row["pct_peak"] = 100 * row["gflops"] / (lanes * peaks["fma_gflops"])
         if ref is not None:
             y = np.asarray(e.output(), dtype=np.float64)
             err = np.abs(y - ref).max() if y.shape == ref.shape else float("nan")
