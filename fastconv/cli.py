@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=None,
                    help="timed samples per candidate (default 5; 40 with --save-baseline, the baseline's with --compare)")
     b.add_argument("--cooldown", type=float, default=None,
-                   help="seconds of rest when switching thread pools (default 0.1)")
+                   help="seconds of rest when switching thread pools (default 0.25)")
     b.add_argument("--calibration", choices=("sgemm", "fma"), default=None,
                    help="workload the gate divides kernel times by (default: the baseline's, else fma)")
     b.add_argument("--dtype", choices=("float32", "float64"), default=None,
@@ -235,7 +235,7 @@ def cmd_bench(args) -> int:
     if base_dtype and args.dtype and args.dtype != base_dtype:
         raise UsageError(f"--dtype {args.dtype}: the baseline {args.compare!r} was measured in {base_dtype}")
     layers = _with_dtype(layers, args.dtype or base_dtype or "float32")
-    cooldown = args.cooldown if args.cooldown is not None else prof.get("cooldown_s", 0.1)
+    cooldown = args.cooldown if args.cooldown is not None else prof.get("cooldown_s", runner.Options.cooldown_s)
     opts = runner.Options(repeats=repeats, cooldown_s=cooldown, peers=_peer_list(args, gate, prof),
                           min_sample_s=prof.get("min_sample_s", 0.02), max_time_s=prof.get("max_time_s", 3.0),
                           burst=prof.get("burst", 0),

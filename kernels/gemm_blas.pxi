@@ -83,10 +83,11 @@ cdef inline void blas_threads_end(int old, int n) noexcept nogil:
 
 
 cdef inline void gemm_rowmajor(int M, int cols, int K, const floating* w, const floating* b, int ldb,
-                               floating* c, int ldc) noexcept nogil:
-    """c[M × cols] (row stride ldc) = w[M × K] (row-major) @ b[K × cols] (row stride ldb)."""
+                               floating* c, int ldc, bint accumulate=False) noexcept nogil:
+    """c[M × cols] (row stride ldc) = w[M × K] (row-major) @ b[K × cols] (row stride ldb),
+    or ``+=`` with ``accumulate`` (beta = 1: how `fill_bias` makes the bias free, see there)."""
     cdef char tr = b'N'
-    cdef floating one = 1, zero = 0
+    cdef floating one = 1, zero = 1 if accumulate else 0
     cdef int ldw = K if K > 0 else 1
     cdef int64_t m64 = cols, n64 = M, k64 = K, lda64 = ldb, ldb64 = ldw, ldc64 = ldc
     if floating is float:
@@ -101,8 +102,11 @@ cdef inline void gemm_rowmajor(int M, int cols, int K, const floating* w, const 
             _dgemm32(&tr, &tr, &cols, &M, &K, &one, <double*>b, &ldb, <double*>w, &ldw, &zero, c, &ldc)
 
 
-cdef inline void add_bias(int M, int cols, const floating* bias, floating* c, int ldc) noexcept nogil:
-    """c[i, :cols] += bias[i] — run right after the GEMM on the same block, while it is in cache."""
+cdef inline void fill_bias(int M, int cols, const floating* bias, floating* c, int ldc) noexcept nogil:
+    """c[i, :cols] = bias[i], before a GEMM with ``accumulate``. OpenBLAS starts every GEMM with a
+    pass that scales C by beta (zeroes it for beta = 0), so writing the bias there instead costs
+    nothing; adding it after the GEMM (as this file did before) is one more read-write pass over the output (measured on
+    nin.1x1, 9 MiB of output: ~1 ms of 5)."""
     cdef Py_ssize_t i, j
     cdef floating bv
     cdef floating* row
@@ -110,4 +114,4 @@ cdef inline void add_bias(int M, int cols, const floating* bias, floating* c, in
         bv = bias[i]
         row = c + i * <Py_ssize_t>ldc
         for j in range(cols):
-            row[j] += bv
+            row[j] = bv

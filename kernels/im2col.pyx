@@ -249,9 +249,9 @@ def _im2col(const floating[:, :, :, ::1] x, const floating[:, :, ::1] wm, const 
         m = min(cols, P - p0)
         buf = &ws[threadid(), 0]
         _unfold(&x[img, g * cig, 0, 0], cig, H, W, buf, m, p0, m, ow, kh, kw, sh, sw, pt, pl, dh, dw)
-        gemm_rowmajor(cog, m, K, &wm[g, 0, 0], buf, m, &out[img, g * cog, 0, 0] + p0, P)
         if has_bias:
-            add_bias(cog, m, &b[g * cog], &out[img, g * cog, 0, 0] + p0, P)
+            fill_bias(cog, m, &b[g * cog], &out[img, g * cog, 0, 0] + p0, P)
+        gemm_rowmajor(cog, m, K, &wm[g, 0, 0], buf, m, &out[img, g * cog, 0, 0] + p0, P, has_bias)
     blas_threads_end(old, 1)
 
 

@@ -92,9 +92,10 @@ def _pointwise_chunks(const floating[:, :, ::1] x, const floating[:, :, ::1] wm,
             m = min(hw - j0, e - s)
             img = ig // groups
             g = ig - img * groups
-            gemm_rowmajor(cog, m, cig, &wm[g, 0, 0], &x[img, g * cig, j0], hw, &out[img, g * cog, j0], hw)
             if has_bias:
-                add_bias(cog, m, &b[g * cog], &out[img, g * cog, j0], hw)
+                fill_bias(cog, m, &b[g * cog], &out[img, g * cog, j0], hw)
+            gemm_rowmajor(cog, m, cig, &wm[g, 0, 0], &x[img, g * cig, j0], hw, &out[img, g * cog, j0], hw,
+                          has_bias)
             s = s + m
     blas_threads_end(old, 1)
 
@@ -109,7 +110,8 @@ def _pointwise_serial(const floating[:, :, ::1] x, const floating[:, :, ::1] wm,
         old = blas_threads_begin(nt)
         for img in range(n):
             for g in range(groups):
-                gemm_rowmajor(cog, hw, cig, &wm[g, 0, 0], &x[img, g * cig, 0], hw, &out[img, g * cog, 0], hw)
                 if has_bias:
-                    add_bias(cog, hw, &b[g * cog], &out[img, g * cog, 0], hw)
+                    fill_bias(cog, hw, &b[g * cog], &out[img, g * cog, 0], hw)
+                gemm_rowmajor(cog, hw, cig, &wm[g, 0, 0], &x[img, g * cig, 0], hw, &out[img, g * cog, 0], hw,
+                              has_bias)
         blas_threads_end(old, nt)

@@ -14,9 +14,9 @@ import numpy as np
 
 from ..params import ConvParams, PoolParams
 
-PEERS = ("torch", "onnxruntime", "numpy")
+PEERS = ("torch", "onnxruntime", "numpy", "sgemm")
 # thread-pool family of each peer, for the timer's cool-down rule
-POOL_OF = {"torch": "torch", "onnxruntime": "onnxruntime", "numpy": "blas"}
+POOL_OF = {"torch": "torch", "onnxruntime": "onnxruntime", "numpy": "blas", "sgemm": "blas"}
 
 
 class Skip(Exception):
@@ -180,10 +180,27 @@ def _numpy_pool(p: PoolParams, x: np.ndarray) -> Callable[[], object]:
     return run_avg
 
 
-_MAKERS = {"torch": _torch, "onnxruntime": _onnxruntime, "numpy": _numpy}
+def _sgemm(p, x, w, b, threads: int) -> Callable[[], object]:
+    """The plain GEMM a 1x1 layer is: ``W[C_out × C_in] @ x[n]`` (C_in × H·W) per image, NumPy's
+    BLAS at the knob's thread count, no bias, into a preallocated output — the yardstick of the
+    1x1 path ("≥ 0.95× a plain SGEMM with the same M, N, K")."""
+    if isinstance(p, PoolParams) or (p.kh, p.kw) != (1, 1) or p.stride != (1, 1) or any(p.pad) or p.groups != 1:
+        raise Skip("plain GEMM row only for 1x1 / stride 1 / padding 0 / groups 1 layers")
+    w2 = np.ascontiguousarray(w.reshape(p.c_out, p.c_in))
+    x3 = x.reshape(p.n, p.c_in, p.h * p.w)
+    out = np.empty((p.n, p.c_out, p.h * p.w), dtype=x.dtype)
+
+    def run():
+        np.matmul(w2, x3, out=out)
+        return out.reshape(p.out_shape) + (0 if b is None else b[None, :, None, None])   # for the error column
+    run.timed = lambda: np.matmul(w2, x3, out=out)
+    return run
 
 
-_MODULES = {"torch": ("torch",), "onnxruntime": ("onnxruntime", "onnx"), "numpy": ()}
+_MAKERS = {"torch": _torch, "onnxruntime": _onnxruntime, "numpy": _numpy, "sgemm": _sgemm}
+
+
+_MODULES = {"torch": ("torch",), "onnxruntime": ("onnxruntime", "onnx"), "numpy": (), "sgemm": ()}
 
 
 def load(name: str) -> None:

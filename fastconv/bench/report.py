@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .runner import SCHEMA
 
-PEER_LABEL = {"torch": "torch", "onnxruntime": "onnxrt", "numpy": "numpy"}
+PEER_LABEL = {"torch": "torch", "onnxruntime": "onnxrt", "numpy": "numpy", "sgemm": "sgemm"}
 
 
 def _ms(s: float) -> str:
@@ -45,7 +45,7 @@ def _dtype_note(report: dict) -> str:
 def table(report: dict):
     """A rich Table of every layer in ``report``."""
     from rich.table import Table
-    peers = [p for p in ("torch", "onnxruntime", "numpy")
+    peers = [p for p in PEER_LABEL
              if any(e["name"] == p for L in report["layers"] for e in L["entries"])]
     pk = report["peaks"]
     t = Table(title=f"fastconv bench — suite {report['suite'] or '(layers)'}, {report['threads']} threads; "
