@@ -59,10 +59,18 @@ def test_timer_interleaves_and_rotates():
     cands = [timer.Candidate(n, (lambda n=n: log.append(n))) for n in "abc"]
     calib = timer.Candidate("cal", lambda: log.append("cal"), pool="other")
     res = timer.measure(cands, repeats=3, min_sample_s=0, cooldown_s=0, calibration=calib)
-    timed = log[8:]                     # after 2 warm-up calls per candidate
+    timed = log[16:]                    # after 4 warm-up calls per candidate (1 + 3 to size samples)
     rounds = [timed[i:i + 4] for i in range(0, 12, 4)]
     assert rounds == [["cal", "a", "b", "c"], ["cal", "b", "c", "a"], ["cal", "c", "a", "b"]]
     assert all(len(res[n].samples) == 3 and len(res[n].ratios) == 3 for n in "abc")
+
+
+def test_timer_rests_then_wakes_up_when_the_pool_changes():
+    log: list[str] = []
+    cands = [timer.Candidate(n, (lambda n=n: log.append(n)), pool=n) for n in "ab"]
+    timer.measure(cands, repeats=2, min_sample_s=0, cooldown_s=1e-4)
+    # every switch of pool: a rest, one untimed call, then the timed one (1 call per sample here)
+    assert log[8:] == ["a", "b", "b", "b", "a", "a"]      # rounds: a | rest b b ; b | rest a a
 
 
 def test_timing_statistics():

@@ -11,7 +11,8 @@ alike instead of whichever happened to run then.
   thread pool than the previous one (OpenBLAS workers spin ~0.1 s after a call and would
   steal the cores of the next one — DESIGN.md). Measured (2 threads, 1x1 1x256x56x56, after
   3 NumPy matmuls): pointwise took 8.1 ms a call 0.05 s later and 0.76 ms 0.2 s later, so the
-  runner rests 0.25 s;
+  runner rests 0.25 s, then makes one untimed call: on this VM the first parallel call after
+  a rest took 5-15 ms (sleeping vCPUs waking up), which swamped samples of a few calls;
 * the result keeps every sample: median, spread (interquartile range / median) and min.
   When a calibration candidate is given, each sample is also divided by the calibration
   sample of the same round (`Timing.ratios`), the number the regression gate compares.
@@ -89,7 +90,8 @@ def measure(cands: list[Candidate], repeats: int = 5, min_sample_s: float = 0.02
     for c in everyone:
         if not warmed:
             c.fn()                                # warm-up (compile, first touch)
-        c.est = max(_sample(c), 1e-7)
+        # the fastest of 3: one slow call (a core still waking up) would size every sample too small
+        c.est = max(min(_sample(c) for _ in range(3)), 1e-7)
         c.inner = max(1, burst, math.ceil(min_sample_s / c.est))
         c.samples, c.rounds = [], []
     # calls allowed per candidate: `repeats`, fewer (>= 3) when one call is slow
@@ -105,6 +107,7 @@ def measure(cands: list[Candidate], repeats: int = 5, min_sample_s: float = 0.02
         for c in order:
             if cooldown_s and prev_pool is not None and c.pool != prev_pool:
                 time.sleep(cooldown_s)
+                c.fn()      # untimed: the first call after a rest also pays for waking the cores
             c.samples.append(_sample(c, burst > 0))
             c.rounds.append(r)
             prev_pool = c.pool
