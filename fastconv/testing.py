@@ -97,6 +97,9 @@ CONV_CASES: list[ConvCase] = [
     # Winograd blocking: tile blocks that span images, output channels split over panels/tasks
     ConvCase("winograd_blocks_batch3", n=3, c_in=5, h=23, w=21, c_out=7, padding=1),
     ConvCase("winograd_cout_panels", n=1, c_in=6, h=9, w=10, c_out=70, padding=(1, 0)),
+    # deep channels on a small map: fewer tile blocks than threads, so the threads share one V
+    # (input channels split unevenly: 37 over up to 4 per thread) and split the output panels
+    ConvCase("winograd_shared_v_deep_7x7", n=2, c_in=37, h=7, w=7, c_out=97, padding=1),
     ConvCase("winograd_interior_38", n=1, c_in=3, h=38, w=38, c_out=5),  # all tiles inside: fast loads
     # batch 0 / 1 / N
     ConvCase("batch0", n=0, padding=1),

@@ -19,6 +19,10 @@
 
 #define WINO_OL 16 /* output-transform lanes (output channels per vector chunk) */
 #define WINO_PF 2 /* input channels prefetched ahead */
+#ifndef WINO_INPUT
+#define WINO_INPUT 1  /* wino_task phases */
+#define WINO_OUTPUT 2
+#endif
 #ifndef WINO_PAD
 #define WINO_PAD 16 /* elements between the (m+2)^2 panels of V and of M */
 #endif
@@ -75,7 +79,7 @@ WN(wino_at)(const int m, const T *restrict in, long is, T *restrict out, long os
 static inline __attribute__((always_inline)) void
 WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt, int pl, int ntile,
                 int tw, long t0, int nt, const T *U, int ncp, int cp0, int cp1, const T *bias, T *y,
-                long ys, int cog, int OH, int OW, T *V, T *M)
+                long ys, int cog, int OH, int OW, T *V, T *M, int ci0, int ci1, int phases)
 {
     enum { AMAX = 6 };
     const int A = m + 2;
@@ -127,7 +131,8 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
         phi = img + (long)yb * W;
         if ((phi - plo) * (long)sizeof(T) > (64L << 10)) plo = -1; /* huge block: leave to the hardware */
     }
-    for (int ci = 0; ci < cig; ci++) {
+    if (phases & WINO_INPUT)
+    for (int ci = ci0; ci < ci1; ci++) {
         const T *xc = x + ci * HW; /* + off[r]: image, row and column of lane r's tile */
         if (plo >= 0 && ci + WINO_PF < cig)
             for (long q = plo; q < phi; q += 64 / sizeof(T))
@@ -200,6 +205,8 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
         }
     }
 
+    if (!(phases & WINO_OUTPUT))
+        return;
     /* 2. one GEMM per transform point: B panel (cig x NR) reused over the block's tile groups */
     for (int xi = 0; xi < A * A; xi++)
         for (int cp = cp0; cp < cp1; cp++) {
@@ -253,17 +260,20 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
 /* Tiles t0 .. t0+nt-1 counted over all images (ntile per image, tw per row): image t / ntile.
  * x: channel 0 of the group in image 0 (images xs apart); U: [A*A][ncp][cig][NR] of the group;
  * bias: [cog] of the group; y: output channel 0 of the group in image 0 (images ys apart); V: >= A*A*(ceil(nt/MR)*MR*cig + WINO_PAD);
- * M: >= A*A*(ceil(nt/MR)*MR*(cp1-cp0)*NR + WINO_PAD) elements */
+ * M: >= A*A*(ceil(nt/MR)*MR*(cp1-cp0)*NR + WINO_PAD) elements. `phases`: WINO_INPUT transforms
+ * input channels [ci0, ci1) into V; WINO_OUTPUT runs the GEMMs and the output transform of
+ * panels [cp0, cp1) from a complete V (both: one self-contained task). */
 static void WN(wino_task)(int m, const T *x, long xs, int H, int W, int cig, int pt, int pl,
                           int ntile, int tw, long t0, int nt, const T *U, int ncp, int cp0, int cp1,
-                          const T *bias, T *y, long ys, int cog, int OH, int OW, T *V, T *M)
+                          const T *bias, T *y, long ys, int cog, int OH, int OW, T *V, T *M,
+                          int ci0, int ci1, int phases)
 {
     if (m == 2)
         WN(wino_task_m)(2, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, ys,
-                        cog, OH, OW, V, M);
+                        cog, OH, OW, V, M, ci0, ci1, phases);
     else
         WN(wino_task_m)(4, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, ys,
-                        cog, OH, OW, V, M);
+                        cog, OH, OW, V, M, ci0, ci1, phases);
 }
 
 #undef WN
