@@ -110,13 +110,14 @@ def choose(p: ConvParams) -> str:
     kernels issue): Winograd (its own tile choice) wins every 3x3 stride-1 layer with >= 16
     channels per group, 1.6-2.7x torch; the direct kernel beats im2col on every other suite layer,
     small or deep (lenet.conv2 0.40 vs 1.00 ms, resnet50.stem 1.96 vs 2.46, alexnet.conv1 3.62 vs
-    4.62, seed003 11.6 vs 13.8, alexnet.conv2 39.4 vs 40.7); for 1x1 layers the im2col AVX-512
-    micro-kernel beats BLAS when K = C_in is shallow and C_out wide (resnet50 1x1_expand 64->256:
-    0.64 vs 0.96 ms), BLAS (pointwise) otherwise (1x1_reduce 0.76 vs 0.95, nin 3.6 vs 4.2).
+    4.62, seed003 11.6 vs 13.8, alexnet.conv2 39.4 vs 40.7); 1x1 layers run on BLAS (pointwise),
+    which with the bias folded into the GEMM (beta = 1) matched or beat the im2col micro-kernel on
+    all three (2 threads, 21 repeats: 1x1_reduce 0.70 vs 1.07 ms, 1x1_expand 0.66 vs 0.78, nin 3.6
+    vs 4.2). (The first session picked im2col for 1x1_expand from a run in which NumPy's BLAS
+    workers, still spinning after the NumPy peer, slowed the pointwise rows.)
     """
     if p.kh == 1 and p.kw == 1 and p.pad == (0, 0, 0, 0):
-        wide = p.c_out_per_group >= 2 * p.c_in_per_group and p.stride == (1, 1)
-        return "im2col" if wide and p.dtype == "float32" else "pointwise"
+        return "pointwise"
     if (p.kh, p.kw, p.stride, p.dilation) == (3, 3, (1, 1), (1, 1)) and p.c_in_per_group >= 16 \
             and p.c_out_per_group >= 16:
         return "winograd"

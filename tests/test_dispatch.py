@@ -15,7 +15,7 @@ SUITE = {  # seed-network layers → the algorithm auto must pick (locks the mea
     "vgg16.conv3_2": (ConvParams.from_layer(1, 256, 56, 256, 3, padding=1), "winograd"),
     "resnet50.stem": (ConvParams.from_layer(1, 3, 224, 64, 7, stride=2, padding=3), "direct"),
     "resnet50.1x1_reduce": (ConvParams.from_layer(1, 256, 56, 64, 1), "pointwise"),
-    "resnet50.1x1_expand": (ConvParams.from_layer(1, 64, 56, 256, 1), "im2col"),
+    "resnet50.1x1_expand": (ConvParams.from_layer(1, 64, 56, 256, 1), "pointwise"),
     "resnet50.1x1_expand.f64": (ConvParams.from_layer(1, 64, 56, 256, 1, dtype="float64"), "pointwise"),
     "resnet50.3x3_last": (ConvParams.from_layer(1, 512, 7, 512, 3, padding=1), "winograd"),
     "nin.1x1": (ConvParams.from_layer(8, 96, 54, 96, 1), "pointwise"),
