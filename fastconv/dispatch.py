@@ -111,10 +111,11 @@ def choose(p: ConvParams) -> str:
     channels per group, 1.6-2.7x torch; the direct kernel beats im2col on every other suite layer,
     small or deep (lenet.conv2 0.40 vs 1.00 ms, resnet50.stem 1.96 vs 2.46, alexnet.conv1 3.62 vs
     4.62, seed003 11.6 vs 13.8, alexnet.conv2 39.4 vs 40.7); 1x1 layers run on BLAS (pointwise),
-    which with the bias folded into the GEMM (beta = 1) matched or beat the im2col micro-kernel on
-    all three (2 threads, 21 repeats: 1x1_reduce 0.70 vs 1.07 ms, 1x1_expand 0.66 vs 0.78, nin 3.6
-    vs 4.2). (The first session picked im2col for 1x1_expand from a run in which NumPy's BLAS
-    workers, still spinning after the NumPy peer, slowed the pointwise rows.)
+    which with the bias folded into the GEMM (beta = 1) beat the im2col micro-kernel on
+    1x1_reduce (0.69-0.93 vs 0.91-1.33 ms over 4 runs) and nin (3.4-3.6 vs 4.0-4.2) and tied it
+    on 1x1_expand (0.62-0.83 vs 0.63-0.78: within the noise), with no workspace. (The first
+    session picked im2col for 1x1_expand from a run in which NumPy's BLAS workers, still spinning
+    after the NumPy peer, slowed the pointwise rows.)
     """
     if p.kh == 1 and p.kw == 1 and p.pad == (0, 0, 0, 0):
         return "pointwise"
