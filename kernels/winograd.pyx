@@ -63,7 +63,7 @@ from libc.stdlib cimport malloc, free
 from ..threads import get_num_threads
 
 cdef extern from "wino_kernels.h" nogil:
-    int FC_MR_F32, FC_NR_F32, FC_MR_F64, FC_NR_F64, WINO_PAD
+    int FC_MR_F32, FC_NR_F32, FC_MR_F64, FC_NR_F64, WINO_PAD, WINO_INPUT, WINO_OUTPUT
     void wino_task_f32(int m, const float *x, long xs, int H, int W, int cig, int pt, int pl,
                        int ntile, int tw, long t0, int nt, const float *U, int ncp, int cp0, int cp1,
                        const float *bias, float *y, long ys, int cog, int OH, int OW, float *V,
@@ -240,6 +240,19 @@ def _all_finite(const floating[::1] x, int nthreads) -> bool:
     return bad == 0
 
 
+cdef inline void _task(int m, const floating *x, long xs, int H, int W, int cig, int pt, int pl,
+                       int ntile, int tw, long t0, int nt, const floating *u, int ncp, int cp0, int cp1,
+                       const floating *bias, floating *y, long ys, int cog, int OH, int OW, floating *V,
+                       floating *M, int ci0, int ci1, int phases) noexcept nogil:
+    """wino_task in the element type (wino_impl.h documents the arguments)."""
+    if floating is float:
+        wino_task_f32(m, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, u, ncp, cp0, cp1, bias, y, ys, cog,
+                      OH, OW, V, M, ci0, ci1, phases)
+    else:
+        wino_task_f64(m, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, u, ncp, cp0, cp1, bias, y, ys, cog,
+                      OH, OW, V, M, ci0, ci1, phases)
+
+
 def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[::1] bias,
          floating[:, :, :, ::1] out, int m, int groups, int pt, int pl, int tw, int ntile,
          int block, int nblocks, int ncp, int cps, int nchunks, int nthreads):
@@ -278,27 +291,16 @@ def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[:
                 t0 = (gb % nblocks) * block
                 nt = <int>min(<long>block, ntiles - t0)
                 for cc in prange(nci, schedule="static"):
-                    if floating is float:
-                        wino_task_f32(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
-                                      &u[<long>g * a2 * ncp * cig * nr], ncp, 0, ncp, &bias[g * cog],
-                                      &out[0, g * cog, 0, 0], ys, cog, OH, OW, Vs, M,
-                                      cig * cc // nci, cig * (cc + 1) // nci, 1)
-                    else:
-                        wino_task_f64(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
-                                      &u[<long>g * a2 * ncp * cig * nr], ncp, 0, ncp, &bias[g * cog],
-                                      &out[0, g * cog, 0, 0], ys, cog, OH, OW, Vs, M,
-                                      cig * cc // nci, cig * (cc + 1) // nci, 1)
+                    _task(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
+                          &u[<long>g * a2 * ncp * cig * nr], ncp, 0, ncp, &bias[g * cog],
+                          &out[0, g * cog, 0, 0], ys, cog, OH, OW, Vs, M,
+                          cig * cc // nci, cig * (cc + 1) // nci, WINO_INPUT)
                 for ch in prange(nchunks, schedule="dynamic"):
                     cp0 = ch * cps
                     cp1 = min(ncp, cp0 + cps)
-                    if floating is float:
-                        wino_task_f32(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
-                                      &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog],
-                                      &out[0, g * cog, 0, 0], ys, cog, OH, OW, Vs, M, 0, cig, 2)
-                    else:
-                        wino_task_f64(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
-                                      &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog],
-                                      &out[0, g * cog, 0, 0], ys, cog, OH, OW, Vs, M, 0, cig, 2)
+                    _task(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
+                          &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog],
+                          &out[0, g * cog, 0, 0], ys, cog, OH, OW, Vs, M, 0, cig, WINO_OUTPUT)
             free(M)
         free(Vs)
         return
@@ -314,13 +316,8 @@ def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[:
             nt = min(block, ntiles - t0)
             cp0 = ch * cps
             cp1 = min(ncp, cp0 + cps)
-            if floating is float:
-                wino_task_f32(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
-                              &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog],
-                              &out[0, g * cog, 0, 0], ys, cog, OH, OW, V, M, 0, cig, 3)
-            else:
-                wino_task_f64(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
-                              &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog],
-                              &out[0, g * cog, 0, 0], ys, cog, OH, OW, V, M, 0, cig, 3)
+            _task(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
+                  &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog], &out[0, g * cog, 0, 0],
+                  ys, cog, OH, OW, V, M, 0, cig, WINO_INPUT | WINO_OUTPUT)
         free(V)
         free(M)
