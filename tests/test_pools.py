@@ -76,3 +76,36 @@ def test_max_pool_nan_and_inf_propagate():
     assert y[0, 0, 0, 1] == -np.inf and idx[0, 0, 0, 1] == 2          # all -inf: first pixel
     y = fastconv.avg_pool2d(x, 2)
     assert np.isnan(y[0, 0, 0, 0]) and y[0, 0, 0, 1] == -np.inf
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2),
+                                    dict(kernel_size=3, stride=2), dict(kernel_size=3, stride=1, padding=1),
+                                    dict(kernel_size=(2, 3), stride=(1, 2), dilation=2)],
+                         ids=["resnet", "vgg", "alexnet", "inception", "generic"])
+def test_max_pool_nan_in_some_planes_only(kwargs, dtype):
+    """Planes without NaN take a plain-max path, planes with one the NaN-propagating path
+    (kernels/pool_impl.h): a batch mixing both must match the reference exactly, plane by plane."""
+    x = _x((2, 5, 23, 31), dtype)
+    x[0, 1, 7, 10] = np.nan           # one NaN in one plane (an even column: every window set reads it)
+    x[1, 3, :, 30] = np.nan           # a NaN column at the right border
+    x[1, 4] = np.nan                  # a plane of NaN
+    x[0, 2, 0, 0] = np.inf
+    y = fastconv.max_pool2d(x, **kwargs)
+    args = {k: kwargs.get(k, d) for k, d in
+            (("kernel_size", None), ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False))}
+    _, p, _ = validate.max_pool2d_args(x, **args)
+    np.testing.assert_array_equal(y, reference.max_pool2d(x, p).astype(dtype))
+    assert np.isnan(y[0, 1]).any() and not np.isnan(y[0, 0]).any() and np.isnan(y[1, 4]).all()
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2),
+                                    dict(kernel_size=(2, 3), stride=(1, 2), dilation=2)])
+def test_max_pool_zero_ties_keep_the_first_tap_like_torch(kwargs):
+    torch = pytest.importorskip("torch")
+    x = np.where(np.random.default_rng(3).random((1, 3, 12, 14)) < 0.5, 0.0, -0.0).astype(np.float32)
+    x[0, 1, ::3] = np.nan             # one plane on the NaN path too
+    y = fastconv.max_pool2d(x, **kwargs)
+    t = torch.nn.functional.max_pool2d(torch.from_numpy(x), **kwargs).numpy()
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(t))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(t))
