@@ -136,7 +136,7 @@ def plot(report: dict, path: str | Path) -> None:
         xs = np.arange(len(layers))
         for j, s in enumerate(series):
             vals = [next((e.get(key, 0) for e in L["entries"] if series_of(e) == s), 0) for L in layers]
-            color = ("0.35", "0.6", "0.8")[peers.index(s) % 3] if s in peers else cmap(j % 10)
+            color = ("0.35", "0.6", "0.8", "0.1")[peers.index(s) % 4] if s in peers else cmap(j % 10)
             label = ("peer: " + s) if s in peers else s
             ax.bar(xs - 0.4 + bw * (j + 0.5), [v if v > 0 else np.nan for v in vals], bw, label=label,
                    color=color, edgecolor="black" if s == "auto" else None, hatch="//" if "winograd" in s else None)
