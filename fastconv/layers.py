@@ -65,6 +65,16 @@ class _Memo:
         if x is arr:  # validation kept the very array: it was contiguous 4-D already
             self._memo[(arr.shape, arr.dtype)] = p
 
+    def validated(self, input: Any, check: Any):
+        """``(x, params, unbatched)`` for ``input``: the remembered params of a seen shape, else
+        ``check(array) -> (x, params, unbatched)`` (a `fastconv.validate` call), remembered."""
+        arr, p = self.lookup(input)
+        if p is not None:
+            return arr, p, False          # only 4-D inputs are remembered
+        x, p, unbatched = check(arr)
+        self.remember(arr, x, p)
+        return x, p, unbatched
+
 
 def _run_pool(kind: str, x: np.ndarray, p: Any, unbatched: bool, original: Any, return_indices: bool = False):
     """Run pooling kernel ``kind`` on validated ``x`` (as `fastconv.functional` does)."""
@@ -207,13 +217,10 @@ class Conv2d:
         return self._plan(p)
 
     def __call__(self, input: Any):
-        memo = self._memo
-        x, p = memo.lookup(input)
-        unbatched = False
-        if p is None:
-            arr = x
+        def check(arr):
             x, _, _, p, unbatched = self._params(arr)
-            memo.remember(arr, x, p)
+            return x, p, unbatched
+        x, p, unbatched = self._memo.validated(input, check)
         out = self._plan(p).run(x, p=p)
         return functional._like(out[0] if unbatched else out, input)
 
@@ -252,13 +259,8 @@ class MaxPool2d:
                    module.return_indices, module.ceil_mode)
 
     def __call__(self, input: Any):
-        x, p = self._memo.lookup(input)
-        unbatched = False
-        if p is None:
-            arr = x
-            x, p, unbatched = validate.max_pool2d_args(arr, self.kernel_size, self.stride, self.padding,
-                                                       self.dilation, self.ceil_mode)
-            self._memo.remember(arr, x, p)
+        x, p, unbatched = self._memo.validated(input, lambda a: validate.max_pool2d_args(
+            a, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode))
         return _run_pool("max", x, p, unbatched, input, self.return_indices)
 
     forward = __call__
@@ -287,14 +289,9 @@ class AvgPool2d:
                    module.count_include_pad, module.divisor_override)
 
     def __call__(self, input: Any):
-        x, p = self._memo.lookup(input)
-        unbatched = False
-        if p is None:
-            arr = x
-            x, p, unbatched = validate.avg_pool2d_args(arr, self.kernel_size, self.stride, self.padding,
-                                                       self.ceil_mode, self.count_include_pad,
-                                                       self.divisor_override)
-            self._memo.remember(arr, x, p)
+        x, p, unbatched = self._memo.validated(input, lambda a: validate.avg_pool2d_args(
+            a, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+            self.divisor_override))
         return _run_pool("avg", x, p, unbatched, input)
 
     forward = __call__
@@ -318,12 +315,8 @@ class AdaptiveAvgPool2d:
         return cls(module.output_size)
 
     def __call__(self, input: Any):
-        x, p = self._memo.lookup(input)
-        unbatched = False
-        if p is None:
-            arr = x
-            x, p, unbatched = validate.adaptive_avg_pool2d_args(arr, self.output_size)
-            self._memo.remember(arr, x, p)
+        x, p, unbatched = self._memo.validated(
+            input, lambda a: validate.adaptive_avg_pool2d_args(a, self.output_size))
         return _run_pool("adaptive_avg", x, p, unbatched, input)
 
     forward = __call__
