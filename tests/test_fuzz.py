@@ -89,6 +89,20 @@ class Untouched:
         for i, (o, b) in enumerate(zip(self.owners, self.before)):
             assert o.tobytes() == b, f"input #{i} was modified"
 
+    def call(self, valid: bool, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``, which must raise ValueError unless ``valid``; either way the inputs
+        must come out unchanged. Returns the result, or None for a (correctly) refused call."""
+        if not valid:
+            event("refused (ValueError)")
+            with pytest.raises(ValueError):
+                fn(*args, **kwargs)
+            self.check()
+            return None
+        event("ran")
+        result = fn(*args, **kwargs)
+        self.check()
+        return result
+
 
 # --- values ---------------------------------------------------------------------------------
 @st.composite
@@ -242,16 +256,10 @@ def test_conv2d_fuzz(algo, data):
     bp, bo = lay_out(b, layouts[2]) if b is not None else (None, None)
     note(f"x {x.shape} {x.dtype} {layouts} unbatched={unbatched} w {w.shape} bias={b is not None} {kwargs}")
     untouched = Untouched(xo, wo, bo)
-    if expect == "ValueError":
-        event("refused (ValueError)")
-        with pytest.raises(ValueError):
-            fastconv.conv2d(xp, wp, bp, **kwargs)
-        untouched.check()
+    y = untouched.call(expect != "ValueError", fastconv.conv2d, xp, wp, bp, **kwargs)
+    if y is None:
         return
-    event("ran")
     p: ConvParams = expect
-    y = fastconv.conv2d(xp, wp, bp, **kwargs)
-    untouched.check()
     y = check_result(y, xp, x.dtype, p.out_shape[1:] if unbatched else p.out_shape)
     alg = dispatch.select(p, algo)
     assert_algorithm_close(alg, y, x, w, b, p, label=f"{alg.name} {p.describe()}")
@@ -373,15 +381,9 @@ def test_max_pool2d_fuzz(data):
     out = pool_valid(x.shape[2], x.shape[3], k, stride, pad, dil, ceil)
     if torch is not None and x.shape[0] > 0:  # the validity rules are torch's
         assert (torch_result("max_pool2d", x, **kwargs) is RuntimeError) == (out is None), "torch disagrees"
-    if out is None:
-        event("refused (ValueError)")
-        with pytest.raises(ValueError):
-            fastconv.max_pool2d(xp, **kwargs)
-        untouched.check()
+    res = untouched.call(out is not None, fastconv.max_pool2d, xp, **kwargs)
+    if res is None:
         return
-    event("ran")
-    res = fastconv.max_pool2d(xp, **kwargs)
-    untouched.check()
     y, idx = res if want_idx else (res, None)
     shape = (*x.shape[:2], *out)
     y = check_result(y, xp, x.dtype, shape[1:] if unbatched else shape).reshape(shape)
@@ -419,15 +421,9 @@ def test_avg_pool2d_fuzz(data):
     note(repr(kwargs))
     untouched = Untouched(xo)
     out = pool_valid(x.shape[2], x.shape[3], k, stride, pad, (1, 1), ceil)
-    if out is None or div == 0:
-        event("refused (ValueError)")
-        with pytest.raises(ValueError):
-            fastconv.avg_pool2d(xp, **kwargs)
-        untouched.check()
+    y = untouched.call(out is not None and div != 0, fastconv.avg_pool2d, xp, **kwargs)
+    if y is None:
         return
-    event("ran")
-    y = fastconv.avg_pool2d(xp, **kwargs)
-    untouched.check()
     shape = (*x.shape[:2], *out)
     y = check_result(y, xp, x.dtype, shape[1:] if unbatched else shape).reshape(shape)
     p = PoolParams("avg", *x.shape, kernel=k, stride=stride or k, padding=pad, ceil_mode=ceil,
@@ -451,15 +447,9 @@ def test_adaptive_avg_pool2d_fuzz(data):
     oh, ow = {"pair": (oh, ow), "int": (oh, oh), "none_h": (x.shape[2], ow), "none_w": (oh, x.shape[3])}[spelling]
     note(f"output_size={size!r}")
     untouched = Untouched(xo)
-    if min(oh, ow) < 1:
-        event("refused (ValueError)")
-        with pytest.raises(ValueError):
-            fastconv.adaptive_avg_pool2d(xp, size)
-        untouched.check()
+    y = untouched.call(min(oh, ow) >= 1, fastconv.adaptive_avg_pool2d, xp, size)
+    if y is None:
         return
-    event("ran")
-    y = fastconv.adaptive_avg_pool2d(xp, size)
-    untouched.check()
     shape = (*x.shape[:2], oh, ow)
     y = check_result(y, xp, x.dtype, shape[1:] if unbatched else shape).reshape(shape)
     # the oracle, written here from torch's window formula (reference.py uses the same one)
