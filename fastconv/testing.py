@@ -248,3 +248,26 @@ ADAPTIVE_CASES = [
     PoolCase("unbatched", (3, 8, 9), dict(output_size=(4, 3))),
     PoolCase("global_odd_plane", (2, 3, 5, 19), dict(output_size=1)),   # 95 = 11 lanes of 8 + 7
 ]
+
+
+def run_concurrently(target, n: int) -> None:
+    """Call ``target(i)`` for i in range(n), each in its own thread, all released at once by a
+    barrier; fails if any call raised or a thread hung (the thread-safety tests' harness)."""
+    import threading
+    barrier, errors = threading.Barrier(n), []
+
+    def wrap(i):
+        try:
+            barrier.wait()  # every thread's first call starts at the same moment
+            target(i)
+        except BaseException as e:  # reported in the calling thread
+            errors.append((i, repr(e)))
+
+    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in ts), "a thread hung"
+    assert not errors, errors
+

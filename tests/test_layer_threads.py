@@ -13,27 +13,9 @@ import pytest
 
 import fastconv
 from fastconv import dispatch
+from fastconv.testing import run_concurrently
 
 N_THREADS = 8
-
-
-def _concurrently(target, n=N_THREADS):
-    barrier, errors = threading.Barrier(n), []
-
-    def wrap(i):
-        try:
-            barrier.wait()  # every thread's first call starts at the same moment
-            target(i)
-        except BaseException as e:
-            errors.append((i, repr(e)))
-
-    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in ts), "a thread hung"
-    assert not errors, errors
 
 
 @pytest.fixture
@@ -86,7 +68,7 @@ def test_shared_layer_matches_serial_and_plans_once(algo, plan_count):
             assert np.array_equal(y, serial[i]), f"thread {i} differs from serial"
         results[i] = y
 
-    _concurrently(work)
+    run_concurrently(work, N_THREADS)
     assert plan_count[0] - before == 1, f"{plan_count[0] - before} plans built for one shape under a race"
     assert all(r is not None for r in results)
 
@@ -100,7 +82,7 @@ def test_separate_layers_match_serial():
         for _ in range(4):
             assert np.array_equal(layer(xs[i]), serial[i]), f"thread {i} differs from serial"
 
-    _concurrently(work)
+    run_concurrently(work, N_THREADS)
 
 
 def test_shared_layer_new_shapes_race(plan_count):
@@ -115,7 +97,7 @@ def test_shared_layer_new_shapes_race(plan_count):
     def work(i):
         assert np.array_equal(layer(xs[i]), serial[i])
 
-    _concurrently(work)
+    run_concurrently(work, N_THREADS)
     assert plan_count[0] - before == len(set(shapes))
 
 
@@ -130,4 +112,4 @@ def test_pool_layers_match_serial():
             for layer, expected in zip(layers, serial[i]):
                 assert np.array_equal(layer(xs[i]), expected)
 
-    _concurrently(work)
+    run_concurrently(work, N_THREADS)

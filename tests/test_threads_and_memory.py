@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import tracemalloc
 
 import numpy as np
@@ -23,6 +22,7 @@ import pytest
 import fastconv
 from fastconv import dispatch, validate
 from fastconv.params import ConvParams
+from fastconv.testing import run_concurrently
 
 
 @pytest.fixture
@@ -135,25 +135,6 @@ def _as_tuple(r):
     return tuple(np.array(t) for t in (r if isinstance(r, tuple) else (r,)))
 
 
-def _run_concurrently(target, n=N_THREADS):
-    barrier, errors = threading.Barrier(n), []
-
-    def wrap(i):
-        try:
-            barrier.wait()
-            target(i)
-        except BaseException as e:  # reported in the main thread
-            errors.append((i, e))
-
-    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in ts), "a thread hung"
-    assert not errors, errors
-
-
 def test_threads_functional_ops_match_serial():
     serial = {seed: {name: _as_tuple(f()) for name, f in _workload(seed)} for seed in range(N_THREADS)}
     got = {}
@@ -167,7 +148,7 @@ def test_threads_functional_ops_match_serial():
                     assert np.array_equal(a, b, equal_nan=True), f"thread {i}: {name} differs from serial"
         got[i] = out
 
-    _run_concurrently(work)
+    run_concurrently(work, N_THREADS)
     assert set(got) == set(range(N_THREADS))
 
 
@@ -193,7 +174,7 @@ def test_threads_plans_match_serial(shared):
                 assert np.array_equal(y, serial[i]), f"{alg.name}: thread {i} differs from serial"
             results[i] = y
 
-        _run_concurrently(work)
+        run_concurrently(work, N_THREADS)
         assert all(r is not None for r in results)
 
 
