@@ -265,10 +265,11 @@ FC_ALWAYS_INLINE void fc_maxpool_windows_##SUF(const T *restrict x, T *restrict 
 static void fc_maxpool_plane_##SUF(const T *restrict x, T *restrict y, ptrdiff_t H, ptrdiff_t W,  \
                                    ptrdiff_t OH, ptrdiff_t OW, int kh, int kw, int sh, int sw,     \
                                    int ph, int pw, int dh, int dw, T *restrict ring) {             \
-    int nan = kh * kw < 9; /* (no early exit in the scan: it would not vectorise) */              \
-    if (!nan)                                                                                      \
-        for (ptrdiff_t i = 0; i < H * W; i++) nan |= x[i] != x[i];                                 \
-    if (nan)                                                                                       \
+    int exact = kh * kw < 9; /* small windows, or a NaN in the plane (no early exit in the scan: \
+                              * it would not vectorise) */                                         \
+    if (!exact)                                                                                    \
+        for (ptrdiff_t i = 0; i < H * W; i++) exact |= x[i] != x[i];                               \
+    if (exact)                                                                                     \
         fc_maxpool_windows_##SUF(x, y, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, ring, 1);     \
     else                                                                                           \
         fc_maxpool_windows_##SUF(x, y, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, ring, 0);     \
