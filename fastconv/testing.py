@@ -101,6 +101,13 @@ CONV_CASES: list[ConvCase] = [
     # (input channels split unevenly: 37 over up to 4 per thread) and split the output panels
     ConvCase("winograd_shared_v_deep_7x7", n=2, c_in=37, h=7, w=7, c_out=97, padding=1),
     ConvCase("winograd_interior_38", n=1, c_in=3, h=38, w=38, c_out=5),  # all tiles inside: fast loads
+    # F(2x2,5x5): ragged edges and asymmetric padding, a map smaller than the kernel, groups, all
+    # tiles inside (the 6x6 row loads), and the shared-V path on a deep small map
+    ConvCase("winograd5_edges_11x9", n=2, h=11, w=9, c_out=7, kh=5, kw=5, padding=(2, 1)),
+    ConvCase("winograd5_map_3x4", h=3, w=4, kh=5, kw=5, padding=2),
+    ConvCase("winograd5_groups2", c_in=6, c_out=4, h=9, w=8, kh=5, kw=5, padding=2, groups=2),
+    ConvCase("winograd5_interior_30", n=1, c_in=3, h=30, w=30, c_out=5, kh=5, kw=5),
+    ConvCase("winograd5_shared_v_deep_6x6", n=1, c_in=37, h=6, w=6, c_out=70, kh=5, kw=5, padding=2),
     # batch 0 / 1 / N
     ConvCase("batch0", n=0, padding=1),
     ConvCase("batch1", n=1, padding=1),
@@ -140,8 +147,8 @@ def conv_error_bound(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: Conv
     """The scale of each output's rounding error, in float64.
 
     ``tile=0`` (direct, GEMM): ``|W| ⊛ |X| + |b|`` — the sum of the absolute products the output
-    adds up. ``tile=m`` (Winograd F(m x m, 3x3)): the transforms mix every weight tap with every
-    pixel of the output's (m+2)² input tile, so an output whose own products are tiny (a zero
+    adds up. ``tile=m`` (Winograd F(m x m, k x k)): the transforms mix every weight tap with
+    every pixel of the output's (m+k−1)² input tile, so an output whose own products are tiny (a zero
     centre tap, say) still carries rounding from its neighbours; the scale is then
     ``Σ_d Σ_uv |W[p,d,u,v]| · max |X[d]| over any tile holding the output`` (+ |b|).
     """
@@ -150,13 +157,14 @@ def conv_error_bound(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: Conv
     bias = None if b is None else np.abs(b)
     if tile == 0:
         return reference.conv2d(x4, w, bias, p)
-    # Any tile holding output i reads input rows [i − pt − (m−1), i − pt + m + 1]: a box of L = 2m + 2.
-    L = 2 * tile + 2
+    # Any tile holding output i reads input rows [i − pt − (m−1), i − pt + m + k − 2]: a box of
+    # Lh = 2m + k − 1 rows (2m + 2 for 3x3 kernels), likewise columns.
+    Lh, Lw = 2 * tile + p.kh - 1, 2 * tile + p.kw - 1
     top, left = p.pad[0] + tile - 1, p.pad[2] + tile - 1
-    bottom = max(0, p.out_h - 1 + L - (p.h + top))
-    right = max(0, p.out_w - 1 + L - (p.w + left))
+    bottom = max(0, p.out_h - 1 + Lh - (p.h + top))
+    right = max(0, p.out_w - 1 + Lw - (p.w + left))
     q = np.pad(x4, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    box = np.lib.stride_tricks.sliding_window_view(q, (L, L), axis=(2, 3)).max(axis=(-2, -1))
+    box = np.lib.stride_tricks.sliding_window_view(q, (Lh, Lw), axis=(2, 3)).max(axis=(-2, -1))
     box = box[:, :, :p.out_h, :p.out_w]
     wsum = w.sum(axis=(2, 3))  # [C_out, C_in/groups]
     cig, cog = p.c_in_per_group, p.c_out_per_group
@@ -192,7 +200,7 @@ def assert_conv_close(y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray
 def assert_algorithm_close(alg, y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
                            p: ConvParams, label: str = "") -> None:
     """`assert_conv_close` with the registry entry's own tolerance and error model."""
-    assert_conv_close(y, x, w, b, p, alg.tolerance[p.dtype], label or alg.name, alg.error_tile)
+    assert_conv_close(y, x, w, b, p, alg.tolerance_for(p), label or alg.name, alg.error_tile)
 
 
 @dataclass(frozen=True)

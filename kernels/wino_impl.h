@@ -1,4 +1,5 @@
-/* wino_impl.h — body of the fused Winograd F(m x m, 3x3) pipeline, included by wino_kernels.h
+/* wino_impl.h — body of the fused Winograd F(m x m, r x r) pipeline (F(2x2,3x3), F(4x4,3x3),
+ * F(2x2,5x5); tiles of A = m + r - 1 = 4 or 6 points), included by wino_kernels.h
  * once per dtype with T (float/double), SFX (f32/f64), MR, NR (micro-kernel tile) and UKR (the
  * micro-kernel of microkernel.h) defined. Not a standalone header.
  *
@@ -24,7 +25,7 @@
 #define WINO_OUTPUT 2
 #endif
 #ifndef WINO_PAD
-#define WINO_PAD 16 /* elements between the (m+2)^2 panels of V and of M */
+#define WINO_PAD 16 /* elements between the A^2 panels of V and of M */
 #endif
 
 /* The 1-D transforms act on 16 lanes at once (16 tiles in the input transform, 16 output
@@ -34,11 +35,12 @@ typedef T WN(v16) __attribute__((vector_size(16 * sizeof(T))));
 #define WLD(p) ({ WN(v16) v_; memcpy(&v_, (p), sizeof v_); v_; })
 #define WST(p, v) do { WN(v16) v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
 
-/* out[i*os + r] = sum_k BT[i][k] in[k*is + r], r < 16  (BT of F(2x2,3x3) / F(4x4,3x3)) */
+/* out[i*os + r] = sum_k BT[i][k] in[k*is + r], r < 16. BT depends only on the A interpolation
+ * points (A = 4: 0, ±1, ∞; A = 6: 0, ±1, ±2, ∞), so F(4x4,3x3) and F(2x2,5x5) share theirs. */
 static inline __attribute__((always_inline)) void
-WN(wino_bt)(const int m, const T *restrict in, long is, T *restrict out, long os)
+WN(wino_bt)(const int A, const T *restrict in, long is, T *restrict out, long os)
 {
-    if (m == 2) {
+    if (A == 4) {
         WN(v16) d0 = WLD(in), d1 = WLD(in + is), d2 = WLD(in + 2 * is), d3 = WLD(in + 3 * is);
         WST(out, d0 - d2);
         WST(out + os, d1 + d2);
@@ -57,11 +59,11 @@ WN(wino_bt)(const int m, const T *restrict in, long is, T *restrict out, long os
     }
 }
 
-/* out[i*os + r] = sum_k AT[i][k] in[k*is + r], i < m, r < 16 */
+/* out[i*os + r] = sum_k AT[i][k] in[k*is + r], i < m, r < 16 (AT: the A points' powers 0..m-1) */
 static inline __attribute__((always_inline)) void
-WN(wino_at)(const int m, const T *restrict in, long is, T *restrict out, long os)
+WN(wino_at)(const int m, const int A, const T *restrict in, long is, T *restrict out, long os)
 {
-    if (m == 2) {
+    if (A == 4) {
         WN(v16) m0 = WLD(in), m1 = WLD(in + is), m2 = WLD(in + 2 * is), m3 = WLD(in + 3 * is);
         WST(out, m0 + m1 + m2);
         WST(out + os, m1 - m2 - m3);
@@ -70,6 +72,10 @@ WN(wino_at)(const int m, const T *restrict in, long is, T *restrict out, long os
                 m4 = WLD(in + 4 * is), m5 = WLD(in + 5 * is);
         WN(v16) a12 = m1 + m2, s12 = m1 - m2, a34 = m3 + m4, s34 = m3 - m4;
         WST(out, m0 + a12 + a34);
+        if (m == 2) { /* F(2x2,5x5): the point at infinity feeds the top power, here x^1 */
+            WST(out + os, s12 + 2 * s34 + m5);
+            return;
+        }
         WST(out + os, s12 + 2 * s34);
         WST(out + 2 * os, a12 + 4 * a34);
         WST(out + 3 * os, s12 + 8 * s34 + m5);
@@ -77,17 +83,17 @@ WN(wino_at)(const int m, const T *restrict in, long is, T *restrict out, long os
 }
 
 static inline __attribute__((always_inline)) void
-WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt, int pl, int ntile,
+WN(wino_task_m)(const int m, const int r, const T *x, long xs, int H, int W, int cig, int pt, int pl, int ntile,
                 int tw, long t0, int nt, const T *U, int ncp, int cp0, int cp1, const T *bias, T *y,
                 long ys, int cog, int OH, int OW, T *V, T *M, int ci0, int ci1, int phases)
 {
     enum { AMAX = 6 };
-    const int A = m + 2;
+    const int A = m + r - 1;
     const int ntg = (nt + MR - 1) / MR, NBp = ntg * MR;
     const long HW = (long)H * W, OHW = (long)OH * OW;
     const long ldc = (long)(cp1 - cp0) * NR;
     /* strides between transform points, padded by a cache line: a multiple of 4 KiB would put all
-     * (m+2)^2 streams of the transforms into the same L1 set (measured: 2x slower transforms) */
+     * A^2 streams of the transforms into the same L1 set (measured: 2x slower transforms) */
     const long vs = (long)(ntg + 1) / 2 * cig * 2 * MR + WINO_PAD, ms = (long)NBp * ldc + WINO_PAD;
 
     /* 1. input transform, IL = 2*MR tiles at a time (one vector lane per tile; V holds the two
@@ -140,10 +146,10 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
         for (int lg = 0; lg < nlg; lg++) {
             T d[AMAX * AMAX * IL], tmp[AMAX * AMAX * IL];
 #ifdef WINO_LOAD6
-            /* F(4x4): row loads + transposes for every lane group — a border tile loads from a
+            /* 6x6 patches: row loads + transposes for every lane group — a border tile loads from a
              * zero-padded copy of its patch (lane groups of consecutive tiles nearly always hold
              * one: with the all-or-nothing gather path most groups of a 56x56 map were scalar) */
-            if (m == 4) {
+            if (A == 6) {
                 const T *rp[IL];
                 long rs[IL];
                 T ebuf[IL * 36];
@@ -198,10 +204,10 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
                 }
             }
             for (int j = 0; j < A; j++) /* columns: tmp = B^T d */
-                WN(wino_bt)(m, d + j * IL, (long)A * IL, tmp + j * IL, (long)A * IL);
+                WN(wino_bt)(A, d + j * IL, (long)A * IL, tmp + j * IL, (long)A * IL);
             T *vout = V + ((long)lg * cig + ci) * IL;
             for (int i = 0; i < A; i++) /* rows: V = tmp B */
-                WN(wino_bt)(m, tmp + i * A * IL, IL, vout + (long)i * A * vs, vs);
+                WN(wino_bt)(A, tmp + i * A * IL, IL, vout + (long)i * A * vs, vs);
         }
     }
 
@@ -230,9 +236,9 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
             T tmp[AMAX * AMAX * WINO_OL], Y[AMAX * AMAX * WINO_OL];
             const T *mp = M + (long)tt * ldc + cc;
             for (int j = 0; j < A; j++) /* columns: tmp = A^T M */
-                WN(wino_at)(m, mp + j * ms, A * ms, tmp + j * WINO_OL, (long)A * WINO_OL);
+                WN(wino_at)(m, A, mp + j * ms, A * ms, tmp + j * WINO_OL, (long)A * WINO_OL);
             for (int i = 0; i < m; i++) /* rows: Y = tmp A */
-                WN(wino_at)(m, tmp + i * A * WINO_OL, WINO_OL, Y + i * m * WINO_OL, WINO_OL);
+                WN(wino_at)(m, A, tmp + i * A * WINO_OL, WINO_OL, Y + i * m * WINO_OL, WINO_OL);
             const int nl = ncol - cc < WINO_OL ? ncol - cc : WINO_OL;
 #ifdef WINO_STORE16
             if (m == 4 && nl == 16) {
@@ -257,23 +263,28 @@ WN(wino_task_m)(const int m, const T *x, long xs, int H, int W, int cig, int pt,
     }
 }
 
-/* Tiles t0 .. t0+nt-1 counted over all images (ntile per image, tw per row): image t / ntile.
+/* F(m x m, r x r) for (m, r) = (2, 3), (4, 3), (2, 5); A = m + r - 1.
+ * Tiles t0 .. t0+nt-1 counted over all images (ntile per image, tw per row): image t / ntile.
  * x: channel 0 of the group in image 0 (images xs apart); U: [A*A][ncp][cig][NR] of the group;
  * bias: [cog] of the group; y: output channel 0 of the group in image 0 (images ys apart); V: >= A*A*(ceil(nt/MR)*MR*cig + WINO_PAD);
  * M: >= A*A*(ceil(nt/MR)*MR*(cp1-cp0)*NR + WINO_PAD) elements. `phases`: WINO_INPUT transforms
  * input channels [ci0, ci1) into V; WINO_OUTPUT runs the GEMMs and the output transform of
  * panels [cp0, cp1) from a complete V (both: one self-contained task). */
-static void WN(wino_task)(int m, const T *x, long xs, int H, int W, int cig, int pt, int pl,
+static void WN(wino_task)(int m, int r, const T *x, long xs, int H, int W, int cig, int pt, int pl,
                           int ntile, int tw, long t0, int nt, const T *U, int ncp, int cp0, int cp1,
                           const T *bias, T *y, long ys, int cog, int OH, int OW, T *V, T *M,
                           int ci0, int ci1, int phases)
 {
-    if (m == 2)
-        WN(wino_task_m)(2, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, ys,
-                        cog, OH, OW, V, M, ci0, ci1, phases);
+#define WINO_CASE(mm, rr)                                                                          \
+    WN(wino_task_m)(mm, rr, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, \
+                    ys, cog, OH, OW, V, M, ci0, ci1, phases)
+    if (r == 5)
+        WINO_CASE(2, 5);
+    else if (m == 2)
+        WINO_CASE(2, 3);
     else
-        WN(wino_task_m)(4, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, ys,
-                        cog, OH, OW, V, M, ci0, ci1, phases);
+        WINO_CASE(4, 3);
+#undef WINO_CASE
 }
 
 #undef WN

@@ -1,8 +1,8 @@
 /* wino_kernels.h — the fused Winograd pipeline (wino_impl.h) instantiated for float32 and float64:
- *   wino_task_f32(m, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, ys, cog,
- *                 OH, OW, V, M)
+ *   wino_task_f32(m, r, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, ys,
+ *                 cog, OH, OW, V, M, ci0, ci1, phases)
  *   wino_task_f64(...)   same, double
- * m is the output tile size (2 or 4); see wino_impl.h for the layouts and kernels/winograd.pyx for
+ * m is the output tile size and r the kernel size: F(2x2,3x3), F(4x4,3x3) or F(2x2,5x5); see wino_impl.h for the layouts and kernels/winograd.pyx for
  * the driver.
  */
 #ifndef FASTCONV_WINO_KERNELS_H
@@ -38,7 +38,7 @@
 #endif
 
 #if defined(__AVX512F__) && defined(__AVX512VL__)
-/* F(4x4) patches of 16 tiles: d[(i*6 + j)*16 + r] = rp[r][i*rs[r] + j], i, j < 6 (rp[r] points at
+/* 6x6 patches (F(4x4,3x3), F(2x2,5x5)) of 16 tiles: d[(i*6 + j)*16 + r] = rp[r][i*rs[r] + j], i, j < 6 (rp[r] points at
  * the tile's corner in the image, rs[r] = W, or at a zero-padded copy for tiles on the border).
  * Each patch row is one masked 6-float load per tile, then two 8x8 transposes: 2.5x faster than
  * 36 hardware gathers, which cost ~1.3 cycles per element on Zen 4 (measured). */

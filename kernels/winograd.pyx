@@ -1,8 +1,9 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Winograd F(m x m, 3x3) convolution (Cython driver + C kernels), for 3x3 kernels, stride 1, dilation 1.
+"""Winograd F(m x m, r x r) convolution (Cython driver + C kernels): F(2x2,3x3) and F(4x4,3x3) for
+3x3 kernels, F(2x2,5x5) for 5x5 kernels; stride 1, dilation 1.
 
-Each m x m block of output costs (m+2)² multiplies per (input, output) channel pair instead of
-9·m², at the price of a larger rounding error (the transforms add terms of mixed sign and size).
+Each m x m block of output costs (m+r−1)² multiplies per (input, output) channel pair instead of
+r²·m², at the price of a larger rounding error (the transforms add terms of mixed sign and size).
 
 Design — a fused, cache-blocked pipeline (kernels/wino_impl.h). One OpenMP task (dynamic
 schedule, GIL released) = one block of tiles of one group (blocks run across the images of a
@@ -36,7 +37,15 @@ loads + transposes that replaced them made the F(4x4) input transform ~1.3x fast
 after these (1 core, 64 channels, 56x56): input transform 26 %, GEMM 54 %, output transform 20 %;
 256 channels: 16 / 74 / 10 %.
 
-Tile size: ``tile=2`` F(2x2,3x3), ``tile=4`` F(4x4,3x3), ``tile=0`` per layer (`auto_tile`: the
+5x5 kernels: F(2x2,5x5) interpolates at F(4x4,3x3)'s six points, so it shares its 6x6 input
+transform (and its row loads) and only G and Aᵀ differ: 36 multiplies per 2x2 outputs instead of
+100 (2.8x fewer). Measured (2 threads, `fastconv bench --layer`, medians of 9, same process):
+alexnet.conv2 (8x96x26x26 -> 256, pad 2) 18.7-19.2 ms against direct 37-39, torch 49, ONNX
+Runtime 36; seed003 (100 -> 100, 64x64) 7.6-8.0 ms against direct 11.5, torch 14.3. Error: the
+case table's worst is 1.8e-6 (float32) / 3.1e-15 (float64) on the contract metric, like F(4x4,3x3);
+max|y−ref|/max|ref| 4-8e-6 on those layers. F(4x4,5x5) (8x8 tiles, eight points) was not built.
+
+Tile size: ``tile=2`` F(2x2,3x3) or F(2x2,5x5), ``tile=4`` F(4x4,3x3), ``tile=0`` per layer (`auto_tile`: the
 fewest padded GEMM rows; F(4x4) on the suite layers except 7x7 maps). F(4x4) was 1.3–2.0x faster
 than F(2x2) on every suite layer except resnet50.3x3_last (7x7: F(2x2) 1.5x faster). F(6x6) was not
 built: ~20 % fewer GEMM flops than F(4x4) for another ~10x error growth.
@@ -64,11 +73,11 @@ from ..threads import get_num_threads
 
 cdef extern from "wino_kernels.h" nogil:
     int FC_MR_F32, FC_NR_F32, FC_MR_F64, FC_NR_F64, WINO_PAD, WINO_INPUT, WINO_OUTPUT
-    void wino_task_f32(int m, const float *x, long xs, int H, int W, int cig, int pt, int pl,
+    void wino_task_f32(int m, int r, const float *x, long xs, int H, int W, int cig, int pt, int pl,
                        int ntile, int tw, long t0, int nt, const float *U, int ncp, int cp0, int cp1,
                        const float *bias, float *y, long ys, int cog, int OH, int OW, float *V,
                        float *M, int ci0, int ci1, int phases)
-    void wino_task_f64(int m, const double *x, long xs, int H, int W, int cig, int pt, int pl,
+    void wino_task_f64(int m, int r, const double *x, long xs, int H, int W, int cig, int pt, int pl,
                        int ntile, int tw, long t0, int nt, const double *U, int ncp, int cp0,
                        int cp1, const double *bias, double *y, long ys, int cog, int OH, int OW,
                        double *V, double *M, int ci0, int ci1, int phases)
@@ -77,14 +86,20 @@ ctypedef fused floating:
     float
     double
 
-# Transform matrices (Lavin & Gray 2015); only G is used here (U = G g Gᵀ), Bᵀ/Aᵀ are spelled
-# out in wino_impl.h and checked against these by the tests (through the results).
+# Kernel transforms G, keyed (m, r) (Lavin & Gray 2015); only G is used here (U = G g Gᵀ), Bᵀ/Aᵀ
+# are spelled out in wino_impl.h and checked against these by the tests (through the results).
+# F(2x2,5x5) uses F(4x4,3x3)'s six points (0, ±1, ±2, ∞), hence the same Bᵀ; its G (the points'
+# powers 0..4, with the interpolation's scaling folded in) was solved for from Bᵀ and Aᵀ so that
+# the 1-D algorithm is exact (a unique solution: 60 equations, rank 30).
 _G = {
-    2: np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
+    (2, 3): np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
     # integer fractions scaled by 24 (``1 / 4`` would be C integer division under cdivision)
-    4: np.array([[6, 0, 0], [-4, -4, -4], [-4, 4, -4], [1, 2, 4], [1, -2, 4], [0, 0, 24]]) / 24.0,
+    (4, 3): np.array([[6, 0, 0], [-4, -4, -4], [-4, 4, -4], [1, 2, 4], [1, -2, 4], [0, 0, 24]]) / 24.0,
+    (2, 5): np.array([[6, 0, 0, 0, 0], [-4, -4, -4, -4, -4], [-4, 4, -4, 4, -4], [1, 2, 4, 8, 16],
+                      [1, -2, 4, -8, 16], [0, 0, 0, 0, 24]]) / 24.0,
 }
 TILES = (2, 4)
+KERNELS = {3: (2, 4), 5: (2,)}  # kernel size -> the tile sizes built for it
 L2_BYTES = 1 << 19  # per-thread budget for a block's V + M (half the 1 MiB L2: U panels need room)
 MIN_BLOCK = 32      # tiles; fewer would re-stream the whole U once per few tiles on deep layers
 U_SHRINK_BYTES = 1 << 21  # U up to this size may be re-read per smaller block for balance (measured:
@@ -101,6 +116,8 @@ def auto_tile(p) -> int:
     output). F(4x4) on every suite layer but the 7x7 maps (resnet50.3x3_last: 4 F(4x4) tiles fill
     half an MR group, F(2x2) was 1.3x faster there, measured). Independent of the batch size, as
     `prepare` must be."""
+    if p.kh == 5:
+        return 2  # the only tile built for 5x5 (F(4x4,5x5)'s 8x8 tiles would need 8 points)
     mr, _ = _mr_nr(p.itemsize)
 
     def rows(m):
@@ -122,7 +139,7 @@ class Geometry(NamedTuple):
 
 def geometry(p, tile: int = 0, block: int = 0) -> Geometry:
     m = tile or auto_tile(p)
-    a2 = (m + 2) ** 2
+    a2 = (m + p.kh - 1) ** 2
     mr, nr = _mr_nr(p.itemsize)
     th, tw = -(-p.out_h // m), -(-p.out_w // m)
     ntiles = max(p.n, 1) * th * tw
@@ -158,8 +175,10 @@ def geometry(p, tile: int = 0, block: int = 0) -> Geometry:
 def supports(p, tile: int = 0, block: int = 0) -> str | None:
     if tile not in TILES and tile != 0:
         return f"tile size must be one of {TILES} (or 0 for auto), got {tile}"
-    if (p.kh, p.kw) != (3, 3):
-        return f"needs a 3x3 kernel, got {p.kh}x{p.kw}"
+    if p.kh != p.kw or p.kh not in KERNELS:
+        return f"needs a 3x3 or 5x5 kernel, got {p.kh}x{p.kw}"
+    if tile and tile not in KERNELS[p.kh]:
+        return f"tile {tile} is not built for {p.kh}x{p.kw} kernels (tiles: {KERNELS[p.kh]})"
     if p.stride != (1, 1):
         return f"needs stride 1, got {p.stride}"
     if p.dilation != (1, 1):
@@ -170,7 +189,7 @@ def supports(p, tile: int = 0, block: int = 0) -> str | None:
 def workspace_bytes(p, tile: int = 0, block: int = 0) -> int:
     g = geometry(p, tile, block)
     mr, nr = _mr_nr(p.itemsize)
-    a2 = (g.m + 2) ** 2
+    a2 = (g.m + p.kh - 1) ** 2
     rows, vrows = a2 * (-(-g.block // mr) * mr), a2 * (-(-g.block // (2 * mr)) * 2 * mr)
     return g.nthreads * (vrows * p.c_in_per_group + rows * g.cps * nr + 2 * a2 * WINO_PAD) * p.itemsize
 
@@ -187,19 +206,16 @@ def _pack_u(w, p, m):
     """U[g, ξ, panel, ci, lane] = (G w Gᵀ)[co = panel·NR + lane, ci, ξ], computed in float64 and
     rounded once. One NR-channel panel at a time: the float64 intermediates of a whole 512x512
     layer are ~100 MB, and streaming them took ~1 s (measured); per panel they stay in cache."""
-    G = _G[m]
-    a = m + 2
+    G = _G[m, p.kh]
     _, nr = _mr_nr(p.itemsize)
     cig, cog = p.c_in_per_group, p.c_out_per_group
     ncp = -(-cog // nr)
-    out = np.zeros((p.groups, a, a, ncp, cig, nr), dtype=w.dtype)
+    out = np.zeros((p.groups, len(G), len(G), ncp, cig, nr), dtype=w.dtype)
     for g in range(p.groups):
         for cp in range(ncp):
             c0, c1 = g * cog + cp * nr, g * cog + min(cog, (cp + 1) * nr)
             wc = w[c0:c1].astype(np.float64)                                   # [o, i, k, l]
-            t = wc[..., 0, None] * G[:, 0] + wc[..., 1, None] * G[:, 1] + wc[..., 2, None] * G[:, 2]
-            u = (t[:, :, 0, None, :] * G[:, 0, None] + t[:, :, 1, None, :] * G[:, 1, None]
-                 + t[:, :, 2, None, :] * G[:, 2, None])                        # [o, i, a, b]
+            u = G @ wc @ G.T                                                   # [o, i, a, b]
             out[g, :, :, cp, :, :c1 - c0] = u.transpose(2, 3, 1, 0)
     return out.reshape(-1)
 
@@ -219,7 +235,7 @@ def run(x, packed: Packed, p, out, tile: int = 0, block: int = 0) -> None:
         direct.run(x, direct.prepare(packed.w, packed.b, p), p, out)
         return
     g = geometry(p, tile, block)
-    _run(x, packed.u[g.m], packed.bias, out, g.m, p.groups, p.pad[0], p.pad[2], g.tw, g.th * g.tw,
+    _run(x, packed.u[g.m], packed.bias, out, g.m, p.kh, p.groups, p.pad[0], p.pad[2], g.tw, g.th * g.tw,
          g.block, g.nblocks, g.ncp, g.cps, g.nchunks, g.nthreads)
 
 
@@ -240,25 +256,25 @@ def _all_finite(const floating[::1] x, int nthreads) -> bool:
     return bad == 0
 
 
-cdef inline void _task(int m, const floating *x, long xs, int H, int W, int cig, int pt, int pl,
+cdef inline void _task(int m, int r, const floating *x, long xs, int H, int W, int cig, int pt, int pl,
                        int ntile, int tw, long t0, int nt, const floating *u, int ncp, int cp0, int cp1,
                        const floating *bias, floating *y, long ys, int cog, int OH, int OW, floating *V,
                        floating *M, int ci0, int ci1, int phases) noexcept nogil:
     """wino_task in the element type (wino_impl.h documents the arguments)."""
     if floating is float:
-        wino_task_f32(m, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, u, ncp, cp0, cp1, bias, y, ys, cog,
+        wino_task_f32(m, r, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, u, ncp, cp0, cp1, bias, y, ys, cog,
                       OH, OW, V, M, ci0, ci1, phases)
     else:
-        wino_task_f64(m, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, u, ncp, cp0, cp1, bias, y, ys, cog,
+        wino_task_f64(m, r, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, u, ncp, cp0, cp1, bias, y, ys, cog,
                       OH, OW, V, M, ci0, ci1, phases)
 
 
 def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[::1] bias,
-         floating[:, :, :, ::1] out, int m, int groups, int pt, int pl, int tw, int ntile,
+         floating[:, :, :, ::1] out, int m, int r, int groups, int pt, int pl, int tw, int ntile,
          int block, int nblocks, int ncp, int cps, int nchunks, int nthreads):
     cdef int N = x.shape[0], H = x.shape[2], W = x.shape[3], OH = out.shape[2], OW = out.shape[3]
     cdef int cig = x.shape[1] // groups, cog = out.shape[1] // groups
-    cdef int a2 = (m + 2) * (m + 2)
+    cdef int a2 = (m + r - 1) * (m + r - 1)
     cdef int mr = FC_MR_F32 if floating is float else FC_MR_F64
     cdef int nr = FC_NR_F32 if floating is float else FC_NR_F64
     cdef long rows = <long>a2 * ((block + mr - 1) // mr) * mr
@@ -291,14 +307,14 @@ def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[:
                 t0 = (gb % nblocks) * block
                 nt = <int>min(<long>block, ntiles - t0)
                 for cc in prange(nci, schedule="static"):
-                    _task(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
+                    _task(m, r, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
                           &u[<long>g * a2 * ncp * cig * nr], ncp, 0, ncp, &bias[g * cog],
                           &out[0, g * cog, 0, 0], ys, cog, OH, OW, Vs, M,
                           cig * cc // nci, cig * (cc + 1) // nci, WINO_INPUT)
                 for ch in prange(nchunks, schedule="dynamic"):
                     cp0 = ch * cps
                     cp1 = min(ncp, cp0 + cps)
-                    _task(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
+                    _task(m, r, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
                           &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog],
                           &out[0, g * cog, 0, 0], ys, cog, OH, OW, Vs, M, 0, cig, WINO_OUTPUT)
             free(M)
@@ -316,7 +332,7 @@ def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[:
             nt = min(block, ntiles - t0)
             cp0 = ch * cps
             cp1 = min(ncp, cp0 + cps)
-            _task(m, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
+            _task(m, r, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
                   &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog], &out[0, g * cog, 0, 0],
                   ys, cog, OH, OW, V, M, 0, cig, WINO_INPUT | WINO_OUTPUT)
         free(V)

@@ -10,7 +10,7 @@ SUITE = {  # seed-network layers → the algorithm auto must pick (locks the mea
     "lenet.conv1": (ConvParams.from_layer(64, 1, 28, 10, 5), "direct"),
     "lenet.conv2": (ConvParams.from_layer(64, 10, 12, 20, 5), "direct"),
     "alexnet.conv1": (ConvParams.from_layer(8, 1, 224, 96, 11, stride=4, padding=1), "direct"),
-    "alexnet.conv2": (ConvParams.from_layer(8, 96, 26, 256, 5, padding=2), "direct"),
+    "alexnet.conv2": (ConvParams.from_layer(8, 96, 26, 256, 5, padding=2), "winograd"),
     "alexnet.conv3": (ConvParams.from_layer(8, 256, 12, 384, 3, padding=1), "winograd"),
     "vgg16.conv3_2": (ConvParams.from_layer(1, 256, 56, 256, 3, padding=1), "winograd"),
     "resnet50.stem": (ConvParams.from_layer(1, 3, 224, 64, 7, stride=2, padding=3), "direct"),
@@ -19,7 +19,7 @@ SUITE = {  # seed-network layers → the algorithm auto must pick (locks the mea
     "resnet50.1x1_expand.f64": (ConvParams.from_layer(1, 64, 56, 256, 1, dtype="float64"), "pointwise"),
     "resnet50.3x3_last": (ConvParams.from_layer(1, 512, 7, 512, 3, padding=1), "winograd"),
     "nin.1x1": (ConvParams.from_layer(8, 96, 54, 96, 1), "pointwise"),
-    "seed003.1gflop": (ConvParams.from_layer(1, 100, 64, 100, 5, padding=2), "direct"),
+    "seed003.1gflop": (ConvParams.from_layer(1, 100, 64, 100, 5, padding=2), "winograd"),
     "mobilenet.dw3x3": (ConvParams.from_layer(1, 256, 56, 256, 3, padding=1, groups=256), "direct"),
 }
 
