@@ -126,6 +126,11 @@ CONV_CASES: list[ConvCase] = [
     # direct on wide rows (many chunks per row, ragged last chunk)
     ConvCase("direct_wide_ragged_chunk", n=1, c_in=2, h=4, w=130, c_out=4, padding=1),
     ConvCase("direct_depthwise_w62", n=1, c_in=3, h=5, w=62, c_out=3, padding=1, groups=3),
+    # the depthwise plane kernel (n * groups >= 4 * threads): 3x3 stride-1 row blocks with plain
+    # stores, then the careful last rows; a row of exactly two vectors; other taps (generic rows)
+    ConvCase("direct_depthwise_3x3_20x35", n=2, c_in=8, h=20, w=35, c_out=8, padding=1, groups=8),
+    ConvCase("direct_depthwise_3x3_9x32", n=2, c_in=8, h=9, w=32, c_out=8, padding=1, groups=8),
+    ConvCase("direct_depthwise_5x5_13x21", n=2, c_in=8, h=13, w=21, c_out=8, kh=5, kw=5, padding=2, groups=8),
     ConvCase("direct_s2_w200", n=1, c_in=1, h=6, w=200, c_out=9, kh=3, kw=5, stride=2, padding=2),
     ConvCase("direct_stride_over_kernel", h=9, w=10, stride=(7, 5), padding=1),  # unused phases skipped
     # GEMM tiling edges (im2col / pointwise): tiles that split rows mid-way with groups and a

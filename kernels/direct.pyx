@@ -73,6 +73,11 @@ cdef extern from "direct_impl.h" nogil:
                           Py_ssize_t OW, Py_ssize_t Wq, Py_ssize_t p0, Py_ssize_t p1, double *acc,
                           Py_ssize_t lda)
 
+    void fc_direct_dw_f(const float *xin, const Py_ssize_t *toff, Py_ssize_t ntap, const float *wt,
+                        float bias, float *y, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Wq, int s1k3)
+    void fc_direct_dw_d(const double *xin, const Py_ssize_t *toff, Py_ssize_t ntap, const double *wt,
+                        double bias, double *y, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Wq, int s1k3)
+
 ctypedef fused floating:
     float
     double
@@ -225,6 +230,10 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
     cdef int nt = <int>min(<Py_ssize_t>nthreads, ntask)
     cdef floating *local
     cdef Py_ssize_t gsize = cig * plane_q                  # one group's packed input
+    cdef int s1k3 = ntap == 9          # taps at u*Wq + v, u, v < 3: 3x3 at stride 1 (dilation 1)
+    for q in range(ntap):
+        if toff[q] != (q // 3) * Wq + q % 3:
+            s1k3 = 0
     if not local_pack:
         for q in range(tail):  # read (into dropped lanes only) by the last chunks: keep it finite
             xsp[N * C * plane_q + q] = 0
@@ -246,6 +255,14 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
                     else:
                         fc_direct_pack_d(xp + ((img * C + g * cig + c) * H * W), local + c * plane_q,
                                          H, W, Hq, Wq, sh, sw, pt, pl, ap, na, bpp_, nb)
+                if cig == 1 and cog == 1:   # depthwise: rows straight into y (direct_impl.h)
+                    if floating is float:
+                        fc_direct_dw_f(local, top, ntap, wpp + g * ntap, bpp[g], yp + (img * CO + g) * OH * OW,
+                                       OH, OW, Wq, s1k3)
+                    else:
+                        fc_direct_dw_d(local, top, ntap, wpp + g * ntap, bpp[g], yp + (img * CO + g) * OH * OW,
+                                       OH, OW, Wq, s1k3)
+                    continue
                 for t in range(ntile):
                     p0 = t * tile
                     p1 = min(p0 + tile, total)
