@@ -117,8 +117,8 @@ def choose(p: ConvParams) -> str:
 
     Measured on the suite (2 threads, medians, `fastconv bench`; see the closing note of the
     kernels issue): Winograd (its own tile choice) wins every 3x3 stride-1 layer with >= 16
-    channels per group, 1.6-2.7x torch, and F(2x2,5x5) every such 5x5 layer (alexnet.conv2 18.7 vs
-    direct 37.1 ms, seed003 7.6 vs 11.5); the direct kernel beats im2col on every other suite
+    channels per group, 1.6-2.7x torch, and F(2x2,5x5) the 5x5 stride-1 layers from 10 input
+    channels (alexnet.conv2 17.8 vs direct 37.1 ms, seed003 7.0 vs 11.5, lenet.conv2); the direct kernel beats im2col on every other suite
     layer, small or deep (lenet.conv2 0.40 vs 1.00 ms, resnet50.stem 1.96 vs 2.46, alexnet.conv1
     3.62 vs 4.62); 1x1 layers run on BLAS (pointwise),
     which with the bias folded into the GEMM (beta = 1) beat the im2col micro-kernel on
@@ -129,8 +129,14 @@ def choose(p: ConvParams) -> str:
     """
     if p.kh == 1 and p.kw == 1 and p.pad == (0, 0, 0, 0):
         return "pointwise"
-    if p.kh == p.kw and p.kh in (3, 5) and (p.stride, p.dilation) == ((1, 1), (1, 1)) \
-            and p.c_in_per_group >= 16 and p.c_out_per_group >= 16:
+    if (p.kh, p.kw, p.stride, p.dilation) == (3, 3, (1, 1), (1, 1)) and p.c_in_per_group >= 16 \
+            and p.c_out_per_group >= 16:
+        return "winograd"
+    # 5x5: F(2x2,5x5) won from 10 input / 20 output channels (lenet.conv2, 64x10x12x12 -> 20:
+    # 0.34 vs direct 0.40 ms) and lost below (8 -> 16 on 12x12: 0.053 vs 0.042; 6 -> 16: 0.116 vs
+    # 0.090; LeNet's 1-channel conv1: 0.97 vs 0.18)
+    if (p.kh, p.kw, p.stride, p.dilation) == (5, 5, (1, 1), (1, 1)) and p.c_in_per_group >= 10 \
+            and p.c_out_per_group >= 16:
         return "winograd"
     return "direct"
 

@@ -8,7 +8,8 @@ from fastconv.params import ConvParams
 
 SUITE = {  # seed-network layers → the algorithm auto must pick (locks the measured heuristic)
     "lenet.conv1": (ConvParams.from_layer(64, 1, 28, 10, 5), "direct"),
-    "lenet.conv2": (ConvParams.from_layer(64, 10, 12, 20, 5), "direct"),
+    "lenet.conv2": (ConvParams.from_layer(64, 10, 12, 20, 5), "winograd"),
+    "gate.5x5 (8 channels)": (ConvParams.from_layer(2, 8, 12, 16, 5, padding=2), "direct"),
     "alexnet.conv1": (ConvParams.from_layer(8, 1, 224, 96, 11, stride=4, padding=1), "direct"),
     "alexnet.conv2": (ConvParams.from_layer(8, 96, 26, 256, 5, padding=2), "winograd"),
     "alexnet.conv3": (ConvParams.from_layer(8, 256, 12, 384, 3, padding=1), "winograd"),
