@@ -20,8 +20,8 @@ is also ``auto``'s fallback. The design (details in ``direct_impl.h``):
   writes output rows straight into ``y`` instead (``fc_direct_dw`` in direct_impl.h): 4 rows per
   step as independent FMA chains, for 3x3 stride 1 each loaded input vector shared by the rows
   it feeds and the 9 weights held in registers; no accumulator tile, no extraction pass.
-  mobilenet.dw3x3 (256x56x56, 2 threads, `fastconv bench`, medians of 21): 0.47-0.67 ms with
-  the general CB = 1 task -> 0.30-0.32 ms (ONNX Runtime 0.31-0.33, torch 0.49-0.50). Per plane
+  mobilenet.dw3x3 (256x56x56, 2 threads, `fastconv bench`, medians): 0.37-0.62 ms with the
+  general CB = 1 task -> 0.30-0.35 ms (ONNX Runtime 0.31-0.33, torch 0.49-0.50). Per plane
   in a C harness (1 thread, hot cache): pack 0.52-0.60 us, compute 1.0-1.2 us.
 
 Parallel over (image, group, position tile, channel block) tasks with the channel block
