@@ -112,6 +112,13 @@ def get(name: str) -> Algorithm:
     return BY_NAME[name]
 
 
+# Square stride-1 kernels auto runs with Winograd: size -> (least input, least output) channels
+# per group. 5x5: F(2x2,5x5) won from 10 input / 20 output channels (lenet.conv2, 64x10x12x12 ->
+# 20: 0.34 vs direct 0.40 ms) and lost below (8 -> 16 on 12x12: 0.053 vs 0.042; 6 -> 16: 0.116 vs
+# 0.090; LeNet's 1-channel conv1: 0.97 vs 0.18).
+_WINOGRAD_MIN_CHANNELS = {3: (16, 16), 5: (10, 16)}
+
+
 def choose(p: ConvParams) -> str:
     """The ``auto`` choice: a pure function of the layer description (locked by a table test).
 
@@ -129,14 +136,9 @@ def choose(p: ConvParams) -> str:
     """
     if p.kh == 1 and p.kw == 1 and p.pad == (0, 0, 0, 0):
         return "pointwise"
-    if (p.kh, p.kw, p.stride, p.dilation) == (3, 3, (1, 1), (1, 1)) and p.c_in_per_group >= 16 \
-            and p.c_out_per_group >= 16:
-        return "winograd"
-    # 5x5: F(2x2,5x5) won from 10 input / 20 output channels (lenet.conv2, 64x10x12x12 -> 20:
-    # 0.34 vs direct 0.40 ms) and lost below (8 -> 16 on 12x12: 0.053 vs 0.042; 6 -> 16: 0.116 vs
-    # 0.090; LeNet's 1-channel conv1: 0.97 vs 0.18)
-    if (p.kh, p.kw, p.stride, p.dilation) == (5, 5, (1, 1), (1, 1)) and p.c_in_per_group >= 10 \
-            and p.c_out_per_group >= 16:
+    least = _WINOGRAD_MIN_CHANNELS.get(p.kh)
+    if least and p.kw == p.kh and (p.stride, p.dilation) == ((1, 1), (1, 1)) \
+            and p.c_in_per_group >= least[0] and p.c_out_per_group >= least[1]:
         return "winograd"
     return "direct"
 
