@@ -249,6 +249,16 @@ AVG_POOL_CASES = [
     PoolCase("k3_s2_p1_wide_odd", (1, 3, 13, 37), dict(kernel_size=3, stride=2, padding=1)),
     PoolCase("k3_s1_p1_wide_exclude", (1, 2, 7, 33), dict(kernel_size=3, stride=1, padding=1,
                                                          count_include_pad=False)),
+    # 3x3/s1/p1 plane kernel (fc_avgpool_3x3s1p1): several row blocks, one row a block, the
+    # smallest planes it takes (every row and column a border), and 1-wide planes it leaves alone
+    PoolCase("k3_s1_p1_blocks_exclude", (1, 2, 70, 40), dict(kernel_size=3, stride=1, padding=1,
+                                                            count_include_pad=False)),
+    PoolCase("k3_s1_p1_rows_wider_than_block", (1, 1, 3, 2100), dict(kernel_size=3, stride=1, padding=1)),
+    PoolCase("k3_s1_p1_2x2_exclude", (2, 2, 2, 2), dict(kernel_size=3, stride=1, padding=1,
+                                                        count_include_pad=False)),
+    PoolCase("k3_s1_p1_2x5_override", (1, 2, 2, 5), dict(kernel_size=3, stride=1, padding=1,
+                                                         divisor_override=7)),
+    PoolCase("k3_s1_p1_1wide", (1, 2, 5, 1), dict(kernel_size=3, stride=1, padding=1)),
     PoolCase("k4x3_s3x2_p2x1_ceil", (1, 2, 14, 17), dict(kernel_size=(4, 3), stride=(3, 2), padding=(2, 1),
                                                          ceil_mode=True)),
 ]

@@ -12,7 +12,9 @@ double lanes (gcc vector extensions).
 
 Measured (this machine, 1 thread, C loop over the planes, random input, best of 50–300 repeats):
 max 3x3/s2/p1 1x64x112x112 210 us (15 GB/s), max 2x2/s2 1x64x224x224 420–550 us (23–30 GB/s),
-max 3x3/s2 8x96x54x54 520–600 us (15–17 GB/s), avg 3x3/s1/p1 1x256x28x28 147 us (5.4 GB/s),
+max 3x3/s2 8x96x54x54 520–600 us (15–17 GB/s), avg 3x3/s1/p1 1x256x28x28 147 us (5.4 GB/s; since
+session 4 a vertical-first plane kernel for 3x3/s1/p1, 90-98 us with the shapes unknown at compile
+time where the ring kernel took 182-232; from Python, 1 thread, 121 -> 91 us),
 global average 8x2048x7x7 122 us (26 GB/s). torch 2.13 runs the four windowed pools at 0.3–1 GB/s. Variants
 measured and dropped: vertical-first max (reduce rows into a line, then re-load it at shifted
 offsets) 2287 us on the 54-wide AlexNet planes — the shifted loads of just-stored vectors stall
@@ -54,6 +56,7 @@ cdef extern from "pool_impl.h" nogil:
                             Py_ssize_t OW, int kh, int kw, int sh, int sw, int ph, int pw,
                             const double *hdiv, const double *wdiv, const double *winv,
                             double *buf, double *ring)
+    Py_ssize_t fc_avg_ring_len(int kh, Py_ssize_t W, Py_ssize_t OW)
     float fc_mean_f(const float *x, Py_ssize_t n)
     double fc_mean_d(const double *x, Py_ssize_t n)
 
@@ -184,9 +187,10 @@ def avg_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int k
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef floating *yp = &out[0, 0, 0, 0]
     with nogil, parallel(num_threads=nt):
-        # per thread: an accumulator line and a ring of kh horizontal-sum lines
+        # per thread: an accumulator line and a ring of kh horizontal-sum lines (or, for 3x3/s1/p1,
+        # a block of column sums)
         buf = <double *> malloc(OW * sizeof(double))
-        ring = <double *> malloc(kh * OW * sizeof(double))
+        ring = <double *> malloc(fc_avg_ring_len(kh, W, OW) * sizeof(double))
         for plane in prange(N * C, schedule="static"):
             if floating is float:
                 fc_avgpool_plane_f(xp + plane * H * W, yp + plane * OH * OW, H, W, OH, OW,

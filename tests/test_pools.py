@@ -91,6 +91,9 @@ def test_max_pool_nan_in_some_planes_only(kwargs, dtype):
     x[1, 3, :, 30] = np.nan           # a NaN column at the right border
     x[1, 4] = np.nan                  # a plane of NaN
     x[0, 2, 0, 0] = np.inf
+    # the NaN scan reads 704 of a plane's 713 values as vectors, the last 9 one by one:
+    x[1, 0, 22, 29] = np.nan          # a NaN among the last 9 only
+    x[1, 1, 22, 21] = np.nan          # a NaN in the last vector's last lane (flat index 703)
     y = fastconv.max_pool2d(x, **kwargs)
     args = {k: kwargs.get(k, d) for k, d in
             (("kernel_size", None), ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False))}
