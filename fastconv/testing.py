@@ -130,6 +130,12 @@ CONV_CASES: list[ConvCase] = [
     # stores, then the careful last rows; a row of exactly two vectors; other taps (generic rows)
     ConvCase("direct_depthwise_3x3_20x35", n=2, c_in=8, h=20, w=35, c_out=8, padding=1, groups=8),
     ConvCase("direct_depthwise_3x3_9x32", n=2, c_in=8, h=9, w=32, c_out=8, padding=1, groups=8),
+    # float32 3x3/s1/p1 depthwise straight from x (fc_dw3x3s1p1_f): masked first/last rows only
+    # (H 1 and 2), W of exactly one vector, W a multiple of 16 (no tail), an odd W over 16
+    ConvCase("direct_depthwise_3x3_1x40", n=2, c_in=8, h=1, w=40, c_out=8, padding=1, groups=8),
+    ConvCase("direct_depthwise_3x3_2x16", n=2, c_in=8, h=2, w=16, c_out=8, padding=1, groups=8),
+    ConvCase("direct_depthwise_3x3_12x64", n=2, c_in=8, h=12, w=64, c_out=8, padding=1, groups=8),
+    ConvCase("direct_depthwise_3x3_7x17_bias0", n=2, c_in=8, h=7, w=17, c_out=8, padding=1, groups=8, bias=False),
     ConvCase("direct_depthwise_5x5_13x21", n=2, c_in=8, h=13, w=21, c_out=8, kh=5, kw=5, padding=2, groups=8),
     ConvCase("direct_s2_w200", n=1, c_in=1, h=6, w=200, c_out=9, kh=3, kw=5, stride=2, padding=2),
     ConvCase("direct_stride_over_kernel", h=9, w=10, stride=(7, 5), padding=1),  # unused phases skipped
