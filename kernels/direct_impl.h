@@ -274,6 +274,15 @@ FC_DIRECT_TEMPLATE(double, d)
         a2 = _mm512_fmadd_ps(w8, _mm512_maskz_loadu_ps((MD) & mR, xc + W + 1), a2);                \
         STORE(y + k, _mm512_add_ps(_mm512_add_ps(a0, a1), a2));                                    \
     } while (0)
+/* FC_DW_STEP on the first row, the last row or the plane's last partial vector: the lanes past
+ * the plane (all), above row 0 (mU) and below row H-1 (mD) are masked off */
+#define FC_DW_EDGE_STEP()                                                                          \
+    do {                                                                                           \
+        __mmask16 all = n - k >= 16 ? 0xFFFF : (__mmask16)((1u << (n - k)) - 1), mU = all, mD = all; \
+        if (k < W) mU &= (__mmask16)(W - k >= 16 ? 0 : (0xFFFFu << (W - k)));                      \
+        if (k + 16 > last) mD &= (__mmask16)(k >= last ? 0 : ((1u << (last - k)) - 1));             \
+        FC_DW_STEP(mU, mD, all, FC_ST_MASK);                                                       \
+    } while (0)
 static int fc_dw3x3s1p1_f(const float *restrict x, const float *restrict w, float bias,
                            float *restrict y, ptrdiff_t H, ptrdiff_t W) {
     const ptrdiff_t n = H * W, last = (H - 1) * W;
@@ -290,10 +299,7 @@ static int fc_dw3x3s1p1_f(const float *restrict x, const float *restrict w, floa
     if (ka + 32 <= last) {
         for (; k < ka; k += 16) {
             ptrdiff_t l0 = c == 0 ? 0 : W - c, l1 = W - 1 - c;
-            __mmask16 all = n - k >= 16 ? 0xFFFF : (__mmask16)((1u << (n - k)) - 1), mU = all, mD = all;
-            if (k < W) mU &= (__mmask16)(W - k >= 16 ? 0 : (0xFFFFu << (W - k)));
-            if (k + 16 > last) mD &= (__mmask16)(k >= last ? 0 : ((1u << (last - k)) - 1));
-            FC_DW_STEP(mU, mD, all, FC_ST_MASK);
+            FC_DW_EDGE_STEP();
             c += 16; while (c >= W) c -= W;
         }
         __m512 pu = _mm512_loadu_ps(x + k - 16 - W), pm = _mm512_loadu_ps(x + k - 16), pd = _mm512_loadu_ps(x + k - 16 + W);
@@ -325,10 +331,7 @@ static int fc_dw3x3s1p1_f(const float *restrict x, const float *restrict w, floa
         if (k >= W && k + 16 <= last) {
             FC_DW_STEP(0xFFFF, 0xFFFF, 0xFFFF, FC_ST_FULL);
         } else {
-            __mmask16 all = n - k >= 16 ? 0xFFFF : (__mmask16)((1u << (n - k)) - 1), mU = all, mD = all;
-            if (k < W) mU &= (__mmask16)(W - k >= 16 ? 0 : (0xFFFFu << (W - k)));
-            if (k + 16 > last) mD &= (__mmask16)(k >= last ? 0 : ((1u << (last - k)) - 1));
-            FC_DW_STEP(mU, mD, all, FC_ST_MASK);
+            FC_DW_EDGE_STEP();
         }
         c += 16; while (c >= W) c -= W;
     }
@@ -339,6 +342,7 @@ static int fc_dw3x3s1p1_f(const float *restrict x, const float *restrict w, floa
 #undef FC_ST_FULL
 #undef FC_ST_MASK
 #undef FC_DW_STEP
+#undef FC_DW_EDGE_STEP
 #else
 static int fc_dw3x3s1p1_f(const float *x, const float *w, float bias, float *y, ptrdiff_t H, ptrdiff_t W) {
     (void)x; (void)w; (void)bias; (void)y; (void)H; (void)W;

@@ -56,6 +56,10 @@ static inline ptrdiff_t fc_avg_ring_len(int kh, ptrdiff_t W, ptrdiff_t OW) {
 /* column sums of 8 / 1 consecutive outputs of fc_avg3_block (rows k, k+W, k+2W of X) */
 #define FC_VSUM(X, k, W) ((fc_ld8d((X) + (k)) + fc_ld8d((X) + (k) + (W))) + fc_ld8d((X) + (k) + 2 * (W)))
 #define FC_SSUM(X, k, W) (((X)[k] + (X)[(k) + (W)]) + (X)[(k) + 2 * (W)])
+/* An average from its double sum s (a scalar or a vector): float32 multiplies by the divisor's
+ * reciprocal `inv` (the result is rounded to float32 anyway), float64 divides by `div` exactly.
+ * Every average kernel below ends in this one step (pool.pyx's hdiv/wdiv/winv hold the factors). */
+#define FC_AVG_DIV(T, s, inv, div) (sizeof(T) == 4 ? (s) * (inv) : (s) / (div))
 static inline fc_v8d fc_ld8d(const double *p) { fc_v8d v; memcpy(&v, p, sizeof v); return v; }
 
 #define FC_POOL_TEMPLATE(T, SUF, IT) /* IT: an integer type as wide as T */                                                                   \
@@ -215,12 +219,8 @@ FC_ALWAYS_INLINE void fc_avgpool_any_##SUF(const T *restrict x, T *restrict y, p
         if (rb - ra == 3) {                                                                        \
             const double *restrict h0 = ring + sa * OW, *restrict h1 = ring + sb * OW,             \
                          *restrict h2 = ring + sc * OW;                                            \
-            if (sizeof(T) == 4)                                                                    \
-                for (ptrdiff_t j = 0; j < OW; j++)                                                 \
-                    yr[j] = (T)((h0[j] + h1[j] + h2[j]) * (hinv * winv[j]));                       \
-            else                                                                                   \
-                for (ptrdiff_t j = 0; j < OW; j++)                                                 \
-                    yr[j] = (T)((h0[j] + h1[j] + h2[j]) / (hd * wdiv[j]));                         \
+            for (ptrdiff_t j = 0; j < OW; j++)                                                     \
+                yr[j] = (T)FC_AVG_DIV(T, h0[j] + h1[j] + h2[j], hinv * winv[j], hd * wdiv[j]);     \
             continue;                                                                              \
         }                                                                                          \
         for (ptrdiff_t j = 0; j < OW; j++) acc[j] = 0.0;                                           \
@@ -228,10 +228,8 @@ FC_ALWAYS_INLINE void fc_avgpool_any_##SUF(const T *restrict x, T *restrict y, p
             const double *restrict hs = ring + s * OW;                                             \
             for (ptrdiff_t j = 0; j < OW; j++) acc[j] += hs[j];                                    \
         }                                                                                          \
-        if (sizeof(T) == 4)                                                                        \
-            for (ptrdiff_t j = 0; j < OW; j++) yr[j] = (T)(acc[j] * (hinv * winv[j]));             \
-        else                                                                                       \
-            for (ptrdiff_t j = 0; j < OW; j++) yr[j] = (T)(acc[j] / (hd * wdiv[j]));               \
+        for (ptrdiff_t j = 0; j < OW; j++)                                                         \
+            yr[j] = (T)FC_AVG_DIV(T, acc[j], hinv * winv[j], hd * wdiv[j]);                        \
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
@@ -284,14 +282,14 @@ FC_ALWAYS_INLINE void fc_avg3_block_##SUF(const double *restrict X, T *restrict 
         fc_v8d L = __builtin_shuffle(prev, cur, (fc_v8l){7, 8, 9, 10, 11, 12, 13, 14});            \
         fc_v8d R = __builtin_shuffle(cur, next, (fc_v8l){1, 2, 3, 4, 5, 6, 7, 8});                 \
         fc_v8d s = (L + cur) + R;                                                                  \
-        vT o = __builtin_convertvector(sizeof(T) == 4 ? s * cinv : s / cdiv, vT);                  \
+        vT o = __builtin_convertvector(FC_AVG_DIV(T, s, cinv, cdiv), vT);                          \
         memcpy(yb + k, &o, sizeof o);                                                              \
         prev = cur; cur = next;                                                                    \
     }                                                                                              \
     for (; k < n; k++) { /* the block's last n % 8 outputs (0 past the ends: wrapped columns) */   \
         double s = ((k > 0 ? FC_SSUM(X, k - 1, W) : 0.0) + FC_SSUM(X, k, W))                       \
                    + (k + 1 < n ? FC_SSUM(X, k + 1, W) : 0.0);                                     \
-        yb[k] = sizeof(T) == 4 ? (T)(s * cinv) : (T)(s / cdiv);                                    \
+        yb[k] = (T)FC_AVG_DIV(T, s, cinv, cdiv);                                                   \
     }                                                                                              \
 }                                                                                                  \
 /* One output row of the 3x3/s1/p1 average from its column sums v[0..W-1], every column with    \
@@ -303,7 +301,7 @@ FC_ALWAYS_INLINE void fc_avg3_row_##SUF(const double *restrict v, T *restrict yr
     for (ptrdiff_t j = 0; j < W; j++) {                                                            \
         double s = (j > 0 ? v[j - 1] : 0.0) + v[j];                                                \
         if (j + 1 < W) s += v[j + 1];                                                              \
-        yr[j] = sizeof(T) == 4 ? (T)(s * (hinv * winv[j])) : (T)(s / (hd * wdiv[j]));              \
+        yr[j] = (T)FC_AVG_DIV(T, s, hinv * winv[j], hd * wdiv[j]);                                 \
     }                                                                                              \
 }                                                                                                  \
 static void fc_avgpool_3x3s1p1_##SUF(const T *restrict x, T *restrict y, ptrdiff_t H, ptrdiff_t W,\
@@ -326,13 +324,8 @@ static void fc_avgpool_3x3s1p1_##SUF(const T *restrict x, T *restrict y, ptrdiff
             double s0 = ((r0[0] + r1[0]) + r2[0]) + ((r0[1] + r1[1]) + r2[1]);                     \
             double s1 = ((r0[W - 2] + r1[W - 2]) + r2[W - 2]) + ((r0[W - 1] + r1[W - 1]) + r2[W - 1]); \
             T *restrict yr = y + i * W;                                                            \
-            if (sizeof(T) == 4) {                                                                  \
-                yr[0] = (T)(s0 * (hmid_inv * winv[0]));                                            \
-                yr[W - 1] = (T)(s1 * (hmid_inv * winv[W - 1]));                                    \
-            } else {                                                                               \
-                yr[0] = (T)(s0 / (hmid * wdiv[0]));                                                \
-                yr[W - 1] = (T)(s1 / (hmid * wdiv[W - 1]));                                        \
-            }                                                                                      \
+            yr[0] = (T)FC_AVG_DIV(T, s0, hmid_inv * winv[0], hmid * wdiv[0]);                      \
+            yr[W - 1] = (T)FC_AVG_DIV(T, s1, hmid_inv * winv[W - 1], hmid * wdiv[W - 1]);          \
         }                                                                                          \
     }                                                                                              \
     /* rows 0 and H-1: two input rows each */                                                      \
