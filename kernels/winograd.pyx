@@ -102,6 +102,7 @@ TILES = (2, 4)
 KERNELS = {3: (2, 4), 5: (2,)}  # kernel size -> the tile sizes built for it
 L2_BYTES = 1 << 19  # per-thread budget for a block's V + M (half the 1 MiB L2: U panels need room)
 MIN_BLOCK = 32      # tiles; fewer would re-stream the whole U once per few tiles on deep layers
+ONE_BLOCK = 128     # tiles; a layer with a U larger than L2 and at most this many runs as one block
 U_SHRINK_BYTES = 1 << 21  # U up to this size may be re-read per smaller block for balance (measured:
                           # re-reading a 9-14 MB U per 16-tile block cost 5-10 % on one thread)
 
@@ -148,6 +149,14 @@ def geometry(p, tile: int = 0, block: int = 0) -> Geometry:
     nthreads = get_num_threads()
     if ntiles == 0:
         return Geometry(m, th, tw, mr, 0, ncp, ncp, 1, nthreads)
+    big_u = a2 * cig * cog * p.itemsize > U_SHRINK_BYTES
+    if block <= 0 and big_u and ntiles <= ONE_BLOCK:
+        # Deep layers on small maps: every block re-reads all of U (tens of MB) from memory, so
+        # one block, shared by the threads (below). Measured against blocks of 32 (interleaved,
+        # medians of 15): vgg16.conv4_2 (49 tiles) 1.15x on 2 threads, 1.07x on 1; alexnet.conv3
+        # (72 tiles) 1.16x / 1.17x. Larger blocks lost where tiles are many (alexnet.conv2, 1352
+        # tiles of 96 -> 256 channels: 0.6-0.8x with blocks of 104-680; vgg16.conv3_2 even).
+        block = ntiles
     if block <= 0:
         block = L2_BYTES // (a2 * (cig + ncp * nr) * p.itemsize)
         block = max(MIN_BLOCK, block // mr * mr)
@@ -157,7 +166,7 @@ def geometry(p, tile: int = 0, block: int = 0) -> Geometry:
     # 2 threads run 4 rounds, i.e. at 7/8 of the speed). Where U is small (stays in L2), smaller
     # blocks cost nothing: aim at >= 4 tasks per thread, blocks >= 16 tiles (one input-transform
     # lane group).
-    if p.groups * nblocks < 4 * nthreads and a2 * cig * cog * p.itemsize <= U_SHRINK_BYTES:
+    if p.groups * nblocks < 4 * nthreads and not big_u:
         block = max(2 * mr, ntiles // (4 * nthreads * p.groups) // (2 * mr) * 2 * mr)
         block = min(block, -(-ntiles // mr) * mr)
         nblocks = -(-ntiles // block)
