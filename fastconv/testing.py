@@ -234,6 +234,14 @@ MAX_POOL_CASES = [
     PoolCase("unbatched", (3, 8, 9), dict(kernel_size=3, stride=2, padding=1)),
     # row-kernel paths (kernels/pool_impl.h): vector remainders on odd widths, stride > kernel
     PoolCase("k3_s2_p1_wide_odd", (1, 3, 13, 37), dict(kernel_size=3, stride=2, padding=1)),
+    # the 3x3/s2 register kernel (fc_maxpool_3x3s2_f): several 16-output vectors and a tail, rows
+    # of 1 and 2 input rows at the bottom, the smallest planes it takes and one it leaves (W = 1)
+    PoolCase("k3_s2_p1_3_vectors", (1, 2, 8, 90), dict(kernel_size=3, stride=2, padding=1)),
+    PoolCase("k3_s2_p0_2_vectors_ceil", (1, 2, 10, 67), dict(kernel_size=3, stride=2, ceil_mode=True)),
+    PoolCase("k3_s2_p1_one_row", (2, 2, 1, 5), dict(kernel_size=3, stride=2, padding=1)),
+    PoolCase("k3_s2_p0_3x3", (1, 2, 3, 3), dict(kernel_size=3, stride=2)),
+    PoolCase("k3_s2_p1_2x2", (1, 1, 2, 2), dict(kernel_size=3, stride=2, padding=1)),
+    PoolCase("k3_s2_p1_1wide", (1, 1, 6, 1), dict(kernel_size=3, stride=2, padding=1)),
     PoolCase("k2_s2_wide_odd", (1, 2, 9, 37), dict(kernel_size=2, stride=2)),
     PoolCase("k3_s1_p1_wide", (1, 2, 7, 33), dict(kernel_size=3, stride=1, padding=1)),
     PoolCase("k2_s3_gaps", (1, 2, 11, 13), dict(kernel_size=2, stride=3)),

@@ -94,15 +94,18 @@ def test_max_pool_nan_in_some_planes_only(kwargs, dtype):
     # the NaN scan reads 704 of a plane's 713 values as vectors, the last 9 one by one:
     x[1, 0, 22, 29] = np.nan          # a NaN among the last 9 only
     x[1, 1, 22, 21] = np.nan          # a NaN in the last vector's last lane (flat index 703)
+    x[0, 3, 5, 0] = np.nan            # column 0 only (3x3/s2 kernel: the first vector's left taps)
     y = fastconv.max_pool2d(x, **kwargs)
     args = {k: kwargs.get(k, d) for k, d in
             (("kernel_size", None), ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False))}
     _, p, _ = validate.max_pool2d_args(x, **args)
     np.testing.assert_array_equal(y, reference.max_pool2d(x, p).astype(dtype))
     assert np.isnan(y[0, 1]).any() and not np.isnan(y[0, 0]).any() and np.isnan(y[1, 4]).all()
+    assert np.isnan(y[0, 3]).any()
 
 
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2),
+                                    dict(kernel_size=3, stride=2),
                                     dict(kernel_size=(2, 3), stride=(1, 2), dilation=2)])
 def test_max_pool_zero_ties_keep_the_first_tap_like_torch(kwargs):
     torch = pytest.importorskip("torch")
