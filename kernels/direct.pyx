@@ -25,9 +25,8 @@ is also ``auto``'s fallback. The design (details in ``direct_impl.h``):
   in a C harness (1 thread, hot cache): pack 0.52-0.60 us, compute 1.0-1.2 us.
   float32 3x3/s1/p1 planes at least 16 wide skip the pack altogether (``fc_dw3x3s1p1_f``,
   AVX-512 builds): flat over the plane with lane shifts and masks for the padding, 0.69-0.74 us a
-  plane in the same harness; mobilenet.dw3x3 0.17 ms (ONNX Runtime 0.32, torch 0.48). The
-  per-thread pack buffer is still allocated (and counted in ``workspace_bytes``) for the other
-  planes the same call may hold.
+  plane in the same harness; mobilenet.dw3x3 0.17 ms (ONNX Runtime 0.32, torch 0.48). Such a
+  call allocates no pack buffer (``workspace_bytes`` 0).
 
 Parallel over (image, group, position tile, channel block) tasks with the channel block
 innermost, so consecutive tasks reuse the same input tile from cache (dynamic schedule: a thread
@@ -90,6 +89,7 @@ cdef extern from "direct_impl.h" nogil:
     void fc_direct_dw_d(const double *xin, const Py_ssize_t *toff, Py_ssize_t ntap, const double *wt,
                         double bias, double *y, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Wq, int s1k3)
     int fc_dw3x3s1p1_f(const float *x, const float *w, float bias, float *y, Py_ssize_t H, Py_ssize_t W)
+    int FC_HAS_DW3X3
 
 ctypedef fused floating:
     float
@@ -155,7 +155,8 @@ _CONFIGS = {}
 def _config(p, nt):
     """Everything run() derives from the layer and thread count, computed once per shape
     (ConvParams is frozen, so hashable): saves ~10 us of Python per call on LeNet-sized calls.
-    Returns (hq, wq, nblk, cb, tile, chunk, tail, local, shared buffer length, workspace bytes)."""
+    Returns (hq, wq, nblk, cb, tile, chunk, tail, local, shared buffer length, workspace bytes,
+    dw3: every plane runs fc_dw3x3s1p1_f)."""
     key = (p, nt)
     cfg = _CONFIGS.get(key)
     if cfg is None:
@@ -171,7 +172,12 @@ def _compute_config(p, nt):
     tail, local = _tail(p), _local_pack(p, nt)
     shared = 1 if local else _packed_len(p)  # local packing needs no shared buffer
     packed = nt * (p.c_in_per_group * ph * hq * wq + tail) if local else shared
-    return hq, wq, nblk, cb, tile, chunk, tail, local, shared, (packed + nt * cb * (tile + chunk)) * p.itemsize
+    ws = (packed + nt * cb * (tile + chunk)) * p.itemsize
+    # depthwise 3x3/s1/p1 "same" float32 planes >= 16 wide, packed per thread: no pack at all
+    dw3 = bool(FC_HAS_DW3X3 and local and p.itemsize == 4 and p.c_in_per_group == 1
+               and p.c_out_per_group == 1 and (p.kh, p.kw) == (3, 3) and p.stride == (1, 1)
+               and p.dilation == (1, 1) and p.pad == (1, 1, 1, 1) and p.w >= 16)
+    return hq, wq, nblk, cb, tile, chunk, tail, local, shared, 0 if dw3 else ws, dw3
 
 
 def workspace_bytes(p) -> int:
@@ -207,17 +213,17 @@ def prepare(w, b, p):
 def run(x, packed, p, out) -> None:
     wp, bp, toff, aph, bph = packed
     nt = threads.get_num_threads()
-    hq, wq, nblk, cb, tile, chunk, tail, local, shared, _ = _config(p, nt)
+    hq, wq, nblk, cb, tile, chunk, tail, local, shared, _, dw3 = _config(p, nt)
     xs = np.empty(shared, dtype=x.dtype)
     _run(x, xs, wp, bp, toff, aph, bph, out, hq, wq, p.stride[0], p.stride[1], p.pad[0], p.pad[2],
-         p.groups, nblk, cb, tile, chunk, nt, local, tail)
+         p.groups, nblk, cb, tile, chunk, nt, local, tail, dw3)
 
 
 def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, :, ::1] wp,
          const floating[:, :, ::1] bp, const Py_ssize_t[::1] toff, const Py_ssize_t[::1] aph,
          const Py_ssize_t[::1] bph, floating[:, :, :, ::1] out,
          Py_ssize_t Hq, Py_ssize_t Wq, int sh, int sw, int pt, int pl, int groups, int nblk, int cb,
-         Py_ssize_t tile, Py_ssize_t chunk, int nthreads, bint local_pack, Py_ssize_t tail):
+         Py_ssize_t tile, Py_ssize_t chunk, int nthreads, bint local_pack, Py_ssize_t tail, bint dw3):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t CO = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t ntap = toff.shape[0], cog = CO // groups, cig = C // groups
@@ -247,9 +253,8 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
     for q in range(ntap):
         if toff[q] != (q // 3) * Wq + q % 3:
             s1k3 = 0
-    # depthwise 3x3/s1/p1 ("same") in float32: straight from x, no pack (fc_dw3x3s1p1_f)
-    cdef bint dw3 = (cig == 1 and cog == 1 and s1k3 and sh == 1 and sw == 1 and pt == 1 and pl == 1
-                     and OH == H and OW == W and W >= 16)
+    # dw3 (_compute_config): depthwise 3x3/s1/p1 float32 planes straight from x (fc_dw3x3s1p1_f),
+    # with no pack buffers
     if not local_pack:
         for q in range(tail):  # read (into dropped lanes only) by the last chunks: keep it finite
             xsp[N * C * plane_q + q] = 0
@@ -257,16 +262,20 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
         # many (image, group) pairs: each thread packs one pair into its own buffer and runs all of
         # its tiles and blocks while that input is hot in L1/L2 (depthwise, LeNet's batch of 64)
         with nogil, parallel(num_threads=<int>min(<Py_ssize_t>nthreads, N * groups)):
-            acc = <floating *> malloc(cb * lda * sizeof(floating))
-            local = <floating *> malloc((gsize + tail) * sizeof(floating))
-            for qq in range(tail):
-                local[gsize + qq] = 0
+            acc = NULL
+            local = NULL
+            if not dw3:
+                acc = <floating *> malloc(cb * lda * sizeof(floating))
+                local = <floating *> malloc((gsize + tail) * sizeof(floating))
+                for qq in range(tail):
+                    local[gsize + qq] = 0
             for task in prange(N * groups, schedule="dynamic"):
                 img = task // groups
                 g = task % groups
                 if floating is float:
-                    if dw3 and fc_dw3x3s1p1_f(xp + (img * C + g) * H * W, wpp + g * ntap, bpp[g],
-                                              yp + (img * CO + g) * OH * OW, H, W):
+                    if dw3:
+                        fc_dw3x3s1p1_f(xp + (img * C + g) * H * W, wpp + g * ntap, bpp[g],
+                                       yp + (img * CO + g) * OH * OW, H, W)
                         continue
                 for c in range(cig):
                     if floating is float:

@@ -257,6 +257,7 @@ FC_DIRECT_TEMPLATE(double, d)
  * 64-byte load spans two lines), 0.80 unmasked (wrong at the borders) for comparison. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#define FC_HAS_DW3X3 1 /* fc_dw3x3s1p1_f does its planes (direct.pyx then allocates no pack buffer) */
 #define FC_DW_STEP(MU, MD, ALL, STORE)                                                              \
     do {                                                                                           \
         const float *xc = x + k;                                                                   \
@@ -344,6 +345,7 @@ static int fc_dw3x3s1p1_f(const float *restrict x, const float *restrict w, floa
 #undef FC_DW_STEP
 #undef FC_DW_EDGE_STEP
 #else
+#define FC_HAS_DW3X3 0
 static int fc_dw3x3s1p1_f(const float *x, const float *w, float bias, float *y, ptrdiff_t H, ptrdiff_t W) {
     (void)x; (void)w; (void)bias; (void)y; (void)H; (void)W;
     return 0;
