@@ -213,13 +213,19 @@ WN(wino_task_m)(const int m, const int r, const T *x, long xs, int H, int W, int
 
     if (!(phases & WINO_OUTPUT))
         return;
-    /* 2. one GEMM per transform point: B panel (cig x NR) reused over the block's tile groups */
+    /* 2. one GEMM per transform point: B panel (cig x NR) reused over the block's tile groups;
+     * the first group's call brings the panel in from L3 / memory, with software prefetch */
     for (int xi = 0; xi < A * A; xi++)
         for (int cp = cp0; cp < cp1; cp++) {
             const T *Bp = U + ((long)xi * ncp + cp) * cig * NR;
-            for (int tg = 0; tg < ntg; tg++)
-                UKR(cig, V + xi * vs + (long)(tg / 2) * cig * IL + (tg % 2) * MR, IL, Bp,
-                    M + xi * ms + (long)tg * MR * ldc + (long)(cp - cp0) * NR, ldc);
+            for (int tg = 0; tg < ntg; tg++) {
+                const T *a = V + xi * vs + (long)(tg / 2) * cig * IL + (tg % 2) * MR;
+                T *c = M + xi * ms + (long)tg * MR * ldc + (long)(cp - cp0) * NR;
+                if (tg == 0)
+                    UKR_PF(cig, a, IL, Bp, c, ldc);
+                else
+                    UKR(cig, a, IL, Bp, c, ldc);
+            }
         }
 
     /* 3. output transform, WINO_OL output channels at a time */

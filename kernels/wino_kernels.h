@@ -122,6 +122,7 @@ static inline void wino_store16_f32(const float *Y, const float *bias, float *yp
 #define MR FC_MR_F32
 #define NR FC_NR_F32
 #define UKR fc_ukr_f32
+#define UKR_PF fc_ukr_pf_f32
 #if defined(WINO_GATHER_F32) && FC_MR_F32 == 8
 #define WINO_GATHER WINO_GATHER_F32
 #endif
@@ -137,17 +138,20 @@ static inline void wino_store16_f32(const float *Y, const float *bias, float *yp
 #undef MR
 #undef NR
 #undef UKR
+#undef UKR_PF
 
 #define T double
 #define SFX f64
 #define MR FC_MR_F64
 #define NR FC_NR_F64
 #define UKR fc_ukr_f64
+#define UKR_PF fc_ukr_pf_f64
 #include "wino_impl.h"
 #undef T
 #undef SFX
 #undef MR
 #undef NR
 #undef UKR
+#undef UKR_PF
 
 #endif
