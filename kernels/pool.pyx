@@ -15,7 +15,11 @@ max 3x3/s2/p1 1x64x112x112 210 us (15 GB/s), max 2x2/s2 1x64x224x224 420–550 u
 max 3x3/s2 8x96x54x54 520–600 us (15–17 GB/s), avg 3x3/s1/p1 1x256x28x28 147 us (5.4 GB/s; since
 session 4 a vertical-first plane kernel for 3x3/s1/p1, 90-98 us with the shapes unknown at compile
 time where the ring kernel took 182-232; from Python, 1 thread, 121 -> 91 us),
-global average 8x2048x7x7 122 us (26 GB/s). torch 2.13 runs the four windowed pools at 0.3–1 GB/s. Variants
+global average 8x2048x7x7 122 us (26 GB/s). Since session 5 float32 max 3x3/s2 planes (padding 0
+or 1) take a register kernel instead (``fc_maxpool_3x3s2_f``, AVX-512: only the outputs are
+stored): 1x64x112x112 from Python, 1 thread, 94-96 us wherever the arrays lie, where the ring path
+took 181-256 us by placement (its stored row maxima aliased the input rows mod 4 KiB); 2 threads
+0.071 ms against ONNX Runtime's 0.118. torch 2.13 runs the four windowed pools at 0.3–1 GB/s. Variants
 measured and dropped: vertical-first max (reduce rows into a line, then re-load it at shifted
 offsets) 2287 us on the 54-wide AlexNet planes — the shifted loads of just-stored vectors stall
 store forwarding on short rows; avg through a staged double line buffer 284 us (same stall);

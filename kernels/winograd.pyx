@@ -17,12 +17,16 @@ batch, so small maps share each pass over U) x one range of output-channel panel
   3. output transform ``Y = Aᵀ M A`` (+ bias) straight into ``out`` (16 output channels per
      vector, an in-register 16x16 transpose for the stores).
 V and M of a block stay in L2 (block = 512 KiB / ((m+2)²·(C_in + C_out)·itemsize) tiles, at least
-32 so a deep layer's U, tens of MB, is not re-streamed every few tiles; 16 where U fits in L2 and
-the layer has too few blocks for the threads). Where blocks are still fewer than 2 per thread
-(deep layers on 7x7/14x14/28x28 maps) the threads share each block: they split its input
-transform by input channels into one shared V, then its output-channel panels (GEMM + output
-transform). Redoing the input transform per output-channel task, as before, capped vgg16.conv4_2
-at 1.68x from 1 to 2 threads (1.92x shared) and resnet50.3x3_last at 1.9 ms (1.45 ms shared).
+32 so a deep layer's U, tens of MB, is not re-streamed every few tiles; all of them, up to 128,
+where U exceeds 2 MiB; 16 where U fits in L2 and the layer has too few blocks for the threads).
+Where blocks are still fewer than 2 per thread (deep layers on 7x7/14x14/28x28 maps) the threads
+share each block: they split its input transform by input channels into one shared V, then its
+output-channel panels (GEMM + output transform). Redoing the input transform per output-channel
+task, as before, capped vgg16.conv4_2 at 1.68x from 1 to 2 threads (1.92x shared) and
+resnet50.3x3_last at 1.9 ms (1.45 ms shared). Also measured and dropped (session 5): transforming
+the weights inside the GEMM phase (r² numbers per weight streamed instead of (m+2)², G g Gᵀ per
+64-channel chunk): 0.69-0.93x of the packed U on every suite layer, 0.66-0.73x on 1 thread — the
+deep layers are not bound by reading U (vgg16.conv5_2 2.06x from 1 to 2 threads).
 
 Language and measurements (Zen 4, 1 core, CPU time so that the other jobs on the machine do not
 count): the micro-kernel runs at 99–104 GFLOP/s for MR = 6…14 (the FMA peak); inside the pipeline
