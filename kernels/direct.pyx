@@ -88,7 +88,7 @@ cdef extern from "direct_impl.h" nogil:
                         float bias, float *y, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Wq, int s1k3)
     void fc_direct_dw_d(const double *xin, const Py_ssize_t *toff, Py_ssize_t ntap, const double *wt,
                         double bias, double *y, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Wq, int s1k3)
-    int fc_dw3x3s1p1_f(const float *x, const float *w, float bias, float *y, Py_ssize_t H, Py_ssize_t W)
+    void fc_dw3x3s1p1_f(const float *x, const float *w, float bias, float *y, Py_ssize_t H, Py_ssize_t W)
     int FC_HAS_DW3X3
 
 ctypedef fused floating:

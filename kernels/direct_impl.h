@@ -251,7 +251,7 @@ FC_DIRECT_TEMPLATE(double, d)
  * (valignd) whose masks zero the lanes that would wrap to the adjacent row, i.e. the padding. The
  * first and last rows take masked loads (masked-off lanes never fault, so nothing outside the
  * plane is read) and masked stores. Needs W >= 16 (one column-0 lane per vector at most).
- * Returns 0, doing nothing, where the build has no AVX-512 (the caller packs instead).
+ * Built for AVX-512 only (FC_HAS_DW3X3 1); elsewhere a stub that direct.pyx never calls (it packs).
  * Measured (1 thread, C harness, 56x56 planes): 0.69-0.74 us a plane, against 1.65 for pack
  * (0.55) + fc_direct_dw (1.1); 1.1-1.3 with masked loads for every tap (Zen 4: each unaligned
  * 64-byte load spans two lines), 0.80 unmasked (wrong at the borders) for comparison. */
@@ -284,7 +284,7 @@ FC_DIRECT_TEMPLATE(double, d)
         if (k + 16 > last) mD &= (__mmask16)(k >= last ? 0 : ((1u << (last - k)) - 1));             \
         FC_DW_STEP(mU, mD, all, FC_ST_MASK);                                                       \
     } while (0)
-static int fc_dw3x3s1p1_f(const float *restrict x, const float *restrict w, float bias,
+static void fc_dw3x3s1p1_f(const float *restrict x, const float *restrict w, float bias,
                            float *restrict y, ptrdiff_t H, ptrdiff_t W) {
     const ptrdiff_t n = H * W, last = (H - 1) * W;
     const __m512 w0 = _mm512_set1_ps(w[0]), w1 = _mm512_set1_ps(w[1]), w2 = _mm512_set1_ps(w[2]),
@@ -336,7 +336,6 @@ static int fc_dw3x3s1p1_f(const float *restrict x, const float *restrict w, floa
         }
         c += 16; while (c >= W) c -= W;
     }
-    return 1;
 }
 #undef FC_LEFT
 #undef FC_RIGHT
@@ -346,9 +345,8 @@ static int fc_dw3x3s1p1_f(const float *restrict x, const float *restrict w, floa
 #undef FC_DW_EDGE_STEP
 #else
 #define FC_HAS_DW3X3 0
-static int fc_dw3x3s1p1_f(const float *x, const float *w, float bias, float *y, ptrdiff_t H, ptrdiff_t W) {
+static void fc_dw3x3s1p1_f(const float *x, const float *w, float bias, float *y, ptrdiff_t H, ptrdiff_t W) {
     (void)x; (void)w; (void)bias; (void)y; (void)H; (void)W;
-    return 0;
 }
 #endif
 

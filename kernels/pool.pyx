@@ -192,7 +192,7 @@ def avg_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int k
     cdef floating *yp = &out[0, 0, 0, 0]
     with nogil, parallel(num_threads=nt):
         # per thread: an accumulator line and a ring of kh horizontal-sum lines (or, for 3x3/s1/p1,
-        # a block of column sums)
+        # a block of input rows converted to double)
         buf = <double *> malloc(OW * sizeof(double))
         ring = <double *> malloc(fc_avg_ring_len(kh, W, OW) * sizeof(double))
         for plane in prange(N * C, schedule="static"):
