@@ -277,7 +277,12 @@ AVG_POOL_CASES = [
                                                          ceil_mode=True)),
 ]
 ADAPTIVE_CASES = [
+    # global means go 8 planes at a time (fc_means_*): 10 planes = a group of 8 and one of 2
     PoolCase("global", (2, 5, 7, 7), dict(output_size=1)),
+    PoolCase("global_exact_group", (1, 8, 3, 3), dict(output_size=1)),
+    PoolCase("global_no_tail", (3, 7, 4, 4), dict(output_size=1)),        # 16 values: no masked tail
+    PoolCase("global_tail_only", (1, 11, 1, 3), dict(output_size=1)),     # 3 values: only the tail
+    PoolCase("global_1x1", (2, 9, 1, 1), dict(output_size=1)),
     PoolCase("uneven_3x4", (1, 3, 10, 9), dict(output_size=(3, 4))),
     PoolCase("upsample", (1, 2, 3, 2), dict(output_size=(5, 4))),
     PoolCase("none_keeps", (1, 2, 6, 5), dict(output_size=(2, None))),

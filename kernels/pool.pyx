@@ -7,16 +7,19 @@ equal work; fewer threads when there are under ~16k elements per thread), releas
 The per-plane work is in ``pool_impl.h``: separable windows as two row-wise passes, horizontal
 first (each input row reduced once into a ring of lines, interior columns straight from ``x``,
 border columns with their taps clipped), then vertical over the ring; the hot loops have no
-per-element bounds branch and vectorise (gcc, -O3 -march=native), the global mean uses 8 fixed
-double lanes (gcc vector extensions).
+per-element bounds branch and vectorise (gcc, -O3 -march=native), the global mean sums each plane
+in 8 double lanes, 8 planes at a time, and reduces the 8 planes' lanes together (``fc_means_*``).
 
 Measured (this machine, 1 thread, C loop over the planes, random input, best of 50–300 repeats):
 max 3x3/s2/p1 1x64x112x112 210 us (15 GB/s), max 2x2/s2 1x64x224x224 420–550 us (23–30 GB/s),
 max 3x3/s2 8x96x54x54 520–600 us (15–17 GB/s), avg 3x3/s1/p1 1x256x28x28 147 us (5.4 GB/s; since
 session 4 a vertical-first plane kernel for 3x3/s1/p1, 90-98 us with the shapes unknown at compile
 time where the ring kernel took 182-232; from Python, 1 thread, 121 -> 91 us),
-global average 8x2048x7x7 122 us (26 GB/s). Since session 5 float32 max 3x3/s2 planes (padding 0
-or 1) take a register kernel instead (``fc_maxpool_3x3s2_f``, AVX-512: only the outputs are
+global average 8x2048x7x7 122 us (26 GB/s); since session 6 the 8-plane groups, C harness 1 thread
+92-106 us where one plane at a time took 164-191, from Python 2 threads 0.058 ms against torch's
+0.111 (it was 1.11x torch): converting float to double is now the bound, and keeping the sums in
+float32 (measured 1.5x faster again, L2-resident 2x) would break the double-sum contract below.
+Since session 5 float32 max 3x3/s2 planes (padding 0 or 1) take a register kernel instead (``fc_maxpool_3x3s2_f``, AVX-512: only the outputs are
 stored): 1x64x112x112 from Python, 1 thread, 94-96 us wherever the arrays lie, where the ring path
 took 181-256 us by placement (its stored row maxima aliased the input rows mod 4 KiB); 2 threads
 0.071 ms against ONNX Runtime's 0.118. torch 2.13 runs the four windowed pools at 0.3–1 GB/s. Variants
@@ -61,8 +64,8 @@ cdef extern from "pool_impl.h" nogil:
                             const double *hdiv, const double *wdiv, const double *winv,
                             double *buf, double *ring)
     Py_ssize_t fc_avg_ring_len(int kh, Py_ssize_t W, Py_ssize_t OW)
-    float fc_mean_f(const float *x, Py_ssize_t n)
-    double fc_mean_d(const double *x, Py_ssize_t n)
+    void fc_means_f(const float *x, float *y, Py_ssize_t planes, Py_ssize_t n)
+    void fc_means_d(const double *x, double *y, Py_ssize_t planes, Py_ssize_t n)
 
 ctypedef fused floating:
     float
@@ -217,13 +220,15 @@ def adaptive_avg_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] o
         return
     cdef int nt = _threads(N * C, HW, nthreads)
     cdef floating *yp = &out[0, 0, 0, 0]
+    cdef Py_ssize_t g, P = N * C, cnt
     if OH == 1 and OW == 1:  # global average: one contiguous mean per plane, out is flat
         xp = &x[0, 0, 0, 0]
-        for plane in prange(N * C, nogil=True, schedule="static", num_threads=nt):
+        for g in prange((P + 7) // 8, nogil=True, schedule="static", num_threads=nt):
+            cnt = min(8, P - 8 * g)  # planes go 8 at a time (fc_means_*)
             if floating is float:
-                yp[plane] = fc_mean_f(xp + plane * HW, HW)
+                fc_means_f(xp + 8 * g * HW, yp + 8 * g, cnt, HW)
             else:
-                yp[plane] = fc_mean_d(xp + plane * HW, HW)
+                fc_means_d(xp + 8 * g * HW, yp + 8 * g, cnt, HW)
         return
     for plane in prange(N * C, nogil=True, schedule="static", num_threads=nt):
         xp = &x[0, 0, 0, 0] + plane * HW

@@ -14,7 +14,8 @@
  *      interior columns straight from x, border columns with their taps clipped; the row sums
  *      live in a ring of kh lines; then each output row adds its window's lines and divides.
  *      Sums are in double (the contract: only the final rounding differs from the float64 oracle).
- * mean global average: a contiguous sum with 8 fixed lanes.
+ * mean global average: a contiguous sum per plane in 8 double lanes; with AVX-512, 8 planes at a
+ *      time and one transposing reduction (fc_means_*).
  */
 #ifndef FASTCONV_POOL_IMPL_H
 #define FASTCONV_POOL_IMPL_H
@@ -492,5 +493,65 @@ static void fc_avgpool_plane_##SUF(const T *restrict x, T *restrict y, ptrdiff_t
 
 FC_POOL_TEMPLATE(float, f, int)
 FC_POOL_TEMPLATE(double, d, long long)
+
+/* Global average: the means of `planes` contiguous planes of n values each (y[p] = mean of
+ * x[p*n .. p*n+n)). With AVX-512 the planes go 8 at a time: each plane sums its values in 8
+ * double lanes (lane k takes the values k mod 8; the tail by a masked load), the 8 planes'
+ * loads interleaved, then one transposing reduction turns the 8 accumulators into the vector of
+ * the 8 sums, divided by n together and stored together. One plane at a time (fc_mean) paid a
+ * horizontal sum and a dependent add chain per plane: ~40 cycles for a 7x7 plane, where the
+ * global average's planes are all of its work (ResNet head 8x2048x7x7 from Python, 2 threads:
+ * see pool.pyx). A plane's arithmetic is the same whichever group it lands in. */
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+/* The 8 lanes' sums of a0..a7 as one vector [sum a0, ..., sum a7], by halving: 256-bit halves,
+ * then 128-bit quarters, then the pairs. */
+static inline __m512d fc_hsum8x8(const __m512d a[8]) {
+    __m512d b[4], c[2];
+    for (int k = 0; k < 4; k++) /* b[k] = [a(2k) lo+hi quarter pairs, a(2k+1) ...] */
+        b[k] = _mm512_add_pd(_mm512_shuffle_f64x2(a[2 * k], a[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f64x2(a[2 * k], a[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int k = 0; k < 2; k++) /* c[k]: quarter q holds plane 4k+q's two partial sums */
+        c[k] = _mm512_add_pd(_mm512_shuffle_f64x2(b[2 * k], b[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f64x2(b[2 * k], b[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    /* quarter q: [plane q, plane q+4] */
+    const __m512d r = _mm512_add_pd(_mm512_unpacklo_pd(c[0], c[1]), _mm512_unpackhi_pd(c[0], c[1]));
+    return _mm512_permutexvar_pd(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), r);
+}
+#define FC_MEANS(T, SUF, LOAD, MLOAD, STORE)                                                       \
+static void fc_means_##SUF(const T *restrict x, T *restrict y, ptrdiff_t planes, ptrdiff_t n) {    \
+    const ptrdiff_t nv = n & ~(ptrdiff_t)7;                                                        \
+    const __mmask8 mt = (__mmask8)((1u << (n - nv)) - 1);                                          \
+    const __m512d dn = _mm512_set1_pd((double)n);                                                  \
+    for (ptrdiff_t p0 = 0; p0 < planes; p0 += 8) {                                                 \
+        /* the last group repeats its last plane in the missing lanes (not stored) */              \
+        const ptrdiff_t cnt = planes - p0 < 8 ? planes - p0 : 8;                                   \
+        const T *restrict xq[8];                                                                   \
+        __m512d a[8];                                                                              \
+        for (int q = 0; q < 8; q++) {                                                              \
+            xq[q] = x + (p0 + (q < cnt ? q : cnt - 1)) * n;                                        \
+            a[q] = _mm512_setzero_pd();                                                            \
+        }                                                                                          \
+        for (ptrdiff_t i = 0; i < nv; i += 8)                                                      \
+            for (int q = 0; q < 8; q++) a[q] = _mm512_add_pd(a[q], LOAD(xq[q] + i));               \
+        if (mt)                                                                                    \
+            for (int q = 0; q < 8; q++) a[q] = _mm512_add_pd(a[q], MLOAD(mt, xq[q] + nv));         \
+        STORE(y + p0, (__mmask8)((1u << cnt) - 1), _mm512_div_pd(fc_hsum8x8(a), dn));              \
+    }                                                                                              \
+}
+#define FC_LD_F(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+#define FC_MLD_F(m, p) _mm512_cvtps_pd(_mm256_maskz_loadu_ps((m), (p)))
+#define FC_ST_F(p, m, v) _mm256_mask_storeu_ps((p), (m), _mm512_cvtpd_ps(v))
+#define FC_MLD_D(m, p) _mm512_maskz_loadu_pd((m), (p))
+#define FC_ST_D(p, m, v) _mm512_mask_storeu_pd((p), (m), (v))
+FC_MEANS(float, f, FC_LD_F, FC_MLD_F, FC_ST_F)
+FC_MEANS(double, d, _mm512_loadu_pd, FC_MLD_D, FC_ST_D)
+#else
+static void fc_means_f(const float *restrict x, float *restrict y, ptrdiff_t planes, ptrdiff_t n) {
+    for (ptrdiff_t p = 0; p < planes; p++) y[p] = fc_mean_f(x + p * n, n);
+}
+static void fc_means_d(const double *restrict x, double *restrict y, ptrdiff_t planes, ptrdiff_t n) {
+    for (ptrdiff_t p = 0; p < planes; p++) y[p] = fc_mean_d(x + p * n, n);
+}
+#endif
 
 #endif
