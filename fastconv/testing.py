@@ -135,6 +135,14 @@ CONV_CASES: list[ConvCase] = [
     ConvCase("direct_depthwise_3x3_1x40", n=2, c_in=8, h=1, w=40, c_out=8, padding=1, groups=8),
     ConvCase("direct_depthwise_3x3_2x16", n=2, c_in=8, h=2, w=16, c_out=8, padding=1, groups=8),
     ConvCase("direct_depthwise_3x3_12x64", n=2, c_in=8, h=12, w=64, c_out=8, padding=1, groups=8),
+    # output widths of whole vectors: direct's row tiles, written straight into y (fc_direct_rows);
+    # 48 = a chunk of 2 vectors + 1 end vector (float32; the rows' end vectors run NV at a time
+    # across rows), 13 channels = blocks of 7 + 6, two row tiles, shared pack; 3 channels (chunks
+    # of 4 vectors: all 3 vectors of a row are end vectors); stride 2, 32 wide, batch 9 (packed
+    # per thread)
+    ConvCase("direct_rows_w48", n=1, c_in=3, h=45, w=48, c_out=13, padding=1),
+    ConvCase("direct_rows_3ch", n=1, c_in=2, h=7, w=48, c_out=3, padding=1),  # 3 end vectors a row
+    ConvCase("direct_rows_s2_batch", n=9, c_in=4, h=64, w=63, c_out=8, kh=5, kw=5, stride=2, padding=2),
     ConvCase("direct_depthwise_3x3_7x17_bias0", n=2, c_in=8, h=7, w=17, c_out=8, padding=1, groups=8, bias=False),
     ConvCase("direct_depthwise_5x5_13x21", n=2, c_in=8, h=13, w=21, c_out=8, kh=5, kw=5, padding=2, groups=8),
     ConvCase("direct_s2_w200", n=1, c_in=1, h=6, w=200, c_out=9, kh=3, kw=5, stride=2, padding=2),

@@ -30,6 +30,19 @@
 #define FC_NO_LIBCALLS
 #endif
 
+/* The heart of both micro-kernels: the CB x NV accumulators a (declared and initialised by the
+ * caller) gain every tap of the chunk whose vector k starts at flat position xp[k]. */
+#define FC_DIRECT_TAPS(T, vT, CB, NV, a, xp, toff, ntap, wb)                                        \
+    for (ptrdiff_t t = 0; t < (ntap); t++) {                                                       \
+        const T *restrict wt = (wb) + t * CB;                                                      \
+        vT xv[NV];                                                                                 \
+        for (int k = 0; k < NV; k++) memcpy(&xv[k], (xp)[k] + (toff)[t], sizeof(vT));             \
+        for (int c = 0; c < CB; c++) {                                                             \
+            const T w = wt[c];                                                                     \
+            for (int k = 0; k < NV; k++) a[c][k] += w * xv[k];                                     \
+        }                                                                                          \
+    }
+
 /* one micro-kernel: CB channels, NV vectors per chunk; acc[c*lda + p] for p in [0, np rounded up) */
 #define FC_DIRECT_MK(T, SUF, CB, NV)                                                               \
 static void fc_direct_mk_##SUF##_##CB(const T *restrict xin, const ptrdiff_t *restrict toff,       \
@@ -39,21 +52,54 @@ static void fc_direct_mk_##SUF##_##CB(const T *restrict xin, const ptrdiff_t *re
     enum { VL = FC_VBYTES / sizeof(T), CH = NV * VL };                                             \
     for (ptrdiff_t p = 0; p < np; p += CH) {                                                       \
         vT a[CB][NV];                                                                              \
+        const T *xp[NV];                                                                           \
+        for (int k = 0; k < NV; k++) xp[k] = xin + p + k * VL;                                     \
         for (int c = 0; c < CB; c++)                                                               \
             for (int k = 0; k < NV; k++) a[c][k] = (vT){0};                                        \
-        const T *restrict xp = xin + p;                                                            \
-        for (ptrdiff_t t = 0; t < ntap; t++) {                                                     \
-            const T *restrict xt = xp + toff[t];                                                   \
-            const T *restrict wt = wb + t * CB;                                                    \
-            vT xv[NV];                                                                             \
-            for (int k = 0; k < NV; k++) memcpy(&xv[k], xt + k * VL, sizeof(vT));                  \
-            for (int c = 0; c < CB; c++) {                                                         \
-                const T w = wt[c];                                                                 \
-                for (int k = 0; k < NV; k++) a[c][k] += w * xv[k];                                 \
-            }                                                                                      \
-        }                                                                                          \
+        FC_DIRECT_TAPS(T, vT, CB, NV, a, xp, toff, ntap, wb)                                       \
         for (int c = 0; c < CB; c++)                                                               \
             for (int k = 0; k < NV; k++) memcpy(acc + c * lda + p + k * VL, &a[c][k], sizeof(vT));  \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+/* The same for whole output rows [i0, i1) of a width OW that is a multiple of the vector: the   \
+ * accumulators start at the bias and go straight into y's rows, so nothing is extracted. Chunks  \
+ * of NV vectors along a row; the vectors left at the rows' ends (OW mod NV*VL) are gathered      \
+ * NV at a time across rows, so they run at the full chunk's ratio of FMAs to loads too. */       \
+static void fc_direct_rows_##SUF##_##CB(const T *restrict xin, const ptrdiff_t *restrict toff,     \
+                                        ptrdiff_t ntap, const T *restrict wb, const T *restrict bias,\
+                                        int cvalid, T *restrict y, ptrdiff_t OH, ptrdiff_t OW,     \
+                                        ptrdiff_t Wq, ptrdiff_t i0, ptrdiff_t i1) {                \
+    typedef T vT __attribute__((vector_size(FC_VBYTES)));                                          \
+    enum { VL = FC_VBYTES / sizeof(T), CH = NV * VL };                                             \
+    const ptrdiff_t jt = OW / CH * CH;       /* the row's end vectors start at column jt */       \
+    const ptrdiff_t nend = (OW - jt) / VL * (i1 - i0); /* end vectors of all the rows */          \
+    for (ptrdiff_t q = 0; q < (i1 - i0) * (jt / CH) + (nend + NV - 1) / NV; q++) {                 \
+        const T *xp[NV];                                                                           \
+        T *yp[NV];                                                                                 \
+        int nv = NV;                                                                               \
+        if (q < (i1 - i0) * (jt / CH)) { /* a chunk along row i */                                 \
+            const ptrdiff_t i = i0 + q / (jt / CH), j = q % (jt / CH) * CH;                        \
+            for (int k = 0; k < NV; k++) {                                                         \
+                xp[k] = xin + i * Wq + j + k * VL;                                                 \
+                yp[k] = y + i * OW + j + k * VL;                                                   \
+            }                                                                                      \
+        } else { /* end vectors e, e+1, ...: row i0 + e / per, column jt + e % per * VL */        \
+            const ptrdiff_t per = (OW - jt) / VL, e0 = (q - (i1 - i0) * (jt / CH)) * NV;           \
+            nv = nend - e0 < NV ? (int)(nend - e0) : NV;                                           \
+            for (int k = 0; k < NV; k++) {                                                         \
+                const ptrdiff_t e = e0 + (k < nv ? k : 0);                                         \
+                const ptrdiff_t i = i0 + e / per, j = jt + e % per * VL;                           \
+                xp[k] = xin + i * Wq + j;                                                          \
+                yp[k] = y + i * OW + j;                                                            \
+            }                                                                                      \
+        }                                                                                          \
+        vT a[CB][NV];                                                                              \
+        for (int c = 0; c < CB; c++)                                                               \
+            for (int k = 0; k < NV; k++) a[c][k] = (vT){0} + bias[c];                              \
+        FC_DIRECT_TAPS(T, vT, CB, NV, a, xp, toff, ntap, wb)                                       \
+        for (int c = 0; c < cvalid; c++)                                                           \
+            for (int k = 0; k < nv; k++) memcpy(yp[k] + c * OH * OW, &a[c][k], sizeof(vT));        \
     }                                                                                              \
 }
 
@@ -122,13 +168,28 @@ FC_NO_LIBCALLS static void fc_direct_pack_##SUF(const T *restrict x, T *restrict
                                                                                                    \
 /* One task: CB output channels of one group of one image over flat positions [p0, p1).           \
  * xin: the group's packed input; y: output plane of the block's first channel (OH x OW each);    \
- * acc: thread scratch of CB * lda (lda >= p1 - p0 rounded up to the chunk). */                   \
+ * acc: thread scratch of CB * lda (lda >= p1 - p0 rounded up to the chunk); lda == 0 (no       \
+ * scratch) where OW is a multiple of the vector and [p0, p1) whole rows: rows go straight to y. */\
 static void fc_direct_task_##SUF(const T *restrict xin, const ptrdiff_t *restrict toff,            \
                                  ptrdiff_t ntap, const T *restrict wb, const T *restrict bias,     \
                                  int cb, int cvalid, T *restrict y, ptrdiff_t OH, ptrdiff_t OW,    \
                                  ptrdiff_t Wq, ptrdiff_t p0, ptrdiff_t p1, T *restrict acc,        \
                                  ptrdiff_t lda) {                                                  \
     const ptrdiff_t np = p1 - p0;                                                                  \
+    if (lda == 0) { /* whole rows of whole vectors, straight into y */                             \
+        const ptrdiff_t i0 = p0 / Wq, i1 = p1 / Wq < OH ? p1 / Wq : OH;                            \
+        switch (cb) {                                                                              \
+        case 1: fc_direct_rows_##SUF##_1(xin, toff, ntap, wb, bias, cvalid, y, OH, OW, Wq, i0, i1); break;\
+        case 2: fc_direct_rows_##SUF##_2(xin, toff, ntap, wb, bias, cvalid, y, OH, OW, Wq, i0, i1); break;\
+        case 3: fc_direct_rows_##SUF##_3(xin, toff, ntap, wb, bias, cvalid, y, OH, OW, Wq, i0, i1); break;\
+        case 4: fc_direct_rows_##SUF##_4(xin, toff, ntap, wb, bias, cvalid, y, OH, OW, Wq, i0, i1); break;\
+        case 5: fc_direct_rows_##SUF##_5(xin, toff, ntap, wb, bias, cvalid, y, OH, OW, Wq, i0, i1); break;\
+        case 6: fc_direct_rows_##SUF##_6(xin, toff, ntap, wb, bias, cvalid, y, OH, OW, Wq, i0, i1); break;\
+        case 7: fc_direct_rows_##SUF##_7(xin, toff, ntap, wb, bias, cvalid, y, OH, OW, Wq, i0, i1); break;\
+        default: fc_direct_rows_##SUF##_8(xin, toff, ntap, wb, bias, cvalid, y, OH, OW, Wq, i0, i1); break;\
+        }                                                                                          \
+        return;                                                                                    \
+    }                                                                                              \
     switch (cb) {                                                                                  \
     case 1: fc_direct_mk_##SUF##_1(xin + p0, toff, ntap, wb, acc, lda, np); break;                 \
     case 2: fc_direct_mk_##SUF##_2(xin + p0, toff, ntap, wb, acc, lda, np); break;                 \
