@@ -11,23 +11,24 @@ per-element bounds branch and vectorise (gcc, -O3 -march=native), the global mea
 in 8 double lanes, 8 planes at a time, and reduces the 8 planes' lanes together (``fc_means_*``).
 
 Measured (this machine, 1 thread, C loop over the planes, random input, best of 50–300 repeats):
-max 3x3/s2/p1 1x64x112x112 210 us (15 GB/s), max 2x2/s2 1x64x224x224 420–550 us (23–30 GB/s),
-max 3x3/s2 8x96x54x54 520–600 us (15–17 GB/s), avg 3x3/s1/p1 1x256x28x28 147 us (5.4 GB/s; since
+max 3x3/s2/p1 1x64x112x112 210 us (15 GB/s), max 2x2/s2 1x64x224x224 420–550 us (23–30 GB/s), max
+3x3/s2 8x96x54x54 520–600 us (15–17 GB/s), avg 3x3/s1/p1 1x256x28x28 147 us (5.4 GB/s; since
 session 4 a vertical-first plane kernel for 3x3/s1/p1, 90-98 us with the shapes unknown at compile
-time where the ring kernel took 182-232; from Python, 1 thread, 121 -> 91 us),
-global average 8x2048x7x7 122 us (26 GB/s); since session 6 the 8-plane groups, C harness 1 thread
-92-106 us where one plane at a time took 164-191, from Python 2 threads 0.058 ms against torch's
-0.111 (it was 1.11x torch): converting float to double is now the bound, and keeping the sums in
-float32 (measured 1.5x faster again, L2-resident 2x) would break the double-sum contract below.
-Since session 5 float32 max 3x3/s2 planes (padding 0 or 1) take a register kernel instead (``fc_maxpool_3x3s2_f``, AVX-512: only the outputs are
-stored): 1x64x112x112 from Python, 1 thread, 94-96 us wherever the arrays lie, where the ring path
-took 181-256 us by placement (its stored row maxima aliased the input rows mod 4 KiB); 2 threads
-0.071 ms against ONNX Runtime's 0.118. torch 2.13 runs the four windowed pools at 0.3–1 GB/s. Variants
-measured and dropped: vertical-first max (reduce rows into a line, then re-load it at shifted
-offsets) 2287 us on the 54-wide AlexNet planes — the shifted loads of just-stored vectors stall
-store forwarding on short rows; avg through a staged double line buffer 284 us (same stall);
-the plain-C global-mean loop stayed scalar (237 us); a one-line NaN-max select with `||` compiled
-to branches that mispredict on random data (max pools 3x slower than on sorted data).
+time where the ring kernel took 182-232; from Python, 1 thread, 121 -> 91 us), global average
+8x2048x7x7 122 us (26 GB/s); since session 6 the 8-plane groups, C harness 1 thread 92-106 us where
+one plane at a time took 164-191, from Python 2 threads 0.058 ms against torch's 0.111 (it was
+1.11x torch): converting float to double is now the bound, and keeping the sums in float32
+(measured 1.5x faster again, L2-resident 2x) would break the double-sum contract below. Since
+session 5 float32 max 3x3/s2 planes (padding 0 or 1) take a register kernel instead
+(``fc_maxpool_3x3s2_f``, AVX-512: only the outputs are stored): 1x64x112x112 from Python, 1 thread,
+94-96 us wherever the arrays lie, where the ring path took 181-256 us by placement (its stored row
+maxima aliased the input rows mod 4 KiB); 2 threads 0.071 ms against ONNX Runtime's 0.118. torch
+2.13 runs the four windowed pools at 0.3–1 GB/s. Variants measured and dropped: vertical-first max
+(reduce rows into a line, then re-load it at shifted offsets) 2287 us on the 54-wide AlexNet planes
+— the shifted loads of just-stored vectors stall store forwarding on short rows; avg through a
+staged double line buffer 284 us (same stall); the plain-C global-mean loop stayed scalar (237 us);
+a one-line NaN-max select with `||` compiled to branches that mispredict on random data (max pools
+3x slower than on sorted data).
 
 The rules are torch's, so results match ``torch.nn.functional`` exactly:
 

@@ -71,8 +71,9 @@ static inline fc_v8d fc_ld8d(const double *p) { fc_v8d v; memcpy(&v, p, sizeof v
  * input rows' loads mod 4 KiB at some placements, measured 181-256 us by placement, 1 thread,
  * 64x112x112.) The maxima keep torch's scan order (rows, then columns: ties keep the earlier
  * tap, so a zero's sign matches). NaN: the plain max does not propagate it, so every loaded
- * vector is also tested (unordered compare); returns 0 for a plane that holds one, or where the
- * build lacks AVX-512 or the plane is too small (W < 2), and the caller takes the generic path. */
+ * vector is also tested (unordered compare). Returns 1 when the plane is done; -1 when it holds
+ * a NaN (the caller takes the exact path without scanning for one again); 0 where the build
+ * lacks AVX-512 or the plane is too small (W < 2), and the caller takes the generic path. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 /* One output row from its window's nr input rows (nr constant after inlining, so the per-row
@@ -130,7 +131,7 @@ static inline int fc_maxpool_3x3s2_f(const float *restrict x, float *restrict y,
         else
             return 0;
     }
-    return nan == 0;
+    return nan == 0 ? 1 : -1;
 }
 #else
 static inline int fc_maxpool_3x3s2_f(const float *x, float *y, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH,
@@ -465,10 +466,12 @@ FC_ALWAYS_INLINE void fc_maxpool_windows_##SUF(const T *restrict x, T *restrict 
 static void fc_maxpool_plane_##SUF(const T *restrict x, T *restrict y, ptrdiff_t H, ptrdiff_t W,  \
                                    ptrdiff_t OH, ptrdiff_t OW, int kh, int kw, int sh, int sw,     \
                                    int ph, int pw, int dh, int dw, T *restrict ring) {             \
-    if (kh == 3 && kw == 3 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && ph == pw && ph <= 1 &&  \
-        fc_maxpool_3x3s2_##SUF(x, y, H, W, OH, OW, ph))                                           \
-        return;                                                                                    \
-    int exact = kh * kw < 9; /* small windows, or a NaN in the plane */                         \
+    int r = 0; /* fc_maxpool_3x3s2: 1 done, -1 a NaN in the plane, 0 not its case */             \
+    if (kh == 3 && kw == 3 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && ph == pw && ph <= 1) {  \
+        r = fc_maxpool_3x3s2_##SUF(x, y, H, W, OH, OW, ph);                                        \
+        if (r > 0) return;                                                                         \
+    }                                                                                              \
+    int exact = r < 0 || kh * kw < 9; /* a NaN in the plane, or small windows */               \
     if (!exact) exact = fc_has_nan_##SUF(x, H * W);                                                \
     if (exact)                                                                                     \
         fc_maxpool_windows_##SUF(x, y, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, ring, 1);     \

@@ -11,8 +11,9 @@
  *   2. GEMM per point   M[xi][t][co] = sum_ci V[xi][t][ci] U[xi][ci][co]   (U packed in prepare)
  *   3. output transform y[co][tile] = (A^T M A)[co] + bias[co]   (vectorized over co, clipped at
  *                       the bottom/right edges)
- * V and M are the caller's per-thread buffers; they stay in L2 for the block sizes chosen by
- * winograd.pyx, so the transforms never make a pass through main memory.
+ * V and M are the caller's per-thread buffers, sized by the tile block winograd.pyx chooses
+ * (geometry()): a block fits V and M in L2 (at least MIN_BLOCK tiles), except deep layers on
+ * small maps, which run as one block shared by the threads so that U is read once.
  */
 #define WJOIN_(a, b) a##_##b
 #define WJOIN(a, b) WJOIN_(a, b)
