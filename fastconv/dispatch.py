@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import threads, validate
-from .params import ConvParams
+from .params import ConvParams, PoolParams
 
 
 @dataclass(frozen=True)
@@ -202,12 +202,15 @@ def get_output_limit() -> int:
     return _OUTPUT_LIMIT[0]
 
 
-def check_output(shape: tuple[int, ...], dtype: Any, what: str) -> None:
-    """Raise MemoryError, naming the size, before allocating an output over the limit."""
+def check_output(p: ConvParams | PoolParams, dtype: Any, op: str) -> None:
+    """Raise MemoryError, naming the op, the layer and the size, before allocating an output
+    (``p.out_shape`` of ``dtype``) over the limit. (The message is built only then: describing
+    the layer on every call cost ~2 us of a small pool's ~15.)"""
+    shape = p.out_shape
     need = math.prod(shape) * np.dtype(dtype).itemsize
     if need > _OUTPUT_LIMIT[0]:
-        raise MemoryError(f"{what}: the output {tuple(shape)} needs {need:,} bytes, over the limit of "
-                          f"{_OUTPUT_LIMIT[0]:,} bytes (fastconv.set_output_limit)")
+        raise MemoryError(f"{op} ({p.describe()}): the output {tuple(shape)} needs {need:,} bytes, over the "
+                          f"limit of {_OUTPUT_LIMIT[0]:,} bytes (fastconv.set_output_limit)")
 
 
 class Plan:
@@ -224,7 +227,7 @@ class Plan:
         p = self.params if p is None else p
         if out is None:
             check_workspace(self.algorithm, p)  # both budgets before the first byte is allocated
-            check_output(p.out_shape, p.dtype, f"conv2d ({p.describe()})")
+            check_output(p, p.dtype, "conv2d")
             out = np.empty(p.out_shape, dtype=p.dtype)
         if p.n > 0:
             self.algorithm.run(x, self.packed, p, out)

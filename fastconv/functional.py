@@ -29,7 +29,7 @@ def conv2d(input: Any, weight: Any, bias: Any = None, stride: IntOrPair = 1,
     """2-D convolution (cross-correlation) of NCHW ``input`` with OIHW ``weight``, as
     ``torch.nn.functional.conv2d``; ``algo`` is ``"auto"`` or a name in `fastconv.algorithms()`."""
     x, w, b, p, unbatched = validate.conv2d_args(input, weight, bias, stride, padding, dilation, groups)
-    dispatch.check_output(p.out_shape, p.dtype, f"conv2d ({p.describe()})")  # before prepare allocates
+    dispatch.check_output(p, p.dtype, "conv2d")  # before prepare allocates
     plan = dispatch.Plan(dispatch.select(p, algo), w, b, p)
     out = plan.run(x)
     return _like(out[0] if unbatched else out, input)
@@ -40,7 +40,7 @@ def max_pool2d(input: Any, kernel_size: IntOrPair, stride: IntOrPair | None = No
                return_indices: bool = False):
     """Max pooling, as ``torch.nn.functional.max_pool2d`` (indices are flat ``h*W + w``)."""
     x, p, unbatched = validate.max_pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode)
-    dispatch.check_output(p.out_shape, np.int64 if return_indices else x.dtype, f"max_pool2d ({p.describe()})")
+    dispatch.check_output(p, np.int64 if return_indices else x.dtype, "max_pool2d")
     out = np.empty(p.out_shape, dtype=x.dtype)
     idx = np.empty(p.out_shape, dtype=np.int64) if return_indices else None
     if p.n > 0:
@@ -56,7 +56,7 @@ def avg_pool2d(input: Any, kernel_size: IntOrPair, stride: IntOrPair | None = No
     """Average pooling, as ``torch.nn.functional.avg_pool2d``."""
     x, p, unbatched = validate.avg_pool2d_args(input, kernel_size, stride, padding, ceil_mode,
                                                count_include_pad, divisor_override)
-    dispatch.check_output(p.out_shape, x.dtype, f"avg_pool2d ({p.describe()})")
+    dispatch.check_output(p, x.dtype, "avg_pool2d")
     out = np.empty(p.out_shape, dtype=x.dtype)
     if p.n > 0:
         dispatch.POOLS["avg"].run(x, p, out)
@@ -67,7 +67,7 @@ def adaptive_avg_pool2d(input: Any, output_size: IntOrPair):
     """Adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``
     (``output_size=1`` is global average pooling)."""
     x, p, unbatched = validate.adaptive_avg_pool2d_args(input, output_size)
-    dispatch.check_output(p.out_shape, x.dtype, f"adaptive_avg_pool2d ({p.describe()})")
+    dispatch.check_output(p, x.dtype, "adaptive_avg_pool2d")
     out = np.empty(p.out_shape, dtype=x.dtype)
     if p.n > 0:
         dispatch.POOLS["adaptive_avg"].run(x, p, out)

@@ -78,7 +78,7 @@ class _Memo:
 
 def _run_pool(kind: str, x: np.ndarray, p: Any, unbatched: bool, original: Any, return_indices: bool = False):
     """Run pooling kernel ``kind`` on validated ``x`` (as `fastconv.functional` does)."""
-    dispatch.check_output(p.out_shape, np.int64 if return_indices else x.dtype, f"{kind}_pool2d ({p.describe()})")
+    dispatch.check_output(p, np.int64 if return_indices else x.dtype, f"{kind}_pool2d")
     out = np.empty(p.out_shape, dtype=x.dtype)
     idx = np.empty(p.out_shape, dtype=np.int64) if return_indices else None
     if p.n > 0:
