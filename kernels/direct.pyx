@@ -212,12 +212,14 @@ def prepare(w, b, p):
     sh, sw = p.stride
     dh, dw = p.dilation
     aph, bph = _phases(p.kh, dh, sh), _phases(p.kw, dw, sw)
-    ia = {a: i for i, a in enumerate(aph)}
-    ib = {b: i for i, b in enumerate(bph)}
-    ci, u, v = np.meshgrid(np.arange(cig), np.arange(p.kh), np.arange(p.kw), indexing="ij")
-    uu, vv = u * dh, v * dw
-    plane = np.vectorize(ia.get)(uu % sh) * len(bph) + np.vectorize(ib.get)(vv % sw)
-    toff = (ci * ph + plane) * (hq * wq) + (uu // sh) * wq + vv // sw
+    ia = np.zeros(sh, dtype=np.intp)  # phase -> its index among the packed row / column phases
+    ia[aph] = np.arange(len(aph))
+    ib = np.zeros(sw, dtype=np.intp)
+    ib[bph] = np.arange(len(bph))
+    uu = (np.arange(p.kh) * dh)[:, None]   # (plain array arithmetic: np.vectorize and meshgrid
+    vv = (np.arange(p.kw) * dw)[None, :]   #  made this function 100-280 us of every F.conv2d)
+    tap = (ia[uu % sh] * len(bph) + ib[vv % sw]) * (hq * wq) + (uu // sh) * wq + vv // sw
+    toff = (np.arange(cig, dtype=np.intp) * (ph * hq * wq))[:, None, None] + tap[None]
     return (wp, bp.reshape(g, nblk, cb), np.ascontiguousarray(toff.ravel(), dtype=np.intp),
             np.array(aph, dtype=np.intp), np.array(bph, dtype=np.intp))
 
