@@ -281,6 +281,16 @@ AVG_POOL_CASES = [
     PoolCase("k3_s1_p1_2x5_override", (1, 2, 2, 5), dict(kernel_size=3, stride=1, padding=1,
                                                          divisor_override=7)),
     PoolCase("k3_s1_p1_1wide", (1, 2, 5, 1), dict(kernel_size=3, stride=1, padding=1)),
+    # float32 planes up to 32 wide run in registers (fc_avg3s1p1_f): 1, 2, 3 and 4 vectors of 8
+    # doubles, full and partial, with each divisor rule; 33 wide (above) takes the flat kernel
+    PoolCase("k3_s1_p1_regs_w8", (1, 2, 6, 8), dict(kernel_size=3, stride=1, padding=1)),
+    PoolCase("k3_s1_p1_regs_w13_exclude", (1, 2, 5, 13), dict(kernel_size=3, stride=1, padding=1,
+                                                              count_include_pad=False)),
+    PoolCase("k3_s1_p1_regs_w17_override", (1, 3, 4, 17), dict(kernel_size=3, stride=1, padding=1,
+                                                               divisor_override=5)),
+    PoolCase("k3_s1_p1_regs_w28", (2, 3, 28, 28), dict(kernel_size=3, stride=1, padding=1)),
+    PoolCase("k3_s1_p1_regs_w32_exclude", (1, 2, 3, 32), dict(kernel_size=3, stride=1, padding=1,
+                                                              count_include_pad=False)),
     PoolCase("k4x3_s3x2_p2x1_ceil", (1, 2, 14, 17), dict(kernel_size=(4, 3), stride=(3, 2), padding=(2, 1),
                                                          ceil_mode=True)),
 ]

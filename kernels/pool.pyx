@@ -28,7 +28,12 @@ maxima aliased the input rows mod 4 KiB); 2 threads 0.071 ms against ONNX Runtim
 — the shifted loads of just-stored vectors stall store forwarding on short rows; avg through a
 staged double line buffer 284 us (same stall); the plain-C global-mean loop stayed scalar (237 us);
 a one-line NaN-max select with `||` compiled to branches that mispredict on random data (max pools
-3x slower than on sorted data).
+3x slower than on sorted data). Since session 6 float32 avg 3x3/s1/p1 planes up to 32 wide run in
+registers (``fc_avg3s1p1_f``, AVX-512: rows converted once and kept, lane shifts for the
+neighbours, only the outputs stored; bitwise the flat kernel's results): C harness 1 thread
+256x28x28 65-87 us where the flat kernel took 115-139 in the same runs, 256x14x14 18 against 41;
+from Python (interleaved with an ONNX Runtime session, medians of 15) 1x256x28x28 75 us at 1 thread, 43 at 2,
+against ONNX Runtime's 131 and 79.
 
 The rules are torch's, so results match ``torch.nn.functional`` exactly:
 

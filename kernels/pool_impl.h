@@ -140,6 +140,70 @@ static inline int fc_maxpool_3x3s2_f(const float *x, float *y, ptrdiff_t H, ptrd
     return 0;
 }
 #endif
+/* Average 3x3/s1/p1 (Inception's pool branch), float32 planes at most 32 wide, AVX-512: each
+ * input row is converted to double once, in registers (NV vectors of 8), and the three rows of
+ * a window stay there as the plane is walked down; the column sums' left and right neighbours
+ * are lane shifts (zeros past the edges, which is the padding), and the only stores are the
+ * outputs. Same arithmetic, in the same order, as fc_avgpool_3x3s1p1 (which keeps the wider
+ * planes and float64): ((up + row) + down) per column, then ((left + mid) + right), times
+ * 1/hdiv[i] * winv[j]. Returns 0 (not its case) for other shapes. */
+#if defined(__AVX512F__)
+__attribute__((always_inline)) static inline void
+fc_avg3s1p1_rows(const float *restrict x, float *restrict y, ptrdiff_t H, ptrdiff_t W,
+                 const double *restrict hdiv, const double *restrict winv, const int NV) {
+    __mmask8 m[4];
+    __m512d wi[4], a[4], b[4], c[4], v[4];
+    for (int k = 0; k < NV; k++) {
+        const ptrdiff_t left = W - 8 * k;
+        m[k] = left >= 8 ? 0xFF : (__mmask8)((1u << left) - 1);
+        wi[k] = _mm512_maskz_loadu_pd(m[k], winv + 8 * k);
+        a[k] = _mm512_setzero_pd();
+        b[k] = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m[k], x + 8 * k));
+    }
+    for (ptrdiff_t i = 0; i < H; i++) {
+        const double hinv = 1.0 / hdiv[i];
+        for (int k = 0; k < NV; k++) {
+            c[k] = i + 1 < H ? _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m[k], x + (i + 1) * W + 8 * k))
+                             : _mm512_setzero_pd();
+            v[k] = _mm512_add_pd(_mm512_add_pd(a[k], b[k]), c[k]);
+        }
+        for (int k = 0; k < NV; k++) {
+            const __m512d lo = k > 0 ? v[k - 1] : _mm512_setzero_pd();
+            const __m512d hi = k + 1 < NV ? v[k + 1] : _mm512_setzero_pd();
+            const __m512d L = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(v[k]), _mm512_castpd_si512(lo), 7));
+            const __m512d R = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(hi), _mm512_castpd_si512(v[k]), 1));
+            const __m512d sum = _mm512_add_pd(_mm512_add_pd(L, v[k]), R);
+            const __m512d o = _mm512_mul_pd(sum, _mm512_mul_pd(_mm512_set1_pd(hinv), wi[k]));
+            _mm256_mask_storeu_ps(y + i * W + 8 * k, m[k], _mm512_cvtpd_ps(o));
+        }
+        for (int k = 0; k < NV; k++) {
+            a[k] = b[k];
+            b[k] = c[k];
+        }
+    }
+}
+static inline int fc_avg3s1p1_f(const float *restrict x, float *restrict y, ptrdiff_t H, ptrdiff_t W,
+                                const double *restrict hdiv, const double *restrict winv) {
+    if (W > 24) fc_avg3s1p1_rows(x, y, H, W, hdiv, winv, 4);
+    else if (W > 16) fc_avg3s1p1_rows(x, y, H, W, hdiv, winv, 3);
+    else if (W > 8) fc_avg3s1p1_rows(x, y, H, W, hdiv, winv, 2);
+    else fc_avg3s1p1_rows(x, y, H, W, hdiv, winv, 1);
+    return 1;
+}
+#define FC_AVG3S1P1_MAX_W 32
+#else
+static inline int fc_avg3s1p1_f(const float *x, float *y, ptrdiff_t H, ptrdiff_t W, const double *hdiv,
+                                const double *winv) {
+    (void)x; (void)y; (void)H; (void)W; (void)hdiv; (void)winv;
+    return 0;
+}
+#define FC_AVG3S1P1_MAX_W 0
+#endif
+static inline int fc_avg3s1p1_d(const double *x, double *y, ptrdiff_t H, ptrdiff_t W, const double *hdiv,
+                                const double *winv) {
+    (void)x; (void)y; (void)H; (void)W; (void)hdiv; (void)winv;
+    return 0; /* float64 keeps fc_avgpool_3x3s1p1 */
+}
 static inline int fc_maxpool_3x3s2_d(const double *x, double *y, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH,
                                      ptrdiff_t OW, int p) {
     (void)x; (void)y; (void)H; (void)W; (void)OH; (void)OW; (void)p;
@@ -484,8 +548,10 @@ static void fc_avgpool_plane_##SUF(const T *restrict x, T *restrict y, ptrdiff_t
                                    const double *restrict wdiv, const double *restrict winv,       \
                                    double *restrict acc, double *restrict ring) {                  \
     if (kh == kw && sh == sw && ph == pw) {                                                        \
-        if (kh == 3 && sh == 1 && ph == 1 && H >= 2 && W >= 2) /* Inception */                     \
+        if (kh == 3 && sh == 1 && ph == 1 && H >= 2 && W >= 2) { /* Inception */                   \
+            if (W <= FC_AVG3S1P1_MAX_W && fc_avg3s1p1_##SUF(x, y, H, W, hdiv, winv)) return;           \
             return fc_avgpool_3x3s1p1_##SUF(x, y, H, W, hdiv, wdiv, winv, acc, ring);              \
+        }                                                                                          \
         if (kh == 2 && sh == 2 && ph == 0) /* LeNet, DenseNet transitions */                       \
             return fc_avgpool_any_##SUF(x, y, H, W, OH, OW, 2, 2, 2, 2, 0, 0, hdiv, wdiv, winv, acc, ring); \
         if (kh == 3 && sh == 2 && ph == 1)                                                         \
