@@ -253,7 +253,7 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
     cdef bint rows = ROW_TILES and OW % (64 // <int>sizeof(floating)) == 0
     cdef Py_ssize_t lda = 0 if rows else tile + chunk
     cdef Py_ssize_t q, qq, c, task, img, g, blk, t, p0, p1
-    cdef int cvalid
+    cdef int cvalid, ia, ib
     if N == 0 or CO == 0 or OH * OW == 0:
         return
     cdef const floating *xp = &x[0, 0, 0, 0]
@@ -332,11 +332,18 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
         acc = NULL
         if not rows:
             acc = <floating *> malloc(cb * lda * sizeof(floating))
-        for q in prange(N * C, schedule="static"):
+        # one phase plane of one channel a unit: the stem's 3 channels x 4 phases share out
+        # evenly where 3 channels on 2 threads left one thread waiting at the barrier
+        for q in prange(N * C * na * nb, schedule="static"):
+            c = q // (na * nb)
+            ia = <int>((q // nb) % na)
+            ib = <int>(q % nb)
             if floating is float:
-                fc_direct_pack_f(xp + q * H * W, xsp + q * plane_q, H, W, Hq, Wq, sh, sw, pt, pl, ap, na, bpp_, nb)
+                fc_direct_pack_f(xp + c * H * W, xsp + c * plane_q + (ia * nb + ib) * Hq * Wq, H, W, Hq, Wq,
+                                 sh, sw, pt, pl, ap + ia, 1, bpp_ + ib, 1)
             else:
-                fc_direct_pack_d(xp + q * H * W, xsp + q * plane_q, H, W, Hq, Wq, sh, sw, pt, pl, ap, na, bpp_, nb)
+                fc_direct_pack_d(xp + c * H * W, xsp + c * plane_q + (ia * nb + ib) * Hq * Wq, H, W, Hq, Wq,
+                                 sh, sw, pt, pl, ap + ia, 1, bpp_ + ib, 1)
         # tasks ordered (image, group, tile, block): neighbours share their input tile
         for task in prange(ntask, schedule="dynamic"):
             blk = task % nblk

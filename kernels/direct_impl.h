@@ -159,7 +159,9 @@ FC_NO_LIBCALLS static void fc_direct_pack_##SUF(const T *restrict x, T *restrict
                         __builtin_memcpy(dr + c1 - VL, &v, sizeof v);                              \
                     } else                                                                         \
                         for (; c < c1; c++) dr[c] = xr[c];                                         \
-                } else                                                                             \
+                } else if (sw == 2) /* a constant stride vectorises (even lanes of two loads) */   \
+                    for (ptrdiff_t c = c0; c < c1; c++) dr[c] = xr[2 * c];                         \
+                else                                                                               \
                     for (ptrdiff_t c = c0; c < c1; c++) dr[c] = xr[c * (ptrdiff_t)sw];             \
                 for (ptrdiff_t c = c1; c < Wq; c++) dr[c] = 0;                                     \
             }                                                                                      \

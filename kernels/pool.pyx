@@ -32,8 +32,8 @@ a one-line NaN-max select with `||` compiled to branches that mispredict on rand
 registers (``fc_avg3s1p1_f``, AVX-512: rows converted once and kept, lane shifts for the
 neighbours, only the outputs stored; bitwise the flat kernel's results): C harness 1 thread
 256x28x28 65-87 us where the flat kernel took 115-139 in the same runs, 256x14x14 18 against 41;
-from Python (interleaved with an ONNX Runtime session, medians of 15) 1x256x28x28 75 us at 1 thread, 43 at 2,
-against ONNX Runtime's 131 and 79.
+from Python (interleaved with an ONNX Runtime session, medians of 15) 1x256x28x28 75 us at 1
+thread, 43 at 2, against ONNX Runtime's 131 and 79.
 
 The rules are torch's, so results match ``torch.nn.functional`` exactly:
 
