@@ -9,7 +9,10 @@ is also ``auto``'s fallback. The design (details in ``direct_impl.h``):
   ``min(s,k)`` per axis, so a huge stride costs nothing), so that every kernel tap of every stride and
   dilation is a contiguous, stride-1 read at a constant offset from the output's flat position
   ``i*Wq + j`` — one branch-free loop shape for all cases (the ``Wq - OW`` extra columns per
-  row are computed and dropped);
+  row are computed and dropped). A shared pack shares out one (channel, phase plane) per unit,
+  and stride 2's column split is a constant-stride loop that gcc vectorises: together they took
+  the stem's pack from 9.4% to 3.1% of its samples at 2 threads (perf; its 3 channels had left
+  a thread waiting at the barrier);
 * **compute** with a register-blocked micro-kernel: ``CB`` output channels × ``NV`` vectors of
   positions stay in registers across all ``C_in/groups × k_h × k_w`` taps, so each input vector
   loaded is reused ``CB`` times and accumulators never go to memory. ``prepare`` repacks the
