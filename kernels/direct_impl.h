@@ -11,7 +11,8 @@
  *    does CB*NV FMAs with the tap's CB weights (packed [tap][CB] in prepare), so each loaded input
  *    vector is reused CB times. CB is instantiated 1..8 so a group's output channels split into
  *    near-equal blocks (lenet's 10 = 5+5, depthwise's 1 = 1) without padding waste.
- * 3. extract: the valid columns of each tile go to y with the bias added.
+ * 3. extract: the valid columns of each tile go to y with the bias added; where OW is a whole
+ *    number of vectors the tiles are whole rows instead and fc_direct_rows writes them into y.
  * gcc vector extensions (not intrinsics) keep it portable: -march=native turns them into AVX-512.
  */
 #ifndef FASTCONV_DIRECT_IMPL_H
