@@ -229,6 +229,11 @@ class PoolCase:
     kwargs: dict = field(default_factory=dict)
 
 
+def _k3s1p1(name: str, shape: tuple, **extra) -> PoolCase:
+    """A pool case with Inception's window: 3x3, stride 1, padding 1."""
+    return PoolCase(name, shape, dict(kernel_size=3, stride=1, padding=1, **extra))
+
+
 MAX_POOL_CASES = [
     PoolCase("k2", kwargs=dict(kernel_size=2)),
     PoolCase("k3_s2_p1_resnet", (1, 4, 12, 13), dict(kernel_size=3, stride=2, padding=1)),
@@ -251,12 +256,12 @@ MAX_POOL_CASES = [
     PoolCase("k3_s2_p1_2x2", (1, 1, 2, 2), dict(kernel_size=3, stride=2, padding=1)),
     PoolCase("k3_s2_p1_1wide", (1, 1, 6, 1), dict(kernel_size=3, stride=2, padding=1)),
     PoolCase("k2_s2_wide_odd", (1, 2, 9, 37), dict(kernel_size=2, stride=2)),
-    PoolCase("k3_s1_p1_wide", (1, 2, 7, 33), dict(kernel_size=3, stride=1, padding=1)),
+    _k3s1p1("k3_s1_p1_wide", (1, 2, 7, 33)),
     PoolCase("k2_s3_gaps", (1, 2, 11, 13), dict(kernel_size=2, stride=3)),
 ]
 AVG_POOL_CASES = [
     PoolCase("k2", kwargs=dict(kernel_size=2)),
-    PoolCase("k3_s1_p1_inception", (1, 4, 9, 9), dict(kernel_size=3, stride=1, padding=1)),
+    _k3s1p1("k3_s1_p1_inception", (1, 4, 9, 9)),
     PoolCase("exclude_pad", (1, 4, 9, 9), dict(kernel_size=3, stride=1, padding=1, count_include_pad=False)),
     PoolCase("ceil", (1, 2, 10, 9), dict(kernel_size=3, stride=2, ceil_mode=True)),
     PoolCase("ceil_pad_exclude", (1, 2, 8, 7), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True,
@@ -269,28 +274,21 @@ AVG_POOL_CASES = [
     PoolCase("k5_p2_no_interior", (1, 2, 6, 4), dict(kernel_size=5, stride=1, padding=2)),
     PoolCase("k2_s3_gaps", (1, 2, 11, 13), dict(kernel_size=2, stride=3)),
     PoolCase("k3_s2_p1_wide_odd", (1, 3, 13, 37), dict(kernel_size=3, stride=2, padding=1)),
-    PoolCase("k3_s1_p1_wide_exclude", (1, 2, 7, 33), dict(kernel_size=3, stride=1, padding=1,
-                                                         count_include_pad=False)),
+    _k3s1p1("k3_s1_p1_wide_exclude", (1, 2, 7, 33), count_include_pad=False),
     # 3x3/s1/p1 plane kernel (fc_avgpool_3x3s1p1): several row blocks, one row a block, the
     # smallest planes it takes (every row and column a border), and 1-wide planes it leaves alone
-    PoolCase("k3_s1_p1_blocks_exclude", (1, 2, 70, 40), dict(kernel_size=3, stride=1, padding=1,
-                                                            count_include_pad=False)),
-    PoolCase("k3_s1_p1_rows_wider_than_block", (1, 1, 3, 2100), dict(kernel_size=3, stride=1, padding=1)),
-    PoolCase("k3_s1_p1_2x2_exclude", (2, 2, 2, 2), dict(kernel_size=3, stride=1, padding=1,
-                                                        count_include_pad=False)),
-    PoolCase("k3_s1_p1_2x5_override", (1, 2, 2, 5), dict(kernel_size=3, stride=1, padding=1,
-                                                         divisor_override=7)),
-    PoolCase("k3_s1_p1_1wide", (1, 2, 5, 1), dict(kernel_size=3, stride=1, padding=1)),
+    _k3s1p1("k3_s1_p1_blocks_exclude", (1, 2, 70, 40), count_include_pad=False),
+    _k3s1p1("k3_s1_p1_rows_wider_than_block", (1, 1, 3, 2100)),
+    _k3s1p1("k3_s1_p1_2x2_exclude", (2, 2, 2, 2), count_include_pad=False),
+    _k3s1p1("k3_s1_p1_2x5_override", (1, 2, 2, 5), divisor_override=7),
+    _k3s1p1("k3_s1_p1_1wide", (1, 2, 5, 1)),
     # float32 planes up to 32 wide run in registers (fc_avg3s1p1_f): 1, 2, 3 and 4 vectors of 8
     # doubles, full and partial, with each divisor rule; 33 wide (above) takes the flat kernel
-    PoolCase("k3_s1_p1_regs_w8", (1, 2, 6, 8), dict(kernel_size=3, stride=1, padding=1)),
-    PoolCase("k3_s1_p1_regs_w13_exclude", (1, 2, 5, 13), dict(kernel_size=3, stride=1, padding=1,
-                                                              count_include_pad=False)),
-    PoolCase("k3_s1_p1_regs_w17_override", (1, 3, 4, 17), dict(kernel_size=3, stride=1, padding=1,
-                                                               divisor_override=5)),
-    PoolCase("k3_s1_p1_regs_w28", (2, 3, 28, 28), dict(kernel_size=3, stride=1, padding=1)),
-    PoolCase("k3_s1_p1_regs_w32_exclude", (1, 2, 3, 32), dict(kernel_size=3, stride=1, padding=1,
-                                                              count_include_pad=False)),
+    _k3s1p1("k3_s1_p1_regs_w8", (1, 2, 6, 8)),
+    _k3s1p1("k3_s1_p1_regs_w13_exclude", (1, 2, 5, 13), count_include_pad=False),
+    _k3s1p1("k3_s1_p1_regs_w17_override", (1, 3, 4, 17), divisor_override=5),
+    _k3s1p1("k3_s1_p1_regs_w28", (2, 3, 28, 28)),
+    _k3s1p1("k3_s1_p1_regs_w32_exclude", (1, 2, 3, 32), count_include_pad=False),
     PoolCase("k4x3_s3x2_p2x1_ceil", (1, 2, 14, 17), dict(kernel_size=(4, 3), stride=(3, 2), padding=(2, 1),
                                                          ceil_mode=True)),
 ]

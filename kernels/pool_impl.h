@@ -191,19 +191,19 @@ static inline int fc_avg3s1p1_f(const float *restrict x, float *restrict y, ptrd
     return 1;
 }
 #define FC_AVG3S1P1_MAX_W 32
-#else
-static inline int fc_avg3s1p1_f(const float *x, float *y, ptrdiff_t H, ptrdiff_t W, const double *hdiv,
-                                const double *winv) {
-    (void)x; (void)y; (void)H; (void)W; (void)hdiv; (void)winv;
-    return 0;
+#endif
+/* not its case: builds without AVX-512, and float64 (which keeps fc_avgpool_3x3s1p1) */
+#define FC_AVG3S1P1_NONE(T, SUF)                                                                   \
+static inline int fc_avg3s1p1_##SUF(const T *x, T *y, ptrdiff_t H, ptrdiff_t W, const double *hdiv,\
+                                    const double *winv) {                                          \
+    (void)x; (void)y; (void)H; (void)W; (void)hdiv; (void)winv;                                    \
+    return 0;                                                                                      \
 }
+#if !defined(__AVX512F__)
+FC_AVG3S1P1_NONE(float, f)
 #define FC_AVG3S1P1_MAX_W 0
 #endif
-static inline int fc_avg3s1p1_d(const double *x, double *y, ptrdiff_t H, ptrdiff_t W, const double *hdiv,
-                                const double *winv) {
-    (void)x; (void)y; (void)H; (void)W; (void)hdiv; (void)winv;
-    return 0; /* float64 keeps fc_avgpool_3x3s1p1 */
-}
+FC_AVG3S1P1_NONE(double, d)
 static inline int fc_maxpool_3x3s2_d(const double *x, double *y, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH,
                                      ptrdiff_t OW, int p) {
     (void)x; (void)y; (void)H; (void)W; (void)OH; (void)OW; (void)p;
