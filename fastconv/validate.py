@@ -17,15 +17,15 @@ import numpy as np
 from .params import ConvParams, PoolParams
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Every integer argument (sizes, strides, padding, dilation, groups, divisor) must fit a C int:
+# the Cython kernels take C ints, and it keeps all index arithmetic far from int64 overflow.
+INT_MAX = 2 ** 31 - 1
+IntOrPair = int | Sequence[int]
 _DTYPE_NAMES = {d: d.name for d in SUPPORTED_DTYPES}
 
 
 def _dtype_name(dt: np.dtype) -> str:
     return _DTYPE_NAMES.get(dt) or dt.name  # (dtype.name alone costs ~2 us a call)
-# Every integer argument (sizes, strides, padding, dilation, groups, divisor) must fit a C int:
-# the Cython kernels take C ints, and it keeps all index arithmetic far from int64 overflow.
-INT_MAX = 2 ** 31 - 1
-IntOrPair = int | Sequence[int]
 
 
 # --- arrays -----------------------------------------------------------------------------

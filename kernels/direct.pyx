@@ -106,7 +106,8 @@ ctypedef fused floating:
 
 MAX_CB = 8
 TILE_ELEMS = 8192  # accumulator elements per thread (CB × tile): 32 KiB in float32, L1/L2-resident
-ROW_TILES = True  # output widths of whole vectors take row tiles written straight into y (A/B switch)
+ROW_TILES = True  # output widths of whole vectors take row tiles written straight into y
+#                   (an A/B switch: clear _CONFIGS after changing it)
 
 
 def supports(p) -> str | None:
