@@ -129,6 +129,12 @@ def _geometry(p):
     return hq, wq, len(_phases(p.kh, dh, sh)) * len(_phases(p.kw, dw, sw))
 
 
+def _row_tiles(p) -> bool:
+    """Whole rows of whole vectors: tiles of whole output rows, which the micro-kernel writes
+    straight into the output (fc_direct_rows_*: no accumulator tile, no extraction)."""
+    return ROW_TILES and p.out_w % (64 // p.itemsize) == 0
+
+
 def _blocking(p):
     """(channel blocks per group, channels per block, positions per tile, micro-kernel chunk)."""
     cog = p.c_out_per_group
@@ -138,9 +144,7 @@ def _blocking(p):
     chunk = vl * (4 if cb <= 3 else 3 if cb <= 5 else 2)
     hq, wq, _ = _geometry(p)
     total = p.out_h * wq
-    if ROW_TILES and p.out_w % vl == 0:
-        # whole rows of whole vectors: tiles of whole rows, which the micro-kernel writes
-        # straight into the output (fc_direct_rows_*: no accumulator tile, no extraction)
+    if _row_tiles(p):
         return nblk, cb, max(1, (TILE_ELEMS // cb) // wq) * wq, chunk
     tile = max(chunk, (TILE_ELEMS // cb) // chunk * chunk)
     tile = min(tile, -(-total // chunk) * chunk)
@@ -171,7 +175,7 @@ def _config(p, nt):
     """Everything run() derives from the layer and thread count, computed once per shape
     (ConvParams is frozen, so hashable): saves ~10 us of Python per call on LeNet-sized calls.
     Returns (hq, wq, nblk, cb, tile, chunk, tail, local, shared buffer length, workspace bytes,
-    dw3: every plane runs fc_dw3x3s1p1_f)."""
+    dw3: every plane runs fc_dw3x3s1p1_f, rows: the tiles are whole rows (_row_tiles))."""
     key = (p, nt)
     cfg = _CONFIGS.get(key)
     if cfg is None:
@@ -187,13 +191,13 @@ def _compute_config(p, nt):
     tail, local = _tail(p), _local_pack(p, nt)
     shared = 1 if local else _packed_len(p)  # local packing needs no shared buffer
     packed = nt * (p.c_in_per_group * ph * hq * wq + tail) if local else shared
-    rows = ROW_TILES and p.out_w % (64 // p.itemsize) == 0  # row tiles (_blocking): no accumulator tile
+    rows = _row_tiles(p)  # (decided once here with the tiles: _run trusts it)
     ws = (packed + (0 if rows else nt * cb * (tile + chunk))) * p.itemsize
     # depthwise 3x3/s1/p1 "same" float32 planes >= 16 wide, packed per thread: no pack at all
     dw3 = bool(FC_HAS_DW3X3 and local and p.itemsize == 4 and p.c_in_per_group == 1
                and p.c_out_per_group == 1 and (p.kh, p.kw) == (3, 3) and p.stride == (1, 1)
                and p.dilation == (1, 1) and p.pad == (1, 1, 1, 1) and p.w >= 16)
-    return hq, wq, nblk, cb, tile, chunk, tail, local, shared, 0 if dw3 else ws, dw3
+    return hq, wq, nblk, cb, tile, chunk, tail, local, shared, 0 if dw3 else ws, dw3, rows
 
 
 def workspace_bytes(p) -> int:
@@ -231,17 +235,18 @@ def prepare(w, b, p):
 def run(x, packed, p, out) -> None:
     wp, bp, toff, aph, bph = packed
     nt = threads.get_num_threads()
-    hq, wq, nblk, cb, tile, chunk, tail, local, shared, _, dw3 = _config(p, nt)
+    hq, wq, nblk, cb, tile, chunk, tail, local, shared, _, dw3, rows = _config(p, nt)
     xs = np.empty(shared, dtype=x.dtype)
     _run(x, xs, wp, bp, toff, aph, bph, out, hq, wq, p.stride[0], p.stride[1], p.pad[0], p.pad[2],
-         p.groups, nblk, cb, tile, chunk, nt, local, tail, dw3)
+         p.groups, nblk, cb, tile, chunk, nt, local, tail, dw3, rows)
 
 
 def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, :, ::1] wp,
          const floating[:, :, ::1] bp, const Py_ssize_t[::1] toff, const Py_ssize_t[::1] aph,
          const Py_ssize_t[::1] bph, floating[:, :, :, ::1] out,
          Py_ssize_t Hq, Py_ssize_t Wq, int sh, int sw, int pt, int pl, int groups, int nblk, int cb,
-         Py_ssize_t tile, Py_ssize_t chunk, int nthreads, bint local_pack, Py_ssize_t tail, bint dw3):
+         Py_ssize_t tile, Py_ssize_t chunk, int nthreads, bint local_pack, Py_ssize_t tail, bint dw3,
+         bint rows):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t CO = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t ntap = toff.shape[0], cog = CO // groups, cig = C // groups
@@ -252,9 +257,8 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
     cdef Py_ssize_t total = OH * Wq                       # flat positions per output channel
     cdef Py_ssize_t ntile = (total + tile - 1) // tile
     cdef Py_ssize_t ntask = N * groups * ntile * nblk
-    # output rows of whole vectors: _blocking made the tiles whole rows, which the task writes
-    # straight into y when it gets no accumulator (lda 0)
-    cdef bint rows = ROW_TILES and OW % (64 // <int>sizeof(floating)) == 0
+    # rows (_config): the tiles are whole output rows, which the task writes straight into y
+    # when it gets no accumulator (lda 0)
     cdef Py_ssize_t lda = 0 if rows else tile + chunk
     cdef Py_ssize_t q, qq, c, task, img, g, blk, t, p0, p1
     cdef int cvalid, ia, ib

@@ -133,20 +133,26 @@ static inline int fc_maxpool_3x3s2_f(const float *restrict x, float *restrict y,
     }
     return nan == 0 ? 1 : -1;
 }
-#else
-static inline int fc_maxpool_3x3s2_f(const float *x, float *y, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH,
-                                     ptrdiff_t OW, int p) {
-    (void)x; (void)y; (void)H; (void)W; (void)OH; (void)OW; (void)p;
-    return 0;
-}
 #endif
+/* not its case: builds without AVX-512, and float64 (which keeps the generic path) */
+#define FC_MAXPOOL_3X3S2_NONE(T, SUF)                                                              \
+static inline int fc_maxpool_3x3s2_##SUF(const T *x, T *y, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH,\
+                                         ptrdiff_t OW, int p) {                                    \
+    (void)x; (void)y; (void)H; (void)W; (void)OH; (void)OW; (void)p;                               \
+    return 0;                                                                                      \
+}
+#if !defined(__AVX512F__)
+FC_MAXPOOL_3X3S2_NONE(float, f)
+#endif
+FC_MAXPOOL_3X3S2_NONE(double, d)
 /* Average 3x3/s1/p1 (Inception's pool branch), float32 planes at most 32 wide, AVX-512: each
  * input row is converted to double once, in registers (NV vectors of 8), and the three rows of
  * a window stay there as the plane is walked down; the column sums' left and right neighbours
  * are lane shifts (zeros past the edges, which is the padding), and the only stores are the
  * outputs. Same arithmetic, in the same order, as fc_avgpool_3x3s1p1 (which keeps the wider
  * planes and float64): ((up + row) + down) per column, then ((left + mid) + right), times
- * 1/hdiv[i] * winv[j]. Returns 0 (not its case) for other shapes. */
+ * 1/hdiv[i] * winv[j]. Returns 1 when the plane is done, 0 (not its case) for planes wider than
+ * 32 or smaller than 2x2, float64, or builds without AVX-512. */
 #if defined(__AVX512F__)
 __attribute__((always_inline)) static inline void
 fc_avg3s1p1_rows(const float *restrict x, float *restrict y, ptrdiff_t H, ptrdiff_t W,
@@ -184,13 +190,13 @@ fc_avg3s1p1_rows(const float *restrict x, float *restrict y, ptrdiff_t H, ptrdif
 }
 static inline int fc_avg3s1p1_f(const float *restrict x, float *restrict y, ptrdiff_t H, ptrdiff_t W,
                                 const double *restrict hdiv, const double *restrict winv) {
+    if (W > 32 || W < 2 || H < 2) return 0;
     if (W > 24) fc_avg3s1p1_rows(x, y, H, W, hdiv, winv, 4);
     else if (W > 16) fc_avg3s1p1_rows(x, y, H, W, hdiv, winv, 3);
     else if (W > 8) fc_avg3s1p1_rows(x, y, H, W, hdiv, winv, 2);
     else fc_avg3s1p1_rows(x, y, H, W, hdiv, winv, 1);
     return 1;
 }
-#define FC_AVG3S1P1_MAX_W 32
 #endif
 /* not its case: builds without AVX-512, and float64 (which keeps fc_avgpool_3x3s1p1) */
 #define FC_AVG3S1P1_NONE(T, SUF)                                                                   \
@@ -201,14 +207,8 @@ static inline int fc_avg3s1p1_##SUF(const T *x, T *y, ptrdiff_t H, ptrdiff_t W, 
 }
 #if !defined(__AVX512F__)
 FC_AVG3S1P1_NONE(float, f)
-#define FC_AVG3S1P1_MAX_W 0
 #endif
 FC_AVG3S1P1_NONE(double, d)
-static inline int fc_maxpool_3x3s2_d(const double *x, double *y, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH,
-                                     ptrdiff_t OW, int p) {
-    (void)x; (void)y; (void)H; (void)W; (void)OH; (void)OW; (void)p;
-    return 0; /* float64 keeps the generic path */
-}
 
 #define FC_POOL_TEMPLATE(T, SUF, IT) /* IT: an integer type as wide as T */                                                                   \
 /* Output columns [*j0, *j1) whose kw taps (spaced dw) all lie inside a row of W. */                \
@@ -549,7 +549,7 @@ static void fc_avgpool_plane_##SUF(const T *restrict x, T *restrict y, ptrdiff_t
                                    double *restrict acc, double *restrict ring) {                  \
     if (kh == kw && sh == sw && ph == pw) {                                                        \
         if (kh == 3 && sh == 1 && ph == 1 && H >= 2 && W >= 2) { /* Inception */                   \
-            if (W <= FC_AVG3S1P1_MAX_W && fc_avg3s1p1_##SUF(x, y, H, W, hdiv, winv)) return;           \
+            if (fc_avg3s1p1_##SUF(x, y, H, W, hdiv, winv)) return;                                 \
             return fc_avgpool_3x3s1p1_##SUF(x, y, H, W, hdiv, wdiv, winv, acc, ring);              \
         }                                                                                          \
         if (kh == 2 && sh == 2 && ph == 0) /* LeNet, DenseNet transitions */                       \
