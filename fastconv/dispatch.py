@@ -117,9 +117,15 @@ def get(name: str) -> Algorithm:
 # 20: 0.34 vs direct 0.40 ms) and lost below (8 -> 16 on 12x12: 0.053 vs 0.042; 6 -> 16: 0.116 vs
 # 0.090; LeNet's 1-channel conv1: 0.97 vs 0.18).
 _WINOGRAD_MIN_CHANNELS = {3: (16, 16), 5: (10, 16)}
+# A one-off call pays the weight transform too; 3x3 layers then run Winograd from this many output
+# pixels (batch x height x width). Measured, `fastconv.conv2d` prepare + run, 2 threads, medians
+# of 7, Winograd / direct: 512x512 7x7 1.72, 14x14 2.41; 256x256 14x14 0.98; 28x28 (784 pixels)
+# 0.57-0.95 for 128-512 channels; 4x256x14x14 0.78. F(2x2,5x5)'s U is only 36/25 of the weights
+# (48 -> 128 on 13x13, 169 pixels: 0.73), so 5x5 keeps no threshold.
+_ONE_SHOT_WINOGRAD_MIN_OUTPUTS = {3: 400}
 
 
-def choose(p: ConvParams) -> str:
+def choose(p: ConvParams, one_shot: bool = False) -> str:
     """The ``auto`` choice: a pure function of the layer description (locked by a table test).
 
     Measured on the suite (2 threads, medians, `fastconv bench`; see the closing note of the
@@ -133,20 +139,26 @@ def choose(p: ConvParams) -> str:
     on 1x1_expand (0.62-0.83 vs 0.63-0.78: within the noise), with no workspace. (The first
     session picked im2col for 1x1_expand from a run in which NumPy's BLAS workers, still spinning
     after the NumPy peer, slowed the pointwise rows.)
+
+    ``one_shot``: the weights are prepared for this one call (`fastconv.conv2d`), so Winograd's
+    weight transform — (m+2)² numbers per 3x3 filter, 37.7 MB for a 512x512 layer — is only worth
+    it where enough outputs share it (`_ONE_SHOT_WINOGRAD_MIN_OUTPUTS`).
     """
     if p.kh == 1 and p.kw == 1 and p.pad == (0, 0, 0, 0):
         return "pointwise"
     least = _WINOGRAD_MIN_CHANNELS.get(p.kh)
     if least and p.kw == p.kh and (p.stride, p.dilation) == ((1, 1), (1, 1)) \
-            and p.c_in_per_group >= least[0] and p.c_out_per_group >= least[1]:
+            and p.c_in_per_group >= least[0] and p.c_out_per_group >= least[1] \
+            and not (one_shot and p.n * p.out_h * p.out_w < _ONE_SHOT_WINOGRAD_MIN_OUTPUTS.get(p.kh, 0)):
         return "winograd"
     return "direct"
 
 
-def select(p: ConvParams, algo: str = "auto") -> Algorithm:
-    """The algorithm to run ``p`` with; an explicit algorithm that cannot run it raises its reason."""
+def select(p: ConvParams, algo: str = "auto", one_shot: bool = False) -> Algorithm:
+    """The algorithm to run ``p`` with; an explicit algorithm that cannot run it raises its reason.
+    ``one_shot``: the weights are prepared for one call only (see `choose`)."""
     if algo == "auto":
-        chosen = get(choose(p))
+        chosen = get(choose(p, one_shot))
         if chosen.supports(p) is None:
             return chosen
         return get("direct")  # direct runs every valid case

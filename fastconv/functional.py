@@ -30,7 +30,8 @@ def conv2d(input: Any, weight: Any, bias: Any = None, stride: IntOrPair = 1,
     ``torch.nn.functional.conv2d``; ``algo`` is ``"auto"`` or a name in `fastconv.algorithms()`."""
     x, w, b, p, unbatched = validate.conv2d_args(input, weight, bias, stride, padding, dilation, groups)
     dispatch.check_output(p, p.dtype, "conv2d")  # before prepare allocates
-    plan = dispatch.Plan(dispatch.select(p, algo), w, b, p)
+    # the weights are prepared for this call alone: auto weighs that (fastconv.Conv2d keeps them)
+    plan = dispatch.Plan(dispatch.select(p, algo, one_shot=True), w, b, p)
     out = plan.run(x)
     return _like(out[0] if unbatched else out, input)
 

@@ -210,9 +210,8 @@ def prepare(w, b, p):
     g, cog, cig = p.groups, p.c_out_per_group, p.c_in_per_group
     nblk, cb, _, _ = _blocking(p)
     ntap = cig * p.kh * p.kw
-    wg = np.zeros((g, nblk * cb, ntap), dtype=w.dtype)
-    wg[:, :cog] = w.reshape(g, cog, ntap)
-    wp = np.ascontiguousarray(wg.reshape(g, nblk, cb, ntap).transpose(0, 1, 3, 2))
+    wp = np.empty((g, nblk, ntap, cb), dtype=w.dtype)
+    _pack_weights(np.ascontiguousarray(w).reshape(g * cog, ntap), wp, cog, threads.get_num_threads())
     bp = np.zeros((g, nblk * cb), dtype=w.dtype)
     if b is not None:
         bp[:, :cog] = b.reshape(g, cog)
@@ -230,6 +229,22 @@ def prepare(w, b, p):
     toff = (np.arange(cig, dtype=np.intp) * (ph * hq * wq))[:, None, None] + tap[None]
     return (wp, bp.reshape(g, nblk, cb), np.ascontiguousarray(toff.ravel(), dtype=np.intp),
             np.array(aph, dtype=np.intp), np.array(bph, dtype=np.intp))
+
+
+def _pack_weights(const floating[:, ::1] w, floating[:, :, :, ::1] wp, Py_ssize_t cog, int nthreads):
+    """wp[g, blk, tap, c] = w[g·cog + blk·CB + c, tap], zero past the group's last channel; one
+    (group, block) per task. (NumPy's zero-fill, copy and transposing copy took 3.6-3.9 ms of
+    every ``fastconv.conv2d`` on a 512x512 3x3 layer, as long as the run itself on a 7x7 map.)"""
+    cdef Py_ssize_t nblk = wp.shape[1], ntap = wp.shape[2], cb = wp.shape[3]
+    cdef Py_ssize_t task, g, blk, t, c, co
+    cdef int nt = <int>max(1, min(<Py_ssize_t>nthreads, wp.shape[0] * nblk))
+    for task in prange(wp.shape[0] * nblk, nogil=True, schedule="static", num_threads=nt):
+        g = task // nblk
+        blk = task % nblk
+        for t in range(ntap):
+            for c in range(cb):
+                co = blk * cb + c
+                wp[g, blk, t, c] = w[g * cog + co, t] if co < cog else 0
 
 
 def run(x, packed, p, out) -> None:

@@ -294,6 +294,64 @@ static void WN(wino_task)(int m, int r, const T *x, long xs, int H, int W, int c
 #undef WINO_CASE
 }
 
+/* ---- weights (prepare): U = G w G^T, packed for the GEMM ------------------------------------
+ * One panel of NR output channels of one group: u[xi*point + ci*NR + lane] = (G w G^T)[xi] of
+ * w[lane][ci] (r x r, rows of cig*r*r), computed in double and rounded once; lanes nv..NR-1 (past
+ * the group's last output channel) are zero. G is A x r, row-major. The inner loops run over
+ * WU_L lanes with A and r constants, so gcc vectorises them and keeps the sums in registers;
+ * WU_CI channels are staged so each point gets one contiguous run of WU_CI*NR values (storing a
+ * lane at a time into the A^2 points' rows, `point` apart -- 1 MiB for 512 channels, one cache
+ * set -- was the slow part of the NumPy and first C versions). */
+#define WU_L 8   /* lanes per pass: one vector of doubles */
+#define WU_CI 8  /* input channels staged per chunk */
+static inline __attribute__((always_inline)) void
+WN(wino_u_panel_ar)(const int A, const int r, const T *w, const double *G, long cig, int nv, T *u, long point)
+{
+    T stage[36 * WU_CI * NR];  /* [xi][channel of the chunk][lane] */
+    for (long c0 = 0; c0 < cig; c0 += WU_CI) {
+        const int nc = cig - c0 < WU_CI ? (int)(cig - c0) : WU_CI;
+        for (int c = 0; c < nc; c++)
+            for (int j0 = 0; j0 < NR; j0 += WU_L) {
+                double wv[25][WU_L], t[6][5][WU_L];
+                for (int j = 0; j < WU_L; j++) {
+                    const T *wk = w + ((long)(j0 + j) * cig + c0 + c) * r * r;
+                    for (int k = 0; k < r * r; k++)
+                        wv[k][j] = j0 + j < nv ? (double)wk[k] : 0.0;
+                }
+                for (int a = 0; a < A; a++)          /* t = G w */
+                    for (int l = 0; l < r; l++)
+                        for (int j = 0; j < WU_L; j++) {
+                            double s = 0;
+                            for (int k = 0; k < r; k++) s += G[a * r + k] * wv[k * r + l][j];
+                            t[a][l][j] = s;
+                        }
+                for (int a = 0; a < A; a++)          /* u = t G^T */
+                    for (int b = 0; b < A; b++) {
+                        T *sp = stage + ((a * A + b) * WU_CI + c) * NR + j0;
+                        for (int j = 0; j < WU_L; j++) {
+                            double s = 0;
+                            for (int l = 0; l < r; l++) s += t[a][l][j] * G[b * r + l];
+                            sp[j] = (T)s;
+                        }
+                    }
+            }
+        for (int xi = 0; xi < A * A; xi++)
+            memcpy(u + xi * point + c0 * NR, stage + xi * WU_CI * NR, (size_t)nc * NR * sizeof(T));
+    }
+}
+
+static void WN(wino_u_panel)(int A, int r, const T *w, const double *G, long cig, int nv, T *u, long point)
+{
+    if (r == 5)
+        WN(wino_u_panel_ar)(6, 5, w, G, cig, nv, u, point);
+    else if (A == 6)
+        WN(wino_u_panel_ar)(6, 3, w, G, cig, nv, u, point);
+    else
+        WN(wino_u_panel_ar)(4, 3, w, G, cig, nv, u, point);
+}
+#undef WU_L
+#undef WU_CI
+
 #undef WN
 #undef WLD
 #undef WST

@@ -85,6 +85,10 @@ cdef extern from "wino_kernels.h" nogil:
                        int ntile, int tw, long t0, int nt, const double *U, int ncp, int cp0,
                        int cp1, const double *bias, double *y, long ys, int cog, int OH, int OW,
                        double *V, double *M, int ci0, int ci1, int phases)
+    void wino_u_panel_f32(int A, int r, const float *w, const double *G, long cig, int nv, float *u,
+                          long point)
+    void wino_u_panel_f64(int A, int r, const double *w, const double *G, long cig, int nv, double *u,
+                          long point)
 
 ctypedef fused floating:
     float
@@ -217,20 +221,37 @@ class Packed(NamedTuple):
 
 def _pack_u(w, p, m):
     """U[g, ξ, panel, ci, lane] = (G w Gᵀ)[co = panel·NR + lane, ci, ξ], computed in float64 and
-    rounded once. One NR-channel panel at a time: the float64 intermediates of a whole 512x512
-    layer are ~100 MB, and streaming them took ~1 s (measured); per panel they stay in cache."""
-    G = _G[m, p.kh]
+    rounded once, one (group, NR-channel panel) per parallel task (`_u_panel`). It was NumPy
+    (``G @ w @ G.T`` per panel): 42-70 ms for the 512x512 layers, 10-25x the layer's own run,
+    which made a one-off ``fastconv.conv2d`` on resnet50.3x3_last 0.05x torch."""
+    G = np.ascontiguousarray(_G[m, p.kh])
     _, nr = _mr_nr(p.itemsize)
     cig, cog = p.c_in_per_group, p.c_out_per_group
     ncp = -(-cog // nr)
-    out = np.zeros((p.groups, len(G), len(G), ncp, cig, nr), dtype=w.dtype)
-    for g in range(p.groups):
-        for cp in range(ncp):
-            c0, c1 = g * cog + cp * nr, g * cog + min(cog, (cp + 1) * nr)
-            wc = w[c0:c1].astype(np.float64)                                   # [o, i, k, l]
-            u = G @ wc @ G.T                                                   # [o, i, a, b]
-            out[g, :, :, cp, :, :c1 - c0] = u.transpose(2, 3, 1, 0)
-    return out.reshape(-1)
+    out = np.empty(p.groups * len(G) ** 2 * ncp * cig * nr, dtype=w.dtype)
+    _pack_u_all(np.ascontiguousarray(w), G, out, p.groups, cog, cig, nr, get_num_threads())
+    return out
+
+
+def _pack_u_all(const floating[:, :, :, ::1] w, const double[:, ::1] G, floating[::1] out, int groups,
+                int cog, int cig, int nr, int nthreads):
+    cdef int A = G.shape[0], r = G.shape[1]
+    cdef int ncp = (cog + nr - 1) // nr
+    cdef Py_ssize_t point = <Py_ssize_t>ncp * cig * nr        # between two points ξ of one group
+    cdef Py_ssize_t task
+    cdef int g, cp
+    if groups * ncp == 0 or cig == 0:
+        return
+    for task in prange(groups * ncp, nogil=True, schedule="dynamic",
+                       num_threads=max(1, min(nthreads, groups * ncp))):
+        g = <int>(task // ncp)
+        cp = <int>(task % ncp)
+        if floating is float:
+            wino_u_panel_f32(A, r, &w[g * cog + cp * nr, 0, 0, 0], &G[0, 0], cig, min(nr, cog - cp * nr),
+                             &out[g * A * A * point + cp * cig * nr], point)
+        else:
+            wino_u_panel_f64(A, r, &w[g * cog + cp * nr, 0, 0, 0], &G[0, 0], cig, min(nr, cog - cp * nr),
+                             &out[g * A * A * point + cp * cig * nr], point)
 
 
 def prepare(w, b, p, tile: int = 0, block: int = 0) -> Packed:
@@ -238,7 +259,8 @@ def prepare(w, b, p, tile: int = 0, block: int = 0) -> Packed:
     # across batches, not sizes — but the map size is part of p), so pack what p needs
     m = tile or auto_tile(p)
     bias = np.zeros(p.c_out, dtype=w.dtype) if b is None else np.ascontiguousarray(b)
-    return Packed({m: _pack_u(w, p, m)}, bias, w, b, bool(np.isfinite(w).all()))
+    finite = _all_finite(np.ascontiguousarray(w).reshape(-1), get_num_threads())  # (no temporary)
+    return Packed({m: _pack_u(w, p, m)}, bias, w, b, finite)
 
 
 def run(x, packed: Packed, p, out, tile: int = 0, block: int = 0) -> None:
