@@ -32,6 +32,43 @@ def test_auto_table(name):
     assert dispatch.select(p).supports(p) is None
 
 
+ONE_SHOT = {  # fastconv.conv2d prepares the weights for one call: 3x3 Winograd from 400 outputs
+    "resnet50.3x3_last (49 outputs)": (SUITE["resnet50.3x3_last"][0], "direct"),
+    "vgg16.conv5_2 (196)": (ConvParams.from_layer(1, 512, 14, 512, 3, padding=1), "direct"),
+    "vgg16.conv5_2 x 4 (784)": (ConvParams.from_layer(4, 512, 14, 512, 3, padding=1), "winograd"),
+    "vgg16.conv4_2 (784)": (ConvParams.from_layer(1, 512, 28, 512, 3, padding=1), "winograd"),
+    "alexnet.conv3": SUITE["alexnet.conv3"],
+    "5x5 on 13x13 (169)": (ConvParams.from_layer(1, 48, 13, 128, 5, padding=2), "winograd"),
+    "lenet.conv2": SUITE["lenet.conv2"],
+    "nin.1x1": SUITE["nin.1x1"],
+}
+
+
+@pytest.mark.parametrize("name", ONE_SHOT)
+def test_auto_table_one_shot(name):
+    p, expected = ONE_SHOT[name]
+    assert dispatch.choose(p, one_shot=True) == expected
+    assert dispatch.select(p, one_shot=True).name == expected
+
+
+def test_functional_conv2d_chooses_one_shot(monkeypatch):
+    """fastconv.conv2d prepares its weights per call, so on a small map it skips Winograd (whose
+    weight transform would cost more than the run) while a layer object keeps it."""
+    wino = dispatch.get("winograd").kernel
+    calls = []
+    real = wino.prepare
+    monkeypatch.setattr(wino, "prepare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 32, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    fastconv.conv2d(x, w, padding=1)
+    assert calls == []
+    fastconv.Conv2d(32, 32, 3, padding=1)(x)
+    assert calls == [1]
+    fastconv.conv2d(np.ones((1, 32, 20, 20), np.float32), w, padding=1)  # 400 outputs
+    assert calls == [1, 1]
+
+
 def test_registry_names_unique_and_contract_complete():
     assert len(set(dispatch.names())) == len(dispatch.REGISTRY)
     for alg in dispatch.REGISTRY:
