@@ -96,8 +96,10 @@ def test_bench_json_and_plot(capsys, tmp_path):
     import fastconv
     from fastconv import dispatch
     p = suites.parse_layer_arg("1,8,12,8,3,1,1").params
-    expected = {a.name for a in dispatch.REGISTRY if a.supports(p) is None} | {"auto", "numpy"}
+    expected = {a.name for a in dispatch.REGISTRY if a.supports(p) is None} | {"auto", "conv2d()", "numpy"}
     assert names == expected
+    one = next(e for e in conv["entries"] if e["name"] == "conv2d()")   # the drop-in function's row
+    assert one["role"] == "one-shot" and one["chosen"] == dispatch.select(p, one_shot=True).name
     for e in conv["entries"]:
         assert e["median_s"] > 0 and e["max_rel_err"] < 1e-3 and e["gflops"] > 0
     assert pool["unit"] == "GB/s" and pool["entries"][0]["gbps"] > 0

@@ -4,7 +4,9 @@ reference and the derived rates. Returns plain dicts: the JSON report *is* this 
 
 Our kernels are measured through the public plan API — ``dispatch.select`` →
 ``dispatch.Plan`` (prepare, timed on its own) → ``plan.run(x, out)`` — iterating
-``dispatch.REGISTRY``, so a new algorithm shows up without touching this file.
+``dispatch.REGISTRY``, so a new algorithm shows up without touching this file. One more row,
+``conv2d()``, times the drop-in function itself (weights prepared on every call), which is what
+torch's ``F.conv2d`` row does too.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ class Progress(Protocol):
 @dataclass
 class _Entry:
     name: str
-    role: str                        # "algorithm", "auto" or "peer"
+    role: str                        # "algorithm", "auto", "one-shot" or "peer"
     fn: Callable[[], object]
     pool: str
     prepare_s: float = 0.0
@@ -116,7 +118,23 @@ def _ours_conv(p: ConvParams, x, w, b, opts: Options, skipped: list) -> list[_En
         entries.append(_Entry(name, role, call, "fastconv", prep,
                               alg.name if role == "auto" else None, alg.workspace_bytes(p),
                               output=(lambda last=last: last["out"])))
+    if p.symmetric_padding:  # (torch.nn.functional's padding is symmetric)
+        entries.append(_one_shot(p, x, w, b))
     return entries
+
+
+def _one_shot(p: ConvParams, x, w, b) -> _Entry:
+    """``fastconv.conv2d`` as a drop-in user calls it: validation, the one-shot auto choice, prepare
+    and run, a new output every call — the like-for-like row against torch's ``F.conv2d``."""
+    from .. import functional
+    alg = dispatch.select(p, "auto", one_shot=True)
+    kw = dict(stride=p.stride, padding=(p.pad[0], p.pad[2]), dilation=p.dilation, groups=p.groups)
+    last = {}
+
+    def call():
+        last["out"] = functional.conv2d(x, w, b, **kw)
+    return _Entry("conv2d()", "one-shot", call, "fastconv", 0.0, alg.name, alg.workspace_bytes(p),
+                  output=lambda: last["out"])
 
 
 def _ours_pool(p: PoolParams, x, opts: Options) -> list[_Entry]:
