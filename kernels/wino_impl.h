@@ -299,9 +299,11 @@ static void WN(wino_task)(int m, int r, const T *x, long xs, int H, int W, int c
  * w[lane][ci] (r x r, rows of cig*r*r), computed in double and rounded once; lanes nv..NR-1 (past
  * the group's last output channel) are zero. G is A x r, row-major. The inner loops run over
  * WU_L lanes with A and r constants, so gcc vectorises them and keeps the sums in registers;
- * WU_CI channels are staged so each point gets one contiguous run of WU_CI*NR values (storing a
- * lane at a time into the A^2 points' rows, `point` apart -- 1 MiB for 512 channels, one cache
- * set -- was the slow part of the NumPy and first C versions). */
+ * WU_CI channels are staged so each point gets one contiguous run of WU_CI*NR values.
+ * Measured, 512x512 3x3 F(4x4) weights (9.4 MB -> 37.7 MB), into memory already touched: 8.3 ms on
+ * 1 thread, 4.8 ms on 2; the NumPy version (G @ w @ G.T per panel) took 42-70 ms, and a Cython
+ * loop with the lane count known only at run time 30 ms on 1 thread (gcc vectorised the wrong
+ * loops). Allocating fresh pages for U adds ~5 ms of page faults per 37.7 MB. */
 #define WU_L 8   /* lanes per pass: one vector of doubles */
 #define WU_CI 8  /* input channels staged per chunk */
 static inline __attribute__((always_inline)) void

@@ -221,9 +221,10 @@ class Packed(NamedTuple):
 
 def _pack_u(w, p, m):
     """U[g, ξ, panel, ci, lane] = (G w Gᵀ)[co = panel·NR + lane, ci, ξ], computed in float64 and
-    rounded once, one (group, NR-channel panel) per parallel task (`_u_panel`). It was NumPy
-    (``G @ w @ G.T`` per panel): 42-70 ms for the 512x512 layers, 10-25x the layer's own run,
-    which made a one-off ``fastconv.conv2d`` on resnet50.3x3_last 0.05x torch."""
+    rounded once, one (group, NR-channel panel) per parallel task (``wino_u_panel`` in
+    wino_impl.h). It was NumPy (``G @ w @ G.T`` per panel): 42-70 ms for the 512x512 layers,
+    10-25x the layer's own run, which made a one-off ``fastconv.conv2d`` on resnet50.3x3_last
+    0.05x torch; now 3.4-13 ms, most of it page faults on the new U."""
     G = np.ascontiguousarray(_G[m, p.kh])
     _, nr = _mr_nr(p.itemsize)
     cig, cog = p.c_in_per_group, p.c_out_per_group
