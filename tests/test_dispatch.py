@@ -32,11 +32,13 @@ def test_auto_table(name):
     assert dispatch.select(p).supports(p) is None
 
 
-ONE_SHOT = {  # fastconv.conv2d prepares the weights for one call: 3x3 Winograd from 400 outputs
+ONE_SHOT = {  # fastconv.conv2d prepares the weights for one call: 3x3 Winograd from 400 outputs,
+    #          F(2x2) where F(4x4)'s U would exceed 24 MB
     "resnet50.3x3_last (49 outputs)": (SUITE["resnet50.3x3_last"][0], "direct"),
     "vgg16.conv5_2 (196)": (ConvParams.from_layer(1, 512, 14, 512, 3, padding=1), "direct"),
-    "vgg16.conv5_2 x 4 (784)": (ConvParams.from_layer(4, 512, 14, 512, 3, padding=1), "winograd"),
-    "vgg16.conv4_2 (784)": (ConvParams.from_layer(1, 512, 28, 512, 3, padding=1), "winograd"),
+    "vgg16.conv5_2 x 4 (784, U 37.7 MB)": (ConvParams.from_layer(4, 512, 14, 512, 3, padding=1), "winograd_f2"),
+    "vgg16.conv4_2 (784, U 37.7 MB)": (ConvParams.from_layer(1, 512, 28, 512, 3, padding=1), "winograd_f2"),
+    "256 on 28x28 (784, U 9.4 MB)": (ConvParams.from_layer(1, 256, 28, 256, 3, padding=1), "winograd"),
     "alexnet.conv3": SUITE["alexnet.conv3"],
     "5x5 on 13x13 (169)": (ConvParams.from_layer(1, 48, 13, 128, 5, padding=2), "winograd"),
     "lenet.conv2": SUITE["lenet.conv2"],
