@@ -13,24 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
+from scaling import sample  # (benchmarks/ is on sys.path when this script runs)
 
 import fastconv
 from fastconv import dispatch, validate
 from fastconv.kernels import winograd
-
-
-def sample(fn, min_s: float = 0.01) -> float:
-    fn()
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        el = time.perf_counter() - t0
-        if el >= min_s and n >= 5:
-            return el / n
 
 
 def main() -> None:
@@ -52,7 +41,7 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(args.rounds):
         for name, fn in fns.items():
-            times[name].append(sample(fn))
+            times[name].append(sample(fn, min_s=0.01, min_calls=5))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"8x2048x7x7 float32 ({x.nbytes / 1e6:.1f} MB), {args.threads} threads, medians of {args.rounds} rounds")
     for name, t in med.items():

@@ -33,14 +33,16 @@ LARGE = ["vgg16.conv1_2", "vgg16.conv3_2", "vgg16.conv4_2", "alexnet.conv2", "se
          "alexnet.conv3", "resnet50.stem"]
 
 
-def sample(fn, min_s: float = 0.05) -> float:
-    fn()                                           # untimed: wake the pool after a switch
+def sample(fn, min_s: float = 0.05, min_calls: int = 3) -> float:
+    """Mean time of back-to-back calls lasting >= min_s (and >= min_calls), after one untimed call
+    (it wakes the thread pool after a switch). Also used by gap_floor.py."""
+    fn()
     n, t0 = 0, time.perf_counter()
     while True:
         fn()
         n += 1
         el = time.perf_counter() - t0
-        if el >= min_s and n >= 3:
+        if el >= min_s and n >= min_calls:
             return el / n
 
 
