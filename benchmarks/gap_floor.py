@@ -7,7 +7,8 @@ fastconv's (the public call, and the kernel alone), and a *read-only floor*: one
 vectorised pass that reads every input float once and does nothing else (Winograd's finiteness
 check, ``fastconv.kernels.winograd._all_finite``: an integer OR per element, no stores). No pool
 can beat the floor, so ``torch / floor`` bounds the speed-up over torch that any kernel can reach
-on this machine (the issue asked for 5x; session 7 measured the floor at 3.3x, our kernel 1.7x).
+on this machine (the issue asked for 5x; session 7 measured the floor at 2.6-3.4x torch and our
+kernel at 1.4-1.9x over several runs: ``results/gap-floor-2threads.txt`` is one of them).
 """
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def main() -> None:
                "machine": {t: statistics.median(probe[t0]) / statistics.median(probe[t]) * t / t0
                            for t in args.threads}}
         rows.append(row)
-        print(f"{name:16s} {plan.algorithm.name:10s} " + "  ".join(
+        print(f"{name:16s} {plan.algorithm.name:10s} {t0} thr {1e3 * med[t0]:8.2f} ms  " + "  ".join(
             f"{t} thr {1e3 * med[t]:8.2f} ms ({row['speedup'][t]:.2f}x, paired {row['paired'][t]:.2f}x, "
             f"machine {row['machine'][t]:.2f}x)" for t in args.threads[1:]), flush=True)
     if args.json:

@@ -122,12 +122,12 @@ _WINOGRAD_MIN_CHANNELS = {3: (16, 16), 5: (10, 16)}
 # of 7, Winograd / direct: 512x512 7x7 1.72, 14x14 2.41; 256x256 14x14 0.98; 28x28 (784 pixels)
 # 0.57-0.95 for 128-512 channels; 4x256x14x14 0.78. F(2x2,5x5)'s U is only 36/25 of the weights
 # (48 -> 128 on 13x13, 169 pixels: 0.73), so 5x5 keeps no threshold.
-_ONE_SHOT_WINOGRAD_MIN_OUTPUTS = {3: 400}
+_ONE_SHOT_WINOGRAD_MIN_OUTPUTS = 400
 # ... and F(2x2) where F(4x4)'s U (36 numbers per 3x3 filter) would exceed this many bytes: its
 # fresh pages and transform cost more than F(2x2)'s slower run saves. Measured the same way:
 # 512x512 on 28x28, U 37.7 MB: F(2x2) 15.5 ms, F(4x4) 19.1 (torch 18.0); 8x256x12x12 -> 384,
 # U 14.2 MB: F(4x4) 6.3, F(2x2) 7.9; 256x256 on 28x28, 9.4 MB: F(4x4) 3.4, F(2x2) 3.7.
-_ONE_SHOT_F4_MAX_U_BYTES = 24 << 20
+_ONE_SHOT_F4_MAX_U_BYTES = 24 << 20  # 24 MiB (the measurements above are in MB, 10^6 bytes)
 
 
 def choose(p: ConvParams, one_shot: bool = False) -> str:
@@ -157,10 +157,10 @@ def choose(p: ConvParams, one_shot: bool = False) -> str:
             and p.c_in_per_group >= least[0] and p.c_out_per_group >= least[1]:
         if not one_shot or p.kh != 3:
             return "winograd"
-        if p.n * p.out_h * p.out_w < _ONE_SHOT_WINOGRAD_MIN_OUTPUTS[3]:
+        if p.n * p.out_h * p.out_w < _ONE_SHOT_WINOGRAD_MIN_OUTPUTS:
             return "direct"
-        return "winograd_f2" if 36 * p.c_in_per_group * p.c_out * p.itemsize > _ONE_SHOT_F4_MAX_U_BYTES \
-            else "winograd"
+        u_f4 = 36 * p.c_in_per_group * p.c_out * p.itemsize  # (before padding to whole panels)
+        return "winograd_f2" if u_f4 > _ONE_SHOT_F4_MAX_U_BYTES else "winograd"
     return "direct"
 
 

@@ -316,9 +316,12 @@ WN(wino_u_panel_ar)(const int A, const int r, const T *w, const double *G, long 
             for (int j0 = 0; j0 < NR; j0 += WU_L) {
                 double wv[25][WU_L], t[6][5][WU_L];
                 for (int j = 0; j < WU_L; j++) {
+                    if (j0 + j >= nv) {  /* past the group's last output channel */
+                        for (int k = 0; k < r * r; k++) wv[k][j] = 0.0;
+                        continue;
+                    }
                     const T *wk = w + ((long)(j0 + j) * cig + c0 + c) * r * r;
-                    for (int k = 0; k < r * r; k++)
-                        wv[k][j] = j0 + j < nv ? (double)wk[k] : 0.0;
+                    for (int k = 0; k < r * r; k++) wv[k][j] = (double)wk[k];
                 }
                 for (int a = 0; a < A; a++)          /* t = G w */
                     for (int l = 0; l < r; l++)
@@ -342,14 +345,18 @@ WN(wino_u_panel_ar)(const int A, const int r, const T *w, const double *G, long 
     }
 }
 
-static void WN(wino_u_panel)(int A, int r, const T *w, const double *G, long cig, int nv, T *u, long point)
+/* Returns 0, or -1 for an (A, r) that no tile built here has (then nothing is written). */
+static int WN(wino_u_panel)(int A, int r, const T *w, const double *G, long cig, int nv, T *u, long point)
 {
-    if (r == 5)
+    if (A == 6 && r == 5)
         WN(wino_u_panel_ar)(6, 5, w, G, cig, nv, u, point);
-    else if (A == 6)
+    else if (A == 6 && r == 3)
         WN(wino_u_panel_ar)(6, 3, w, G, cig, nv, u, point);
-    else
+    else if (A == 4 && r == 3)
         WN(wino_u_panel_ar)(4, 3, w, G, cig, nv, u, point);
+    else
+        return -1;
+    return 0;
 }
 #undef WU_L
 #undef WU_CI

@@ -2,6 +2,8 @@
  *   wino_task_f32(m, r, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, ys,
  *                 cog, OH, OW, V, M, ci0, ci1, phases)
  *   wino_task_f64(...)   same, double
+ *   wino_u_panel_f32(A, r, w, G, cig, nv, u, point) / _f64: the weight transform U = G w G^T of one
+ *                 panel of output channels (prepare)
  * m is the output tile size and r the kernel size: F(2x2,3x3), F(4x4,3x3) or F(2x2,5x5); see wino_impl.h for the layouts and kernels/winograd.pyx for
  * the driver.
  */

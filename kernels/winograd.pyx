@@ -85,10 +85,10 @@ cdef extern from "wino_kernels.h" nogil:
                        int ntile, int tw, long t0, int nt, const double *U, int ncp, int cp0,
                        int cp1, const double *bias, double *y, long ys, int cog, int OH, int OW,
                        double *V, double *M, int ci0, int ci1, int phases)
-    void wino_u_panel_f32(int A, int r, const float *w, const double *G, long cig, int nv, float *u,
-                          long point)
-    void wino_u_panel_f64(int A, int r, const double *w, const double *G, long cig, int nv, double *u,
-                          long point)
+    int wino_u_panel_f32(int A, int r, const float *w, const double *G, long cig, int nv, float *u,
+                         long point)
+    int wino_u_panel_f64(int A, int r, const double *w, const double *G, long cig, int nv, double *u,
+                         long point)
 
 ctypedef fused floating:
     float
@@ -224,7 +224,8 @@ def _pack_u(w, p, m):
     rounded once, one (group, NR-channel panel) per parallel task (``wino_u_panel`` in
     wino_impl.h). It was NumPy (``G @ w @ G.T`` per panel): 42-70 ms for the 512x512 layers,
     10-25x the layer's own run, which made a one-off ``fastconv.conv2d`` on resnet50.3x3_last
-    0.05x torch; now 3.4-13 ms, most of it page faults on the new U."""
+    0.05x torch. Now 3.4-13 ms for them (2 threads): ~5 ms of transform for F(4x4)'s 37.7 MB U,
+    the rest page faults on the freshly allocated U."""
     G = np.ascontiguousarray(_G[m, p.kh])
     _, nr = _mr_nr(p.itemsize)
     cig, cog = p.c_in_per_group, p.c_out_per_group
@@ -241,6 +242,7 @@ def _pack_u_all(const floating[:, :, :, ::1] w, const double[:, ::1] G, floating
     cdef Py_ssize_t point = <Py_ssize_t>ncp * cig * nr        # between two points ξ of one group
     cdef Py_ssize_t task
     cdef int g, cp
+    cdef int bad = 0
     if groups * ncp == 0 or cig == 0:
         return
     for task in prange(groups * ncp, nogil=True, schedule="dynamic",
@@ -248,11 +250,13 @@ def _pack_u_all(const floating[:, :, :, ::1] w, const double[:, ::1] G, floating
         g = <int>(task // ncp)
         cp = <int>(task % ncp)
         if floating is float:
-            wino_u_panel_f32(A, r, &w[g * cog + cp * nr, 0, 0, 0], &G[0, 0], cig, min(nr, cog - cp * nr),
-                             &out[g * A * A * point + cp * cig * nr], point)
+            bad += wino_u_panel_f32(A, r, &w[g * cog + cp * nr, 0, 0, 0], &G[0, 0], cig,
+                                    min(nr, cog - cp * nr), &out[g * A * A * point + cp * cig * nr], point)
         else:
-            wino_u_panel_f64(A, r, &w[g * cog + cp * nr, 0, 0, 0], &G[0, 0], cig, min(nr, cog - cp * nr),
-                             &out[g * A * A * point + cp * cig * nr], point)
+            bad += wino_u_panel_f64(A, r, &w[g * cog + cp * nr, 0, 0, 0], &G[0, 0], cig,
+                                    min(nr, cog - cp * nr), &out[g * A * A * point + cp * cig * nr], point)
+    if bad:
+        raise ValueError(f"no Winograd weight transform built for {A}x{A} points and {r}x{r} kernels")
 
 
 def prepare(w, b, p, tile: int = 0, block: int = 0) -> Packed:

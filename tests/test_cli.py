@@ -146,3 +146,15 @@ def test_dtype_float64_runs_every_row_in_float64(tmp_path, capsys):
     assert run_cli(capsys, "bench", *TINY, "--quiet", "--save-baseline", str(base))[0] == 0
     rc, _, err = run_cli(capsys, "bench", *TINY, "--dtype", "float64", "--compare", str(base))
     assert rc == 2 and "measured in float32" in err
+
+
+def test_one_shot_row_skipped_with_reason_when_torch_cannot_express_the_padding():
+    import numpy as np
+
+    from fastconv.params import ConvParams
+    p = ConvParams(1, 4, 9, 9, 4, 3, 3, (1, 1), (1, 0, 2, 1), (1, 1), 1, "float32")
+    x, w, b = np.ones(p.input_shape, np.float32), np.ones(p.weight_shape, np.float32), None
+    skipped = []
+    entries = runner._ours_conv(p, x, w, b, runner.Options(algorithms=("direct",)), skipped)
+    assert "conv2d()" not in {e.name for e in entries}
+    assert any(s["name"] == "conv2d()" and "asymmetric" in s["reason"] for s in skipped)

@@ -126,9 +126,9 @@ def plot(report: dict, path: str | Path) -> None:
             for e in L["entries"]:
                 if series_of(e) not in series:
                     series.append(series_of(e))
-        # ours in registry order, then auto, then the peers in grey tones
+        # ours in registry order, then auto and the one-shot conv2d(), then the peers in grey tones
         from fastconv.dispatch import names
-        rank = {n: i for i, n in enumerate(names() + ["auto"] + list(PEER_LABEL))}
+        rank = {n: i for i, n in enumerate(names() + ["auto", "conv2d()"] + list(PEER_LABEL))}
         series.sort(key=lambda s: rank.get(s, -1))
         peers = [s for s in series if s in PEER_LABEL]
         n = len(series)

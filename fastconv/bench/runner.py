@@ -52,7 +52,7 @@ class _Entry:
     fn: Callable[[], object]
     pool: str
     prepare_s: float = 0.0
-    chosen: str | None = None        # auto: the algorithm it picked
+    chosen: str | None = None        # auto, one-shot: the algorithm it picked
     workspace_bytes: int | None = None
     output: Callable[[], np.ndarray] = field(default=lambda: None)
 
@@ -118,16 +118,21 @@ def _ours_conv(p: ConvParams, x, w, b, opts: Options, skipped: list) -> list[_En
         entries.append(_Entry(name, role, call, "fastconv", prep,
                               alg.name if role == "auto" else None, alg.workspace_bytes(p),
                               output=(lambda last=last: last["out"])))
-    if p.symmetric_padding:  # (torch.nn.functional's padding is symmetric)
-        entries.append(_one_shot(p, x, w, b))
+    one = dispatch.select(p, "auto", one_shot=True)  # the call fastconv.conv2d makes
+    if not p.symmetric_padding:
+        skipped.append({"name": "conv2d()", "reason": f"padding {p.pad} is asymmetric; "
+                        "torch.nn.functional's signature cannot express it"})
+    elif one.workspace_bytes(p) > dispatch.get_workspace_limit():
+        skipped.append({"name": "conv2d()", "reason": f"workspace {one.workspace_bytes(p):,} B over the limit"})
+    else:
+        entries.append(_one_shot(p, x, w, b, one))
     return entries
 
 
-def _one_shot(p: ConvParams, x, w, b) -> _Entry:
-    """``fastconv.conv2d`` as a drop-in user calls it: validation, the one-shot auto choice, prepare
-    and run, a new output every call — the like-for-like row against torch's ``F.conv2d``."""
+def _one_shot(p: ConvParams, x, w, b, alg: dispatch.Algorithm) -> _Entry:
+    """``fastconv.conv2d`` as a drop-in user calls it: validation, the one-shot auto choice (``alg``),
+    prepare and run, a new output every call — the like-for-like row against torch's ``F.conv2d``."""
     from .. import functional
-    alg = dispatch.select(p, "auto", one_shot=True)
     kw = dict(stride=p.stride, padding=(p.pad[0], p.pad[2]), dilation=p.dilation, groups=p.groups)
     last = {}
 
