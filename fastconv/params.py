@@ -136,6 +136,14 @@ class ConvParams:
     def symmetric_padding(self) -> bool:
         return self.pad[0] == self.pad[1] and self.pad[2] == self.pad[3]
 
+    def functional_kwargs(self) -> dict:
+        """The keyword arguments of ``torch.nn.functional.conv2d`` (and `fastconv.conv2d`) for this
+        layer; their padding is symmetric, so only a layer with `symmetric_padding` has them."""
+        if not self.symmetric_padding:
+            raise ValueError(f"padding {self.pad} is asymmetric: conv2d's signature cannot express it")
+        return dict(stride=self.stride, padding=(self.pad[0], self.pad[2]), dilation=self.dilation,
+                    groups=self.groups)
+
     @property
     def is_depthwise(self) -> bool:
         return self.groups == self.c_in and self.groups > 1

@@ -50,7 +50,7 @@ def _torch(p, x, w, b, threads: int) -> Callable[[], object]:
         if not p.symmetric_padding:
             raise Skip("asymmetric padding")
         tw, tb = torch.from_numpy(w), None if b is None else torch.from_numpy(b)
-        args = dict(stride=p.stride, padding=(p.pad[0], p.pad[2]), dilation=p.dilation, groups=p.groups)
+        args = p.functional_kwargs()
         op = lambda: F.conv2d(tx, tw, tb, **args)
 
     def run():

@@ -133,7 +133,7 @@ def _one_shot(p: ConvParams, x, w, b, alg: dispatch.Algorithm) -> _Entry:
     """``fastconv.conv2d`` as a drop-in user calls it: validation, the one-shot auto choice (``alg``),
     prepare and run, a new output every call — the like-for-like row against torch's ``F.conv2d``."""
     from .. import functional
-    kw = dict(stride=p.stride, padding=(p.pad[0], p.pad[2]), dilation=p.dilation, groups=p.groups)
+    kw = p.functional_kwargs()
     last = {}
 
     def call():
