@@ -11,9 +11,11 @@ Nothing here validates: `fastconv.validate` checks arguments and then builds the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from .contract import check_fields
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int | tuple[int, int] = 0,
@@ -77,10 +79,14 @@ class ConvParams:
     groups: int = 1
     dtype: str = "float32"
     has_bias: bool = True
+    pass_: str = "forward"        # see fastconv.contract: forward, input_grad, weight_grad
+    layout: str = "NCHW"
+    post_ops: tuple[str, ...] = ()  # epilogue ops after the bias (none are fused today)
     out_h: int = field(init=False)
     out_w: int = field(init=False)
 
     def __post_init__(self) -> None:
+        check_fields(self.pass_, self.layout, self.post_ops)
         object.__setattr__(self, "out_h", conv_output_size(
             self.h, self.kh, self.stride[0], (self.pad[0], self.pad[1]), self.dilation[0]))
         object.__setattr__(self, "out_w", conv_output_size(
@@ -145,13 +151,21 @@ class ConvParams:
                     groups=self.groups)
 
     @property
+    def epilogue(self) -> tuple[str, ...]:
+        """The element-wise ops applied after the reduction, in order (`fastconv.contract`)."""
+        return (("bias",) if self.has_bias else ()) + self.post_ops
+
+    @property
     def is_depthwise(self) -> bool:
         return self.groups == self.c_in and self.groups > 1
 
     def with_batch(self, n: int) -> "ConvParams":
         """The same layer on another batch size (plans cache per shape)."""
-        return ConvParams(n, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw, self.stride,
-                          self.pad, self.dilation, self.groups, self.dtype, self.has_bias)
+        return replace(self, n=n)
+
+    def with_pass(self, pass_: str) -> "ConvParams":
+        """The same layer, for another pass (`fastconv.contract.PASSES`)."""
+        return replace(self, pass_=pass_)
 
     def describe(self) -> str:
         s = f"{self.n}x{self.c_in}x{self.h}x{self.w} -> {self.c_out} k{self.kh}x{self.kw}"
@@ -160,6 +174,8 @@ class ConvParams:
             s += f" d{self.dilation[0]}x{self.dilation[1]}"
         if self.groups != 1:
             s += f" g{self.groups}"
+        if self.pass_ != "forward":
+            s += f" [{self.pass_}]"
         return s + f" {self.dtype}"
 
 
@@ -185,10 +201,13 @@ class PoolParams:
     divisor_override: int | None = None
     output_size: tuple[int, int] | None = None  # adaptive only
     dtype: str = "float32"
+    pass_: str = "forward"        # see fastconv.contract: forward, input_grad
+    layout: str = "NCHW"
     out_h: int = field(init=False)
     out_w: int = field(init=False)
 
     def __post_init__(self) -> None:
+        check_fields(self.pass_, self.layout, ())
         if self.kind == "adaptive_avg":
             oh, ow = self.output_size
         else:
@@ -206,6 +225,11 @@ class PoolParams:
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
         return (self.n, self.c, self.out_h, self.out_w)
+
+    @property
+    def epilogue(self) -> tuple[str, ...]:
+        """Pools fuse no element-wise ops (`fastconv.contract`)."""
+        return ()
 
     @property
     def input_bytes(self) -> int:
