@@ -8,7 +8,15 @@
 """
 from __future__ import annotations
 
-from .dispatch import get_output_limit, get_workspace_limit, set_output_limit, set_workspace_limit
+import importlib.util as _util
+
+# The kernels are compiled into ``fastconv.kernels`` by ``pip install``; the bare source folder
+# (``python`` started in a checkout) has none, and would fail at the first call instead.
+if _util.find_spec("fastconv.kernels") is None:
+    raise ImportError("fastconv is not built here: `pip install .` and run from elsewhere "
+                      f"(this fastconv is the source folder {__path__[0]})")
+
+from .memory import get_output_limit, get_workspace_limit, set_output_limit, set_workspace_limit
 from .functional import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 from .layers import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
 from .threads import get_num_threads, set_num_threads
@@ -18,7 +26,7 @@ __version__ = "0.1.0"
 
 def algorithms() -> list[str]:
     """Names of the registered convolution algorithms (valid values of ``algo=``)."""
-    from .dispatch import names
+    from .registry import names
     return names()
 
 

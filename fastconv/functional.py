@@ -1,8 +1,9 @@
 """``torch.nn.functional``-compatible ops on NumPy arrays (and torch CPU tensors).
 
-Each op is the same four steps: validate (`fastconv.validate`) → describe (`ConvParams` /
-`PoolParams`) → choose the algorithm (`fastconv.dispatch`) → run the compiled kernel into a
-freshly allocated output. The output has the input's dtype and array type: NumPy in → NumPy
+Each op is the same four steps: validate and describe (`fastconv.validate`, which also checks
+the memory budget before copying anything, `fastconv.memory`) → choose the kernel
+(`fastconv.rules`, `fastconv.registry`) → run it into a freshly allocated output
+(`fastconv.plan`). The output has the input's dtype and array type: NumPy in → NumPy
 out, torch tensor in → torch tensor out (sharing the result's memory, no copy).
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import dispatch, validate
+from . import memory, plan, rules, validate
 from .validate import IntOrPair
 
 
@@ -29,10 +30,8 @@ def conv2d(input: Any, weight: Any, bias: Any = None, stride: IntOrPair = 1,
     """2-D convolution (cross-correlation) of NCHW ``input`` with OIHW ``weight``, as
     ``torch.nn.functional.conv2d``; ``algo`` is ``"auto"`` or a name in `fastconv.algorithms()`."""
     x, w, b, p, unbatched = validate.conv2d_args(input, weight, bias, stride, padding, dilation, groups)
-    dispatch.check_output(p, p.dtype, "conv2d")  # before prepare allocates
     # the weights are prepared for this call alone: auto weighs that (fastconv.Conv2d keeps them)
-    plan = dispatch.Plan(dispatch.select(p, algo, one_shot=True), w, b, p)
-    out = plan.run(x)
+    out = plan.Plan(rules.select(p, algo, one_shot=True), w, b, p).run(x)
     return _like(out[0] if unbatched else out, input)
 
 
@@ -41,11 +40,11 @@ def max_pool2d(input: Any, kernel_size: IntOrPair, stride: IntOrPair | None = No
                return_indices: bool = False):
     """Max pooling, as ``torch.nn.functional.max_pool2d`` (indices are flat ``h*W + w``)."""
     x, p, unbatched = validate.max_pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode)
-    dispatch.check_output(p, np.int64 if return_indices else x.dtype, "max_pool2d")
+    if return_indices:
+        memory.check_call("max_pool2d", p, np.int64)
     out = np.empty(p.out_shape, dtype=x.dtype)
     idx = np.empty(p.out_shape, dtype=np.int64) if return_indices else None
-    if p.n > 0:
-        dispatch.POOLS["max"].run(x, p, out, idx)
+    plan.run_pool(x, p, out, idx)
     if unbatched:
         out, idx = out[0], (idx[0] if idx is not None else None)
     return (_like(out, input), _like(idx, input)) if return_indices else _like(out, input)
@@ -57,10 +56,8 @@ def avg_pool2d(input: Any, kernel_size: IntOrPair, stride: IntOrPair | None = No
     """Average pooling, as ``torch.nn.functional.avg_pool2d``."""
     x, p, unbatched = validate.avg_pool2d_args(input, kernel_size, stride, padding, ceil_mode,
                                                count_include_pad, divisor_override)
-    dispatch.check_output(p, x.dtype, "avg_pool2d")
     out = np.empty(p.out_shape, dtype=x.dtype)
-    if p.n > 0:
-        dispatch.POOLS["avg"].run(x, p, out)
+    plan.run_pool(x, p, out)
     return _like(out[0] if unbatched else out, input)
 
 
@@ -68,8 +65,6 @@ def adaptive_avg_pool2d(input: Any, output_size: IntOrPair):
     """Adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``
     (``output_size=1`` is global average pooling)."""
     x, p, unbatched = validate.adaptive_avg_pool2d_args(input, output_size)
-    dispatch.check_output(p, x.dtype, "adaptive_avg_pool2d")
     out = np.empty(p.out_shape, dtype=x.dtype)
-    if p.n > 0:
-        dispatch.POOLS["adaptive_avg"].run(x, p, out)
+    plan.run_pool(x, p, out)
     return _like(out[0] if unbatched else out, input)

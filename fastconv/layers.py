@@ -2,7 +2,7 @@
 plans; the pools hold their configuration.
 
 A ``Conv2d`` call is validate → look up the plan for this input shape → run. A plan (the
-algorithm ``auto`` picked, plus its packed/transformed weights, see `dispatch.Plan`) is built
+algorithm ``auto`` picked, plus its packed/transformed weights, see `Plan`) is built
 on the first call with a new shape and reused afterwards; packed weights do not depend on the
 batch size, so a new batch size reuses them (only the algorithm choice is re-checked).
 Assigning ``weight``, ``bias`` or ``algo`` drops every plan. The stored weights are private
@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from . import dispatch, functional, validate
+from . import functional, memory, registry, rules, validate
+from .plan import Plan, run_pool
 from .params import ConvParams
 from .validate import IntOrPair
 
@@ -78,11 +79,11 @@ class _Memo:
 
 def _run_pool(kind: str, x: np.ndarray, p: Any, unbatched: bool, original: Any, return_indices: bool = False):
     """Run pooling kernel ``kind`` on validated ``x`` (as `fastconv.functional` does)."""
-    dispatch.check_output(p, np.int64 if return_indices else x.dtype, f"{kind}_pool2d")
+    if return_indices:
+        memory.check_call(f"{kind}_pool2d", p, np.int64)
     out = np.empty(p.out_shape, dtype=x.dtype)
     idx = np.empty(p.out_shape, dtype=np.int64) if return_indices else None
-    if p.n > 0:
-        dispatch.POOLS[kind].run(x, p, out, idx)
+    run_pool(x, p, out, idx)
     if unbatched:
         out, idx = out[0], (None if idx is None else idx[0])
     out = functional._like(out, original)
@@ -109,10 +110,10 @@ class Conv2d:
                                      dilation, groups, bias, padding_mode)
         self._cfg = a
         self._lock = threading.Lock()
-        self._plans: dict[ConvParams, dispatch.Plan] = {}           # full shape → plan
-        self._prepared: dict[tuple[ConvParams, str], dispatch.Plan] = {}  # (batch-1 shape, algo) → plan
+        self._plans: dict[ConvParams, Plan] = {}           # full shape → plan
+        self._prepared: dict[tuple[ConvParams, str], Plan] = {}  # (batch-1 shape, algo) → plan
         self._memo = _Memo()
-        self._algo = validate.algo_name(algo, dispatch.names())
+        self._algo = validate.algo_name(algo, registry.names())
         # torch's default init (kaiming_uniform with a=√5): U(−1/√fan_in, 1/√fan_in), bias alike
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1])
@@ -169,7 +170,7 @@ class Conv2d:
 
     @algo.setter
     def algo(self, value: str) -> None:
-        name = validate.algo_name(value, dispatch.names())
+        name = validate.algo_name(value, registry.names())
         with self._lock:
             self._algo = name
             self._invalidate()
@@ -195,23 +196,23 @@ class Conv2d:
         return validate.conv2d_args(input, self._weight, self._bias, self.stride, self.padding,
                                     self.dilation, self.groups)
 
-    def _plan(self, p: ConvParams) -> dispatch.Plan:
+    def _plan(self, p: ConvParams) -> Plan:
         plan = self._plans.get(p)
         if plan is not None:
             return plan
         with self._lock:  # built once, even when several threads ask at the same time
             plan = self._plans.get(p)
             if plan is None:
-                alg = dispatch.select(p, self._algo)
+                alg = rules.select(p, self._algo)
                 key = (p.with_batch(1), alg.name)
                 plan = self._prepared.get(key)
                 if plan is None:
-                    plan = dispatch.Plan(alg, self._weight, self._bias, key[0])
+                    plan = Plan(alg, self._weight, self._bias, key[0])
                     self._prepared[key] = plan
                 self._plans[p] = plan
             return plan
 
-    def plan(self, input_shape: tuple[int, ...]) -> dispatch.Plan:
+    def plan(self, input_shape: tuple[int, ...]) -> Plan:
         """The plan (algorithm + prepared weights) this layer runs for inputs of ``input_shape``."""
         _, _, _, p, _ = self._params(np.empty(input_shape, dtype=self._weight.dtype))
         return self._plan(p)

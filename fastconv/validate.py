@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import memory
 from .params import ConvParams, PoolParams
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -50,6 +51,11 @@ def _contiguous(arr: np.ndarray) -> np.ndarray:
     # ascontiguousarray returns the same object when it already is C-contiguous; kernels only
     # read their inputs, so a read-only array is fine as it is.
     return np.ascontiguousarray(arr)
+
+
+def _copy_bytes(arr: np.ndarray | None) -> int:
+    """Bytes `_contiguous` will allocate for ``arr`` (0 when it is used in place)."""
+    return 0 if arr is None or arr.flags.c_contiguous else arr.nbytes
 
 
 # --- scalar arguments --------------------------------------------------------------------
@@ -155,6 +161,7 @@ def conv2d_args(input: Any, weight: Any, bias: Any, stride: Any, padding: Any, d
             raise ValueError(f"kernel {axis} (dilation·(K−1)+1 = {effective}) is larger than the padded "
                              f"input {axis} ({size} + {before} + {after} = {size + before + after})")
     p = ConvParams(n, c_in, h, wd, c_out, kh, kw, s, pad, d, g, _dtype_name(x.dtype), b is not None)
+    memory.check_call("conv2d", p, x.dtype, (("input", _copy_bytes(x4)), ("weight", _copy_bytes(w))))
     return _contiguous(x4), _contiguous(w), b, p, unbatched
 
 
@@ -212,6 +219,7 @@ def max_pool2d_args(input: Any, kernel_size: Any, stride: Any, padding: Any, dil
     p = PoolParams("max", *x4.shape, kernel=k, stride=s, padding=pad, dilation=d, ceil_mode=ceil,
                    dtype=_dtype_name(x4.dtype))
     _check_pool_output(p, x4)
+    memory.check_call("max_pool2d", p, x4.dtype, (("input", _copy_bytes(x4)),))
     return _contiguous(x4), p, unbatched
 
 
@@ -229,6 +237,7 @@ def avg_pool2d_args(input: Any, kernel_size: Any, stride: Any, padding: Any, cei
     p = PoolParams("avg", *x4.shape, kernel=k, stride=s, padding=pad, ceil_mode=ceil,
                    count_include_pad=bool(count_include_pad), divisor_override=div, dtype=_dtype_name(x4.dtype))
     _check_pool_output(p, x4)
+    memory.check_call("avg_pool2d", p, x4.dtype, (("input", _copy_bytes(x4)),))
     return _contiguous(x4), p, unbatched
 
 
@@ -236,6 +245,7 @@ def adaptive_avg_pool2d_args(input: Any, output_size: Any) -> tuple[np.ndarray, 
     x4, unbatched = _pool_input(input)
     size = tuple(x4.shape[2 + i] if v is None else v for i, v in enumerate(adaptive_output_size(output_size)))
     p = PoolParams("adaptive_avg", *x4.shape, output_size=size, dtype=_dtype_name(x4.dtype))
+    memory.check_call("adaptive_avg_pool2d", p, x4.dtype, (("input", _copy_bytes(x4)),))
     return _contiguous(x4), p, unbatched
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import dispatch
+from fastconv import plan, registry, rules
 from fastconv.testing import CONV_CASES, assert_algorithm_close, describe
 
 DTYPES = [np.float32, np.float64]
@@ -16,7 +16,7 @@ DTYPES = [np.float32, np.float64]
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c.name for c in CONV_CASES])
-@pytest.mark.parametrize("alg", dispatch.REGISTRY, ids=[a.name for a in dispatch.REGISTRY])
+@pytest.mark.parametrize("alg", registry.REGISTRY, ids=[a.name for a in registry.REGISTRY])
 def test_algorithm_matches_reference(alg, case, dtype):
     x, w, b = case.arrays(dtype)
     p = describe(x, w, b, **case.kwargs())
@@ -25,9 +25,9 @@ def test_algorithm_matches_reference(alg, case, dtype):
         with pytest.raises(ValueError, match="cannot run"):
             fastconv.conv2d(x, w, b, **case.kwargs(), algo=alg.name)
         return
-    plan = dispatch.Plan(alg, w, b, p)
+    pl = plan.Plan(alg, w, b, p)
     out = np.full(p.out_shape, np.nan, dtype=dtype)
-    plan.run(x, out)
+    pl.run(x, out)
     assert_algorithm_close(alg, out, x, w, b, p, f"{alg.name}/{case.name}")
     # the public op agrees with the plan, and returns the input's dtype
     y = fastconv.conv2d(x, w, b, **case.kwargs(), algo=alg.name)
@@ -35,30 +35,30 @@ def test_algorithm_matches_reference(alg, case, dtype):
     np.testing.assert_array_equal(y, out)
 
 
-@pytest.mark.parametrize("alg", dispatch.REGISTRY, ids=[a.name for a in dispatch.REGISTRY])
+@pytest.mark.parametrize("alg", registry.REGISTRY, ids=[a.name for a in registry.REGISTRY])
 def test_every_algorithm_runs_some_case(alg):
     """Guards the table itself: no algorithm may be refused on every case."""
     runnable = [c for c in CONV_CASES if alg.supports(describe(*c.arrays(), **c.kwargs())) is None]
     assert len(runnable) >= 5, f"{alg.name} runs only {len(runnable)} cases of the table"
 
 
-@pytest.mark.parametrize("alg", dispatch.REGISTRY, ids=[a.name for a in dispatch.REGISTRY])
+@pytest.mark.parametrize("alg", registry.REGISTRY, ids=[a.name for a in registry.REGISTRY])
 def test_plan_reused_across_inputs(alg):
     """prepare once, run many: a second input through the same plan is still correct."""
     case = next(c for c in CONV_CASES if c.n > 0 and alg.supports(describe(*c.arrays(), **c.kwargs())) is None)
     x, w, b = case.arrays(np.float32)
     p = describe(x, w, b, **case.kwargs())
-    plan = dispatch.Plan(alg, w, b, p)
+    pl = plan.Plan(alg, w, b, p)
     for seed in (1, 2):
         x2 = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
-        assert_algorithm_close(alg, plan.run(x2), x2, w, b, p)
+        assert_algorithm_close(alg, pl.run(x2), x2, w, b, p)
 
 
 def test_auto_is_correct_on_every_case():
     for case in CONV_CASES:
         x, w, b = case.arrays(np.float32)
         p = describe(x, w, b, **case.kwargs())
-        alg = dispatch.select(p, "auto")
+        alg = rules.select(p, "auto")
         assert_algorithm_close(alg, fastconv.conv2d(x, w, b, **case.kwargs()), x, w, b, p,
                                f"auto({alg.name})/{case.name}")
 

@@ -9,7 +9,7 @@ MemoryError (the documented errors), and must leave its input arrays byte-for-by
 arrays: inputs and outputs are placed flush against PROT_NONE guard pages (after the last
 byte, then before the first), so a read or write just outside an array is a segfault here
 instead of silent corruption. Outputs are pre-filled with NaN, so an element the kernel
-forgot to write is caught too. Generic over `dispatch.REGISTRY`.
+forgot to write is caught too. Generic over `registry.REGISTRY`.
 
 Every allocation stays under ~1 GiB (a shared machine): the child caps fastconv's workspace
 and output budgets at 1 GiB, so sizes whose index arithmetic would pass 2**31 elements must be
@@ -26,16 +26,16 @@ import textwrap
 
 import pytest
 
-from fastconv import dispatch
+from fastconv import memory, plan, registry
 
 ERRORS = {"ValueError", "TypeError", "MemoryError"}
 HARNESS = textwrap.dedent(r'''
     import json, sys, zlib
     import numpy as np
     import fastconv as F
-    from fastconv import dispatch
-    dispatch.set_workspace_limit(1 << 30)
-    dispatch.set_output_limit(1 << 30)
+    from fastconv import memory
+    memory.set_workspace_limit(1 << 30)
+    memory.set_output_limit(1 << 30)
 
     def A(shape, dtype=np.float32, fill=None):
         """A test input: random normal (small arrays) or a constant fill."""
@@ -167,7 +167,7 @@ def _conv_cases():
     ] + [
         (f"x = A((1, 1, 2000, 3000)); w = A((1, 1, 3, 3), fill=1.0)",
          f"F.conv2d(x, w, padding=1, algo='{a.name}')", [[1, 1, 2000, 3000]])
-        for a in dispatch.REGISTRY if a.supports(_params(1, 1, 2000, 3000, 1, 3, 3, 1)) is None
+        for a in registry.REGISTRY if a.supports(_params(1, 1, 2000, 3000, 1, 3, 3, 1)) is None
     ]
 
 
@@ -237,7 +237,7 @@ def test_pool_hostile_inputs():
 GUARD = textwrap.dedent(r'''
     import ctypes, mmap, sys
     import numpy as np
-    from fastconv import dispatch, reference, validate
+    from fastconv import plan, reference, registry, rules, validate
     from fastconv.testing import assert_algorithm_close
 
     PAGE = mmap.PAGESIZE
@@ -279,7 +279,7 @@ GUARD = textwrap.dedent(r'''
             w0 = rng.standard_normal((co, ci // g, kh, kw)).astype(dtype)
             b0 = rng.standard_normal(co).astype(dtype)
             x4, wc, bc, p, _ = validate.conv2d_args(x0, w0, b0, s, pad, d, g)
-            for alg in dispatch.REGISTRY:
+            for alg in registry.REGISTRY:
                 if alg.supports(p) is not None:
                     continue
                 for where in ("tail", "head"):
@@ -287,7 +287,7 @@ GUARD = textwrap.dedent(r'''
                     x, wt, b = place(x4, where), place(wc, where), place(bc, where)
                     out = guarded(p.out_shape, dtype, where)
                     out[...] = np.nan
-                    dispatch.Plan(alg, wt, b, p).run(x, out)
+                    plan.Plan(alg, wt, b, p).run(x, out)
                     if p.n * p.out_h * p.out_w <= 200_000:
                         assert_algorithm_close(alg, out, x0, w0, b0, p)
                     else:
@@ -312,7 +312,7 @@ GUARD = textwrap.dedent(r'''
                 out = guarded(p.out_shape, np.float32, where)
                 out[...] = np.nan
                 idx = guarded(p.out_shape, np.int64, where) if kind == "max" else None
-                dispatch.POOLS[kind].run(x, p, out, idx) if kind == "max" else dispatch.POOLS[kind].run(x, p, out)
+                plan.run_pool(x, p, out, idx if kind == "max" else None)
                 ref = getattr(reference, kind + "_pool2d")(x, p)
                 np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6, err_msg=f"{kind} {p.describe()}")
     print("DONE", flush=True)

@@ -7,7 +7,7 @@ validation hole or an over-eager rejection both fail. Every case also checks tha
 are left untouched (byte for byte, including the memory around strided views) and that the
 output has the input's dtype and array type.
 
-The conv sweep is parametrized over `dispatch.REGISTRY` (plus ``auto``), so every algorithm
+The conv sweep is parametrized over `registry.REGISTRY` (plus ``auto``), so every algorithm
 that lands is fuzzed with no edit here. Shapes are small on purpose: the oracle is O(taps).
 
 Profiles (tests/conftest.py): ``ci`` (default, >= 500 examples per test), ``long``
@@ -24,7 +24,7 @@ from hypothesis import assume, event, given, note, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import dispatch, reference
+from fastconv import reference, registry, rules
 from fastconv.params import ConvParams, PoolParams, adaptive_bounds, pool_output_size
 from fastconv.testing import assert_algorithm_close, conv_error_bound
 
@@ -163,7 +163,7 @@ TEMPLATES = {
 def templates_for(name: str) -> list[str]:
     if name == "auto":
         return list(TEMPLATES)
-    alg = dispatch.get(name)
+    alg = registry.get(name)
     ok = []
     for t, spec in TEMPLATES.items():
         # fields a template leaves free get deliberately unspecial values in the representative
@@ -228,7 +228,7 @@ def conv_cases(draw, algo: str, nonfinite: str | None = None, min_n: int = 0):
     if valid:
         p = ConvParams(n, c_in, h, w, c_out, kh, kw, stride, pad4, dilation, groups,
                        np.dtype(dtype).name, bias)
-        why = None if algo == "auto" else dispatch.get(algo).supports(p)
+        why = None if algo == "auto" else registry.get(algo).supports(p)
         if why is None:
             expect = p
         else:
@@ -245,7 +245,7 @@ def conv_cases(draw, algo: str, nonfinite: str | None = None, min_n: int = 0):
     return x, wt, b, kwargs, layouts, unbatched, expect
 
 
-CONV_ALGOS = ["auto"] + dispatch.names()
+CONV_ALGOS = ["auto"] + registry.names()
 
 
 @pytest.mark.parametrize("algo", CONV_ALGOS)
@@ -262,7 +262,7 @@ def test_conv2d_fuzz(algo, data):
         return
     p: ConvParams = expect
     y = check_result(y, xp, x.dtype, p.out_shape[1:] if unbatched else p.out_shape)
-    alg = dispatch.select(p, algo)
+    alg = rules.select(p, algo)
     assert_algorithm_close(alg, y, x, w, b, p, label=f"{alg.name} {p.describe()}")
 
 
@@ -293,11 +293,13 @@ def test_conv2d_nonfinite_matches_torch(algo, where, data):
     tkw = {k: v for k, v in kwargs.items() if k != "algo"}
     t = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
                                    None if b is None else torch.from_numpy(b), **tkw).numpy()
-    alg = dispatch.select(p, algo)
+    alg = rules.select(p, algo)
     # A non-finite weight on a zero-padded tap has no single torch answer: its im2col path
     # multiplies the padding (0·Inf = NaN), its oneDNN path (float32, batch > 1) skips it.
-    # Those outputs are excluded; every other output must match torch exactly.
+    # fastconv's rule (README, "NaN and Inf") is the definition's: padding is a zero that is
+    # multiplied, so those outputs are NaN. Every other output must match torch exactly.
     ok = np.broadcast_to(~weight_meets_padding(w, p), y.shape)
+    assert np.isnan(y[~ok]).all(), "a non-finite weight on a padded tap gives NaN"
     same_nonfinite(y[ok], t[ok], f"{alg.name} {p.describe()} vs torch")
     # the finite outputs still meet the accuracy contract
     with np.errstate(all="ignore"):

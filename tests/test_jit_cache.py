@@ -21,14 +21,14 @@ import fastconv
 CHILD = textwrap.dedent(r'''
     import numpy as np
     import fastconv
-    from fastconv import dispatch, reference, validate
+    from fastconv import plan, reference, registry, rules, validate
     from fastconv.testing import assert_algorithm_close
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
     b = rng.standard_normal(6).astype(np.float32)
     ran = []
-    for alg in dispatch.REGISTRY:
+    for alg in registry.REGISTRY:
         for k in (3, 1):
             w = rng.standard_normal((6, 4, k, k)).astype(np.float32)
             xx, ww, bb, p, _ = validate.conv2d_args(x, w, b, 1, 0, 1, 1)
@@ -37,7 +37,7 @@ CHILD = textwrap.dedent(r'''
                 assert_algorithm_close(alg, y, x, w, b, p)
                 ran.append(alg.name)
                 break
-    assert set(ran) == set(dispatch.names()), ran
+    assert set(ran) == set(registry.names()), ran
     p = validate.max_pool2d_args(x, 3, 2, 1, 1, False)[1]
     np.testing.assert_array_equal(fastconv.max_pool2d(x, 3, 2, 1), reference.max_pool2d(x, p))
     print("OK", fastconv.__file__, flush=True)

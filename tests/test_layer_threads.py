@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import dispatch
+from fastconv import plan, registry
 from fastconv.testing import run_concurrently
 
 N_THREADS = 8
@@ -20,17 +20,17 @@ N_THREADS = 8
 
 @pytest.fixture
 def plan_count(monkeypatch):
-    """Counts dispatch.Plan constructions (= weight preparations)."""
+    """Counts plan.Plan constructions (= weight preparations)."""
     count = [0]
     lock = threading.Lock()
 
-    class Counting(dispatch.Plan):
+    class Counting(plan.Plan):
         def __init__(self, *a, **k):
             with lock:
                 count[0] += 1
             super().__init__(*a, **k)
 
-    monkeypatch.setattr(dispatch, "Plan", Counting)
+    monkeypatch.setattr(fastconv.layers, "Plan", Counting)  # the name the layers call
     return count
 
 
@@ -38,7 +38,7 @@ def _geometry(algo: str) -> tuple[int, int]:
     """(kernel, padding) of a layer ``algo`` runs: 3x3 pad 1, else 1x1 pad 0 (e.g. pointwise)."""
     from fastconv.params import ConvParams
     for k, pad in ((3, 1), (1, 0)):
-        if algo == "auto" or dispatch.get(algo).supports(ConvParams.from_layer(2, 16, 17, 24, k, padding=pad,
+        if algo == "auto" or registry.get(algo).supports(ConvParams.from_layer(2, 16, 17, 24, k, padding=pad,
                                                                                w=15)) is None:
             return k, pad
     raise AssertionError(f"{algo} runs neither a 3x3 nor a 1x1 layer")
@@ -54,7 +54,7 @@ def _inputs():
     return [rng.standard_normal((2, 16, 17, 15)).astype(np.float32) for _ in range(N_THREADS)]
 
 
-@pytest.mark.parametrize("algo", ["auto"] + dispatch.names())
+@pytest.mark.parametrize("algo", ["auto"] + registry.names())
 def test_shared_layer_matches_serial_and_plans_once(algo, plan_count):
     xs = _inputs()
     serial = [_layer(algo)(x) for x in xs]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import dispatch, testing, validate
+from fastconv import memory, plan, registry, rules, testing, validate
 
 RNG = np.random.default_rng(5)
 
@@ -105,14 +105,14 @@ def test_weight_assignment_validates_copies_and_is_read_only():
 def count_prepare(monkeypatch):
     """Counts (and slows down) every weight preparation, so races would show as extra counts."""
     calls = []
-    original = dispatch.Algorithm.prepare
+    original = registry.Kernel.prepare
 
     def prepare(self, w, b, p):
         calls.append((self.name, p))
         time.sleep(0.02)
         return original(self, w, b, p)
 
-    monkeypatch.setattr(dispatch.Algorithm, "prepare", prepare)
+    monkeypatch.setattr(registry.Kernel, "prepare", prepare)
     return calls
 
 
@@ -250,7 +250,7 @@ def test_configuration_is_read_only_and_repeated_shapes_skip_validation(monkeypa
 
 def test_layers_respect_the_output_budget(monkeypatch):
     x = rand(1, 2, 16, 16)
-    monkeypatch.setattr(dispatch, "_OUTPUT_LIMIT", [100])
+    monkeypatch.setitem(memory._limits, "call", 100)
     for layer in (fastconv.Conv2d(2, 2, 3), fastconv.MaxPool2d(2), fastconv.AvgPool2d(2)):
         with pytest.raises(MemoryError, match="over the limit"):
             layer(x)

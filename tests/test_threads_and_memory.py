@@ -3,7 +3,7 @@
 * Budgets: a workspace or an output over its limit raises MemoryError naming the size, before
   anything large is allocated (checked with tracemalloc, which sees every NumPy allocation).
 * Threads: 8 Python threads calling conv2d (every algorithm) and the pools at once, on a shared
-  `dispatch.Plan` and on separate ones, get results bit-identical to serial calls.
+  `plan.Plan` and on separate ones, get results bit-identical to serial calls.
 * Leaks: 10,000 calls of each op (plus 10,000 refused calls) in a fresh child process leave its
   resident memory flat.
 """
@@ -20,17 +20,17 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import dispatch, validate
+from fastconv import memory, plan, registry, rules, validate
 from fastconv.params import ConvParams
 from fastconv.testing import run_concurrently
 
 
 @pytest.fixture
 def limits():
-    old = dispatch.get_workspace_limit(), dispatch.get_output_limit()
+    old = memory.get_workspace_limit(), memory.get_output_limit()
     yield
-    dispatch.set_workspace_limit(old[0])
-    dispatch.set_output_limit(old[1])
+    memory.set_workspace_limit(old[0])
+    memory.set_output_limit(old[1])
 
 
 def _peak_during(fn) -> int:
@@ -44,7 +44,7 @@ def _peak_during(fn) -> int:
 
 
 # --- budgets ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("alg", dispatch.REGISTRY, ids=dispatch.names())
+@pytest.mark.parametrize("alg", registry.REGISTRY, ids=registry.names())
 def test_workspace_over_budget_raises_before_allocating(alg, limits):
     # a layer every algorithm runs, with a non-trivial workspace where the algorithm has one
     p = ConvParams.from_layer(1, 32, 40, 32, 3 if alg.supports(ConvParams.from_layer(1, 8, 8, 8, 3)) is None else 1,
@@ -54,35 +54,35 @@ def test_workspace_over_budget_raises_before_allocating(alg, limits):
     assert alg.supports(p) is None
     x = np.ones(p.input_shape, np.float32)
     w = np.ones(p.weight_shape, np.float32)
-    need = alg.workspace_bytes(p)
+    need = alg.workspace_bytes(p, fastconv.get_num_threads())
     out_bytes = int(np.prod(p.out_shape)) * 4
     if need > 0:
-        dispatch.set_workspace_limit(need - 1)
+        memory.set_workspace_limit(need - 1)
         peak = _peak_during(lambda: pytest.raises(MemoryError, fastconv.conv2d, x, w, algo=alg.name))
-        with pytest.raises(MemoryError, match=rf"{alg.name} needs a {need:,}-byte workspace"):
+        with pytest.raises(MemoryError, match=rf"{alg.name} .*the workspace needs {need:,} bytes, over the limit"):
             fastconv.conv2d(x, w, algo=alg.name)
         assert peak < min(need, out_bytes) // 2, f"{peak} bytes allocated before the MemoryError"
-        dispatch.set_workspace_limit(need)
+        memory.set_workspace_limit(need)
         fastconv.conv2d(x, w, algo=alg.name)  # exactly at the limit runs
-    dispatch.set_output_limit(out_bytes - 1)
+    memory.set_output_limit(out_bytes - 1)
     peak = _peak_during(lambda: pytest.raises(MemoryError, fastconv.conv2d, x, w, algo=alg.name))
     assert peak < out_bytes // 2, f"{peak} bytes allocated before the MemoryError"
     with pytest.raises(MemoryError, match=f"needs {out_bytes:,} bytes"):
         fastconv.conv2d(x, w, algo=alg.name)
-    dispatch.set_output_limit(out_bytes)
+    memory.set_output_limit(out_bytes)
     assert fastconv.conv2d(x, w, algo=alg.name).shape == p.out_shape
 
 
 def test_pool_outputs_over_budget_raise_before_allocating(limits):
     x = np.ones((1, 4, 64, 64), np.float32)
-    dispatch.set_output_limit(4 * 64 * 64 * 4 - 1)
+    memory.set_output_limit(4 * 64 * 64 * 4 - 1)
     for call in (lambda: fastconv.max_pool2d(x, 1), lambda: fastconv.avg_pool2d(x, 1),
                  lambda: fastconv.adaptive_avg_pool2d(x, 64)):
         peak = _peak_during(lambda: pytest.raises(MemoryError, call))
         assert peak < 4 * 64 * 64 * 4 // 2
         with pytest.raises(MemoryError, match=r"needs 65,536 bytes, over the limit of 65,535"):
             call()
-    dispatch.set_output_limit(4 * 32 * 32 * 8 - 1)  # int64 indices: twice the bytes of the values
+    memory.set_output_limit(4 * 32 * 32 * 8 - 1)  # int64 indices: twice the bytes of the values
     with pytest.raises(MemoryError, match="max_pool2d"):
         fastconv.max_pool2d(x, 2, return_indices=True)
     assert fastconv.max_pool2d(x, 2).shape == (1, 4, 32, 32)
@@ -95,14 +95,14 @@ def test_huge_outputs_raise_memoryerror_with_default_limits():
         fastconv.conv2d(one, one, padding=80_000)  # 160,001² float32 outputs ≈ 102 GB
     with pytest.raises(MemoryError, match="adaptive_avg_pool2d"):
         fastconv.adaptive_avg_pool2d(one, 160_001)
-    assert dispatch.get_output_limit() > 0
+    assert memory.get_output_limit() > 0
 
 
 def test_budgets_are_settable_and_checked(limits):
-    dispatch.set_workspace_limit(123)
-    dispatch.set_output_limit(456)
-    assert (fastconv.get_workspace_limit(), dispatch.get_output_limit()) == (123, 456)
-    for setter in (dispatch.set_workspace_limit, dispatch.set_output_limit):
+    memory.set_workspace_limit(123)
+    memory.set_output_limit(456)
+    assert (fastconv.get_workspace_limit(), memory.get_output_limit()) == (123, 456)
+    for setter in (memory.set_workspace_limit, memory.set_output_limit):
         with pytest.raises(ValueError):
             setter(-1)
 
@@ -119,9 +119,9 @@ def _workload(seed: int):
     w1 = rng.standard_normal((24, 16, 1, 1)).astype(np.float32)
     b = rng.standard_normal(16).astype(np.float32)
     calls = [(f"conv2d[{a}]", lambda a=a: fastconv.conv2d(x, w, b, padding=1, algo=a))
-             for a in dispatch.names() if dispatch.get(a).supports(validate.conv2d_args(x, w, b, 1, 1, 1, 1)[3]) is None]
+             for a in registry.names() if registry.get(a).supports(validate.conv2d_args(x, w, b, 1, 1, 1, 1)[3]) is None]
     calls += [(f"conv2d_1x1[{a}]", lambda a=a: fastconv.conv2d(x, w1, stride=2, algo=a))
-              for a in dispatch.names() if dispatch.get(a).supports(validate.conv2d_args(x, w1, None, 2, 0, 1, 1)[3]) is None]
+              for a in registry.names() if registry.get(a).supports(validate.conv2d_args(x, w1, None, 2, 0, 1, 1)[3]) is None]
     calls += [
         ("conv2d_dw", lambda: fastconv.conv2d(x, w[:, :1], padding=2, dilation=2, groups=16)),
         ("max_pool2d", lambda: fastconv.max_pool2d(x, 3, 2, 1, return_indices=True)),
@@ -159,16 +159,16 @@ def test_threads_plans_match_serial(shared):
     w = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)
     b = rng.standard_normal(12).astype(np.float32)
     xs = [rng.standard_normal((2, 8, 15, 14)).astype(np.float32) for _ in range(N_THREADS)]
-    for alg in dispatch.REGISTRY:
+    for alg in registry.REGISTRY:
         _, wc, bc, p, _ = validate.conv2d_args(xs[0], w, b, 1, 1, 1, 1)
         if alg.supports(p) is not None:
             continue
-        plan = dispatch.Plan(alg, wc, bc, p)
-        serial = [plan.run(x) for x in xs]
+        pl = plan.Plan(alg, wc, bc, p)
+        serial = [pl.run(x) for x in xs]
         results = [None] * N_THREADS
 
         def work(i):
-            mine = plan if shared else dispatch.Plan(alg, wc, bc, p)
+            mine = pl if shared else plan.Plan(alg, wc, bc, p)
             for _ in range(5):
                 y = mine.run(xs[i])
                 assert np.array_equal(y, serial[i]), f"{alg.name}: thread {i} differs from serial"
@@ -184,7 +184,7 @@ LEAKS = textwrap.dedent(r'''
     import os, sys
     import numpy as np
     import fastconv
-    from fastconv import dispatch
+    from fastconv import registry
 
     PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -197,7 +197,7 @@ LEAKS = textwrap.dedent(r'''
     w3 = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
     w1 = rng.standard_normal((8, 8, 1, 1)).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
-    algos = dispatch.names()
+    algos = registry.names()
 
     def conv(i):  # every algorithm in turn (1x1 weights for the ones that need them)
         a = algos[i % len(algos)]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import dispatch
+from fastconv import registry
 from fastconv.testing import ADAPTIVE_CASES, AVG_POOL_CASES, CONV_CASES, MAX_POOL_CASES, describe
 
 torch = pytest.importorskip("torch", reason="torch not installed: pip install '.[peers]' to compare with torch")
@@ -15,7 +15,7 @@ def test_conv2d_matches_torch(case):
     x, w, b = case.arrays(np.float64, seed=7)
     expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b),
                         **case.kwargs()).numpy()
-    for alg in dispatch.REGISTRY:
+    for alg in registry.REGISTRY:
         if alg.supports(describe(x, w, b, **case.kwargs())) is not None:
             continue
         y = fastconv.conv2d(x, w, b, **case.kwargs(), algo=alg.name)

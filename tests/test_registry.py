@@ -1,10 +1,12 @@
-"""The registry, the auto chooser, the thread knob and the workspace budget."""
+"""The registry and kernel contract, the auto rules, the thread knob and the workspace budget."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 import fastconv
-from fastconv import dispatch, threads
-from fastconv.params import ConvParams
+from fastconv import contract, plan, registry, rules, threads
+from fastconv.params import ConvParams, PoolParams
 
 SUITE = {  # seed-network layers → the algorithm auto must pick (locks the measured heuristic)
     "lenet.conv1": (ConvParams.from_layer(64, 1, 28, 10, 5), "direct"),
@@ -28,8 +30,8 @@ SUITE = {  # seed-network layers → the algorithm auto must pick (locks the mea
 @pytest.mark.parametrize("name", SUITE)
 def test_auto_table(name):
     p, expected = SUITE[name]
-    assert dispatch.choose(p) == expected
-    assert dispatch.select(p).supports(p) is None
+    assert rules.choose(p) == expected
+    assert rules.select(p).supports(p) is None
 
 
 ONE_SHOT = {  # fastconv.conv2d prepares the weights for one call: 3x3 Winograd from 400 outputs,
@@ -58,14 +60,14 @@ ONE_SHOT = {  # fastconv.conv2d prepares the weights for one call: 3x3 Winograd 
 @pytest.mark.parametrize("name", ONE_SHOT)
 def test_auto_table_one_shot(name):
     p, expected = ONE_SHOT[name]
-    assert dispatch.choose(p, one_shot=True) == expected
-    assert dispatch.select(p, one_shot=True).name == expected
+    assert rules.choose(p, one_shot=True) == expected
+    assert rules.select(p, one_shot=True).name == expected
 
 
 def test_functional_conv2d_chooses_one_shot(monkeypatch):
     """fastconv.conv2d prepares its weights per call, so on a small map it skips Winograd (whose
     weight transform would cost more than the run) while a layer object keeps it."""
-    wino = dispatch.get("winograd").kernel
+    wino = registry.get("winograd").kernel
     calls = []
     real = wino.prepare
     monkeypatch.setattr(wino, "prepare", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -81,30 +83,64 @@ def test_functional_conv2d_chooses_one_shot(monkeypatch):
 
 
 def test_registry_names_unique_and_contract_complete():
-    assert len(set(dispatch.names())) == len(dispatch.REGISTRY)
-    for alg in dispatch.REGISTRY:
+    assert len(set(registry.names())) == len(registry.REGISTRY)
+    for alg in registry.REGISTRY + registry.POOL_REGISTRY:
         for fn in ("supports", "workspace_bytes", "prepare", "run"):
             assert callable(getattr(alg.kernel, fn)), f"{alg.name} lacks {fn}"
-        assert alg.language in ("numba", "cython")
         assert alg.kernel.__doc__ and len(alg.kernel.__doc__) > 200, f"{alg.name}: document the design"
         assert set(alg.tolerance) == {"float32", "float64"}
-    assert fastconv.algorithms() == dispatch.names()
+    assert fastconv.algorithms() == registry.names()
 
 
-def test_direct_supports_everything():
-    assert dispatch.get("direct").supports(ConvParams.from_layer(1, 6, 9, 6, 4, stride=3, groups=3)) is None
+CONV = ConvParams.from_layer(1, 16, 9, 16, 3, padding=1)
+POOL_OF = {"max": PoolParams("max", 1, 4, 8, 8, (2, 2), (2, 2)),
+           "avg": PoolParams("avg", 1, 4, 8, 8, (2, 2), (2, 2)),
+           "adaptive_avg": PoolParams("adaptive_avg", 1, 4, 8, 8, output_size=(1, 1))}
+
+
+@pytest.mark.parametrize("kernel", registry.REGISTRY + registry.POOL_REGISTRY,
+                         ids=[k.op + "." + k.name for k in registry.REGISTRY + registry.POOL_REGISTRY])
+def test_every_kernel_answers_for_every_contract_field(kernel):
+    """A pass, layout or epilogue a kernel does not run is refused with its name, never run."""
+    base = CONV if kernel.op == "conv2d" else POOL_OF[kernel.name]
+    if kernel.op == "conv2d" and kernel.name == "pointwise":
+        base = ConvParams.from_layer(1, 16, 9, 16, 1)
+    assert kernel.supports(base) is None
+    for pass_ in contract.PASSES:
+        if pass_ not in kernel.passes:
+            reason = kernel.supports(dataclasses.replace(base, pass_=pass_))
+            assert reason and pass_ in reason, (pass_, reason)
+    if kernel.op == "conv2d":
+        reason = kernel.supports(dataclasses.replace(base, post_ops=("relu",)))
+        assert reason and "relu" in reason
+    fake = dataclasses.replace(base)
+    object.__setattr__(fake, "layout", "NHWC")  # a layout the contract may learn later
+    reason = kernel.supports(fake)
+    assert reason and "NHWC" in reason
+
+
+def test_contract_refuses_unknown_names():
+    for bad, word in (({"pass_": "backward"}, "backward"), ({"layout": "NHWC"}, "NHWC"),
+                      ({"post_ops": ("gelu",)}, "gelu")):
+        with pytest.raises(ValueError, match=word):
+            dataclasses.replace(CONV, **bad)
+
+
+def test_direct_supports_every_forward_case():
+    assert registry.get("direct").supports(ConvParams.from_layer(1, 6, 9, 6, 4, stride=3, groups=3)) is None
+    assert registry.get("direct").supports(ConvParams.from_layer(1, 6, 9, 6, 4, dtype="float64")) is None
 
 
 def test_workspace_budget_raises_before_allocating():
     p = ConvParams.from_layer(1, 64, 64, 64, 3, padding=1)
-    need = dispatch.get("im2col").workspace_bytes(p)
+    need = registry.get("im2col").workspace_bytes(p, threads.get_num_threads())
     assert need > 0
     old = fastconv.get_workspace_limit()
     try:
         fastconv.set_workspace_limit(need - 1)
         x = np.ones(p.input_shape, np.float32)
         w = np.ones(p.weight_shape, np.float32)
-        with pytest.raises(MemoryError, match=rf"im2col needs a {need:,}-byte workspace"):
+        with pytest.raises(MemoryError, match=rf"im2col .*the workspace needs {need:,} bytes, over the limit"):
             fastconv.conv2d(x, w, padding=1, algo="im2col")
         fastconv.set_workspace_limit(need)
         fastconv.conv2d(x, w, padding=1, algo="im2col")
