@@ -78,7 +78,7 @@ def set_output_limit(nbytes: int) -> None:
     --------
     >>> import fastconv
     >>> old = fastconv.get_output_limit()
-    >>> fastconv.set_output_limit(1 << 20)
+    >>> fastconv.set_output_limit(1 << 19)
     >>> fastconv.max_pool2d(np.zeros((1, 1, 1024, 1024), np.float32), 2)
     Traceback (most recent call last):
     ...
