@@ -107,3 +107,92 @@ def _window_sums(x: np.ndarray, hs, he, ws, we) -> np.ndarray:
         for j, (w0, w1) in enumerate(zip(ws, we)):
             out[:, :, i, j] = x[:, :, h0:h1, w0:w1].sum(axis=(2, 3))
     return out
+
+
+# --- backward passes (gradients), float64, straight from the definitions ----------------------
+# The forward op above is Z[n, p, i, j] = b[p] + Σ_d Σ_u Σ_v W[p, d, u, v] · X_pad[n, c(d), i·S_h + u·D_h,
+# j·S_w + v·D_w] with c(d) = g·C_g + d. Differentiating it term by term:
+#
+#   dX_pad[n, c(d), i·S_h + u·D_h, j·S_w + v·D_w] += Σ_p W[p, d, u, v] · dZ[n, p, i, j]
+#   dW[p, d, u, v] = Σ_n Σ_i Σ_j dZ[n, p, i, j] · X_pad[n, c(d), i·S_h + u·D_h, j·S_w + v·D_w]
+#   db[p]          = Σ_n Σ_i Σ_j dZ[n, p, i, j]
+#
+# and dX is dX_pad without its padding. As above, the loops over groups and taps are literal and the
+# rest is vectorised; every sum is in float64.
+def conv2d_input_grad(dy: np.ndarray, w: np.ndarray, p: ConvParams) -> np.ndarray:
+    """float64 dL/dX [N, C_in, H, W] of the convolution ``p``, given dL/dZ ``dy`` (4-D)."""
+    dy = np.asarray(dy, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    pt, pb, pl, pr = p.pad
+    dxp = np.zeros((p.n, p.c_in, p.h + pt + pb, p.w + pl + pr))
+    cig, cog = p.c_in_per_group, p.c_out_per_group
+    for g in range(p.groups):
+        dyg = dy[:, g * cog:(g + 1) * cog]
+        for u in range(p.kh):
+            for v in range(p.kw):
+                # the input pixels tap (u, v) met, one per output pixel (distinct, so += is exact)
+                _tap(dxp[:, g * cig:(g + 1) * cig], u, v, p.out_h, p.out_w, p.stride, p.dilation)[...] += \
+                    np.einsum("pd,npij->ndij", w[g * cog:(g + 1) * cog, :, u, v], dyg)
+    return dxp[:, :, pt:pt + p.h, pl:pl + p.w]
+
+
+def conv2d_weight_grad(x: np.ndarray, dy: np.ndarray, p: ConvParams) -> np.ndarray:
+    """float64 dL/dW [C_out, C_in/groups, kH, kW] of the convolution ``p`` at input ``x`` (4-D)."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    xp = _pad(x, *p.pad)
+    dw = np.zeros(p.weight_shape)
+    cig, cog = p.c_in_per_group, p.c_out_per_group
+    for g in range(p.groups):
+        xg = xp[:, g * cig:(g + 1) * cig]
+        dyg = dy[:, g * cog:(g + 1) * cog]
+        for u in range(p.kh):
+            for v in range(p.kw):
+                dw[g * cog:(g + 1) * cog, :, u, v] = np.einsum(
+                    "npij,ndij->pd", dyg, _tap(xg, u, v, p.out_h, p.out_w, p.stride, p.dilation))
+    return dw
+
+
+def conv2d_bias_grad(dy: np.ndarray) -> np.ndarray:
+    """float64 dL/db [C_out]: dZ summed over batch, height and width (4-D ``dy``)."""
+    return np.asarray(dy, dtype=np.float64).sum(axis=(0, 2, 3))
+
+
+def max_pool2d_input_grad(dy: np.ndarray, indices: np.ndarray, p: PoolParams) -> np.ndarray:
+    """float64 dL/dX of a max pool: each output's gradient goes to the input pixel its index names
+    (flat h·W + w in the plane); gradients meeting at one pixel are added."""
+    dy = np.asarray(dy, dtype=np.float64)
+    dx = np.zeros(p.input_shape)
+    for n in range(p.n):
+        for c in range(p.c):
+            np.add.at(dx[n, c].reshape(-1), np.asarray(indices[n, c]).reshape(-1), dy[n, c].reshape(-1))
+    return dx
+
+
+def _spread(dy: np.ndarray, shape, hs, he, ws, we, div) -> np.ndarray:
+    """dX of window means: output (i, j)'s gradient / div[i, j] added to every pixel of its window
+    [hs:he, ws:we] (one literal window at a time; an empty window adds nothing)."""
+    dx = np.zeros(shape)
+    for i, (h0, h1) in enumerate(zip(hs, he)):
+        for j, (w0, w1) in enumerate(zip(ws, we)):
+            if h1 > h0 and w1 > w0:
+                dx[:, :, h0:h1, w0:w1] += (dy[:, :, i, j] / div[i, j])[:, :, None, None]
+    return dx
+
+
+def avg_pool2d_input_grad(dy: np.ndarray, p: PoolParams) -> np.ndarray:
+    """float64 dL/dX of `avg_pool2d` (same windows and divisors as the forward oracle)."""
+    dy = np.asarray(dy, dtype=np.float64)
+    hs, he, hdiv = _avg_divisors(p.h, p.out_h, p.kernel[0], p.stride[0], p.padding[0], p.count_include_pad)
+    ws, we, wdiv = _avg_divisors(p.w, p.out_w, p.kernel[1], p.stride[1], p.padding[1], p.count_include_pad)
+    div = (np.full((p.out_h, p.out_w), float(p.divisor_override)) if p.divisor_override is not None
+           else np.outer(hdiv, wdiv).astype(np.float64))
+    return _spread(dy, p.input_shape, hs, he, ws, we, div)
+
+
+def adaptive_avg_pool2d_input_grad(dy: np.ndarray, p: PoolParams) -> np.ndarray:
+    """float64 dL/dX of `adaptive_avg_pool2d`."""
+    dy = np.asarray(dy, dtype=np.float64)
+    hs, he = adaptive_bounds(p.h, p.out_h)
+    ws, we = adaptive_bounds(p.w, p.out_w)
+    return _spread(dy, p.input_shape, hs, he, ws, we, np.outer(he - hs, we - ws).astype(np.float64))

@@ -1,0 +1,200 @@
+/* conv_grad_impl.h — the C cores of kernels/conv_grad.pyx (conv2d's input and weight gradients).
+ *
+ * Everything here works on buffers the .pyx carves out of the caller's workspace, 64-byte aligned,
+ * with rows padded with zeros to whole vectors, so the loops have no tails and no masks. Written
+ * with GCC vector extensions (like microkernel.h): zmm registers on AVX-512 builds, AVX2/SSE pairs
+ * elsewhere; -ffp-contract=fast makes the a*b+c FMAs. Two element types, instantiated by macro:
+ * _f (float, 16 lanes) and _d (double, 8 lanes).
+ *
+ * Weight gradient, "dot" micro-kernel (fcg_dot_<MP>x<MR>_<t>):
+ *     c[p*ldc + r] += Σ_t dy[p*ldy + t] · xs[r][t]       p < MP, r < MR, t < nv·VL
+ * i.e. MP output channels × MR unfolded input rows, reduced over a chunk of output pixels that
+ * lies along the vector lanes. The MP·MR accumulators are vectors (4 × 6 = 24 zmm); each step of
+ * VL pixels loads MP + MR vectors for MP·MR FMAs. At the end of the chunk each accumulator is
+ * summed across its lanes in a fixed tree and added to c in double: the partial sums of a chunk
+ * are float for float32, the running total over chunks is double, so the error does not grow with
+ * the batch. The order of every sum is fixed by the chunking alone, never by the threads.
+ *
+ * Input gradient, "bcast" micro-kernel (fcg_bcast_<t>): the GEMM
+ *     c[r*ldc + j] = Σ_k a[k*MR + r] · b[k*ldb + j]       r < 8, j < 3·VL, k < K
+ * with a = Wᵀ packed [K][8] (prepare) and b = grad_output rows (pitch ldb), 8 × 3 vectors of
+ * accumulators — the layout of the forward's GEMM kernels.
+ */
+#ifndef FASTCONV_CONV_GRAD_IMPL_H
+#define FASTCONV_CONV_GRAD_IMPL_H
+
+#include <stddef.h>
+#include <string.h>
+
+typedef float fcg_vf __attribute__((vector_size(64)));
+typedef double fcg_vd __attribute__((vector_size(64)));
+#define FCG_VL_F 16
+#define FCG_VL_D 8
+#define FCG_MP 4   /* output channels per dot block */
+#define FCG_MR 6   /* unfolded rows per dot block */
+#define FCG_BR 8   /* rows of the bcast kernel */
+#define FCG_BV 3   /* vectors of columns of the bcast kernel */
+
+static inline double fcg_hsum_f(fcg_vf v) {
+    /* fixed tree: 16 -> 8 -> 4 -> 2 -> 1 */
+    float s8[8], s4[4], s2[2];
+    for (int i = 0; i < 8; i++) s8[i] = v[i] + v[i + 8];
+    for (int i = 0; i < 4; i++) s4[i] = s8[i] + s8[i + 4];
+    for (int i = 0; i < 2; i++) s2[i] = s4[i] + s4[i + 2];
+    return (double)(s2[0] + s2[1]);
+}
+
+static inline double fcg_hsum_d(fcg_vd v) {
+    double s4[4], s2[2];
+    for (int i = 0; i < 4; i++) s4[i] = v[i] + v[i + 4];
+    for (int i = 0; i < 2; i++) s2[i] = s4[i] + s4[i + 2];
+    return s2[0] + s2[1];
+}
+
+/* Lane sums of 24 accumulators in a fixed tree (each fold adds lane i to lane i + half of a
+ * shrinking group, and interleaves two accumulators' partials into one vector, so the 24 sums cost
+ * 23 folds instead of 24 separate reductions): out[a] = Σ lanes of acc[a]. */
+#define FCG_SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+static inline fcg_vf fcg_fold1_f(fcg_vf a, fcg_vf b) {  /* 16 partials of 1 → 8 partials of 2 */
+    return FCG_SHUF(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           FCG_SHUF(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+}
+static inline fcg_vf fcg_fold2_f(fcg_vf a, fcg_vf b) {  /* 8 partials of 2 → 4 partials of 4 */
+    return FCG_SHUF(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           FCG_SHUF(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+}
+static inline fcg_vf fcg_fold3_f(fcg_vf a, fcg_vf b) {  /* 4 partials of 4 → 2 partials of 8 */
+    return FCG_SHUF(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           FCG_SHUF(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+}
+static inline fcg_vf fcg_fold4_f(fcg_vf a, fcg_vf b) {  /* 2 partials of 8 → 16 sums */
+    return FCG_SHUF(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           FCG_SHUF(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+static inline fcg_vf fcg_tree8_f(const fcg_vf *a) {  /* 8 accumulators → 2 partials each */
+    return fcg_fold3_f(fcg_fold2_f(fcg_fold1_f(a[0], a[1]), fcg_fold1_f(a[2], a[3])),
+                       fcg_fold2_f(fcg_fold1_f(a[4], a[5]), fcg_fold1_f(a[6], a[7])));
+}
+static inline void fcg_reduce24_f(const fcg_vf *a, double *out) {
+    fcg_vf s16 = fcg_fold4_f(fcg_tree8_f(a), fcg_tree8_f(a + 8));
+    fcg_vf s8 = fcg_fold4_f(fcg_tree8_f(a + 16), (fcg_vf){0});
+    for (int i = 0; i < 16; i++) out[i] = (double)s16[i];
+    for (int i = 0; i < 8; i++) out[16 + i] = (double)s8[i];
+}
+static inline fcg_vd fcg_fold1_d(fcg_vd a, fcg_vd b) {
+    return FCG_SHUF(a, b, 0, 1, 2, 3, 8, 9, 10, 11) + FCG_SHUF(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+static inline fcg_vd fcg_fold2_d(fcg_vd a, fcg_vd b) {
+    return FCG_SHUF(a, b, 0, 1, 4, 5, 8, 9, 12, 13) + FCG_SHUF(a, b, 2, 3, 6, 7, 10, 11, 14, 15);
+}
+static inline fcg_vd fcg_fold3_d(fcg_vd a, fcg_vd b) {
+    return FCG_SHUF(a, b, 0, 2, 4, 6, 8, 10, 12, 14) + FCG_SHUF(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+static inline void fcg_reduce24_d(const fcg_vd *a, double *out) {
+    for (int g = 0; g < 3; g++) {
+        const fcg_vd *b = a + 8 * g;
+        fcg_vd s = fcg_fold3_d(fcg_fold2_d(fcg_fold1_d(b[0], b[1]), fcg_fold1_d(b[2], b[3])),
+                               fcg_fold2_d(fcg_fold1_d(b[4], b[5]), fcg_fold1_d(b[6], b[7])));
+        for (int i = 0; i < 8; i++) out[8 * g + i] = s[i];
+    }
+}
+
+/* Vector loads that need no alignment (dy may be read in place from a numpy array). */
+#define FCG_LOAD(VT, p) ({ VT v_; memcpy(&v_, (p), sizeof v_); v_; })
+
+#define FCG_DEFINE_DOT(T, VT, VL, SUF, MP, MR)                                                        \
+    static void fcg_dot_##MP##x##MR##_##SUF(long nv, const T *restrict dy, long ldy,                  \
+                                             const T *const *xs, double *restrict c,            \
+                                             long ldc) {                                              \
+        VT acc[MP * MR];                                                                              \
+        for (int a = 0; a < MP * MR; a++) acc[a] = (VT){0};                                          \
+        for (long t = 0; t < nv; t++) {                                                               \
+            VT d[MP];                                                                                 \
+            _Pragma("GCC unroll 4")                                                                   \
+            for (int p = 0; p < MP; p++) d[p] = FCG_LOAD(VT, dy + p * ldy + t * VL);                 \
+            _Pragma("GCC unroll 6")                                                                   \
+            for (int r = 0; r < MR; r++) {                                                            \
+                VT xv = FCG_LOAD(VT, xs[r] + t * VL);                                              \
+                _Pragma("GCC unroll 4")                                                               \
+                for (int p = 0; p < MP; p++) acc[p * MR + r] += d[p] * xv;                            \
+            }                                                                                         \
+        }                                                                                             \
+        if (MP * MR == 24) {                                                                          \
+            double s[24];                                                                             \
+            fcg_reduce24_##SUF(acc, s);                                                               \
+            for (int p = 0; p < MP; p++)                                                              \
+                for (int r = 0; r < MR; r++) c[p * ldc + r] += s[p * MR + r];                        \
+        } else {                                                                                      \
+            for (int p = 0; p < MP; p++)                                                              \
+                for (int r = 0; r < MR; r++) c[p * ldc + r] += fcg_hsum_##SUF(acc[p * MR + r]);      \
+        }                                                                                             \
+    }
+
+#define FCG_DEFINE_DOT_ROW(T, VT, VL, SUF, MP)                                                        \
+    FCG_DEFINE_DOT(T, VT, VL, SUF, MP, 1) FCG_DEFINE_DOT(T, VT, VL, SUF, MP, 2)                       \
+    FCG_DEFINE_DOT(T, VT, VL, SUF, MP, 3) FCG_DEFINE_DOT(T, VT, VL, SUF, MP, 4)                       \
+    FCG_DEFINE_DOT(T, VT, VL, SUF, MP, 5) FCG_DEFINE_DOT(T, VT, VL, SUF, MP, 6)
+
+FCG_DEFINE_DOT_ROW(float, fcg_vf, FCG_VL_F, f, 1)
+FCG_DEFINE_DOT_ROW(float, fcg_vf, FCG_VL_F, f, 2)
+FCG_DEFINE_DOT_ROW(float, fcg_vf, FCG_VL_F, f, 3)
+FCG_DEFINE_DOT_ROW(float, fcg_vf, FCG_VL_F, f, 4)
+FCG_DEFINE_DOT_ROW(double, fcg_vd, FCG_VL_D, d, 1)
+FCG_DEFINE_DOT_ROW(double, fcg_vd, FCG_VL_D, d, 2)
+FCG_DEFINE_DOT_ROW(double, fcg_vd, FCG_VL_D, d, 3)
+FCG_DEFINE_DOT_ROW(double, fcg_vd, FCG_VL_D, d, 4)
+
+typedef void (*fcg_dot_f_t)(long, const float *, long, const float *const *, double *, long);
+typedef void (*fcg_dot_d_t)(long, const double *, long, const double *const *, double *, long);
+
+#define FCG_DOT_TABLE_ROW(SUF, MP)                                                                    \
+    {fcg_dot_##MP##x1_##SUF, fcg_dot_##MP##x2_##SUF, fcg_dot_##MP##x3_##SUF,                          \
+     fcg_dot_##MP##x4_##SUF, fcg_dot_##MP##x5_##SUF, fcg_dot_##MP##x6_##SUF}
+
+static const fcg_dot_f_t fcg_dot_table_f[FCG_MP][FCG_MR] = {
+    FCG_DOT_TABLE_ROW(f, 1), FCG_DOT_TABLE_ROW(f, 2), FCG_DOT_TABLE_ROW(f, 3), FCG_DOT_TABLE_ROW(f, 4)};
+static const fcg_dot_d_t fcg_dot_table_d[FCG_MP][FCG_MR] = {
+    FCG_DOT_TABLE_ROW(d, 1), FCG_DOT_TABLE_ROW(d, 2), FCG_DOT_TABLE_ROW(d, 3), FCG_DOT_TABLE_ROW(d, 4)};
+
+/* c[p*ldc + r] += Σ_t dy[p*ldy + t]·xs[r][t] for p < np_, r < nr, t < nv·VL (any sizes): blocks of
+ * 4 x 6 and the remainders, each (p, r) pair in exactly one block (so its sum order is fixed).
+ * Channel blocks outside: a block's 4 grad_output rows stay in L1 while the rows pass (the rows of
+ * one input channel's taps are shifted views of one plane, so they are in L1 too). */
+#define FCG_DEFINE_DOT_BLOCK(T, SUF)                                                                  \
+    static void fcg_dot_block_##SUF(int np_, int nr, long nv, const T *dy, long ldy,                 \
+                                    const T *const *xs, double *c, long ldc) {                        \
+        for (int p0 = 0; p0 < np_; p0 += FCG_MP) {                                                    \
+            int mp = np_ - p0 < FCG_MP ? np_ - p0 : FCG_MP;                                           \
+            for (int r0 = 0; r0 < nr; r0 += FCG_MR) {                                                 \
+                int mr = nr - r0 < FCG_MR ? nr - r0 : FCG_MR;                                         \
+                fcg_dot_table_##SUF[mp - 1][mr - 1](nv, dy + (long)p0 * ldy, ldy, xs + r0,            \
+                                                    c + (long)p0 * ldc + r0, ldc);                    \
+            }                                                                                         \
+        }                                                                                             \
+    }
+FCG_DEFINE_DOT_BLOCK(float, f)
+FCG_DEFINE_DOT_BLOCK(double, d)
+
+/* Broadcast GEMM block: c[r*ldc + j] = Σ_k a[k*8 + r]·b[k*ldb + j], 8 rows x 3 vectors. */
+#define FCG_DEFINE_BCAST(T, VT, VL, SUF)                                                              \
+    static void fcg_bcast_##SUF(long K, const T *restrict a, const T *restrict b, long ldb,            \
+                                T *restrict c, long ldc) {                                            \
+        VT acc[FCG_BR][FCG_BV];                                                                       \
+        for (int r = 0; r < FCG_BR; r++)                                                              \
+            for (int v = 0; v < FCG_BV; v++) acc[r][v] = (VT){0};                                    \
+        for (long k = 0; k < K; k++) {                                                                \
+            VT bv[FCG_BV];                                                                            \
+            for (int v = 0; v < FCG_BV; v++) bv[v] = *(const VT *)(b + k * ldb + v * VL);             \
+            _Pragma("GCC unroll 8")                                                                   \
+            for (int r = 0; r < FCG_BR; r++) {                                                        \
+                VT av = (VT){0} + a[k * FCG_BR + r];                                                  \
+                for (int v = 0; v < FCG_BV; v++) acc[r][v] += av * bv[v];                             \
+            }                                                                                         \
+        }                                                                                             \
+        for (int r = 0; r < FCG_BR; r++)                                                              \
+            for (int v = 0; v < FCG_BV; v++) memcpy(c + r * ldc + v * VL, &acc[r][v], sizeof(VT));   \
+    }
+FCG_DEFINE_BCAST(float, fcg_vf, FCG_VL_F, f)
+FCG_DEFINE_BCAST(double, fcg_vd, FCG_VL_D, d)
+
+#endif
