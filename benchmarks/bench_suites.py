@@ -18,7 +18,9 @@ import os
 import numpy as np
 import pytest
 
-from fastconv import dispatch
+from fastconv import plan as plans
+from fastconv import rules, threads
+from fastconv.registry import REGISTRY
 from fastconv.bench import runner, suites
 from fastconv.params import PoolParams
 
@@ -31,7 +33,7 @@ def _cases():
         if L.is_pool:
             yield pytest.param(L, L.params.kind, id=f"{L.name}-{L.params.kind}")
             continue
-        for a in dispatch.REGISTRY:
+        for a in REGISTRY:
             if a.supports(L.params) is None:
                 yield pytest.param(L, a.name, id=f"{L.name}-{a.name}")
         yield pytest.param(L, "auto", id=f"{L.name}-auto")
@@ -46,21 +48,21 @@ def test_layer(benchmark, layer, algo):
     benchmark.extra_info.update(describe=p.describe(), algorithm=algo)
     if isinstance(p, PoolParams):
         benchmark.extra_info["input_bytes"] = p.input_bytes
-        kernel, out = dispatch.POOLS[p.kind], np.empty(p.out_shape, dtype=p.dtype)
-        benchmark(kernel.run, x, p, out)
+        out = np.empty(p.out_shape, dtype=p.dtype)
+        benchmark(plans.run_pool, x, p, out)
         return
     benchmark.extra_info["flops"] = p.flops
     if algo == "torch":
         from fastconv.bench import peers
         try:
             peers.load("torch")
-            fn = peers.make("torch", p, x, w, b, dispatch.threads.get_num_threads())
+            fn = peers.make("torch", p, x, w, b, threads.get_num_threads())
         except peers.Skip as e:
             pytest.skip(str(e))
         benchmark(fn)
         return
-    alg = dispatch.select(p, algo)
+    alg = rules.select(p, algo)
     benchmark.extra_info["chosen"] = alg.name
-    plan, out = dispatch.Plan(alg, w, b, p), np.empty(p.out_shape, dtype=p.dtype)
-    plan.run(x, out)  # compile outside the timing
+    plan, out = plans.Plan(alg, w, b, p), np.empty(p.out_shape, dtype=p.dtype)
+    plan.run(x, out)  # first-touch of the packed weights and output outside the timing
     benchmark(plan.run, x, out)

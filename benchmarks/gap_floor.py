@@ -19,7 +19,7 @@ import numpy as np
 from scaling import sample  # (benchmarks/ is on sys.path when this script runs)
 
 import fastconv
-from fastconv import dispatch, validate
+from fastconv import plan, validate
 from fastconv.kernels import winograd
 
 
@@ -34,10 +34,9 @@ def main() -> None:
     x = np.random.default_rng(0).uniform(-1, 1, (8, 2048, 7, 7)).astype(np.float32)
     tx, flat, out = torch.from_numpy(x), x.reshape(-1), np.empty((8, 2048, 1, 1), np.float32)
     _, p, _ = validate.adaptive_avg_pool2d_args(x, 1)
-    kernel = dispatch.POOLS["adaptive_avg"]
     fns = {"torch": lambda: torch.nn.functional.adaptive_avg_pool2d(tx, 1),
            "fastconv.adaptive_avg_pool2d": lambda: fastconv.adaptive_avg_pool2d(x, 1),
-           "fastconv kernel alone": lambda: kernel.run(x, p, out),
+           "fastconv kernel alone": lambda: plan.run_pool(x, p, out),
            "read-only floor": lambda: winograd._all_finite(flat, args.threads)}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(args.rounds):

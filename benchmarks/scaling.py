@@ -23,7 +23,8 @@ import time
 import numpy as np
 
 import fastconv
-from fastconv import dispatch
+from fastconv import plan as plans
+from fastconv import rules
 from fastconv.bench import machine, suites
 from fastconv.kernels import _peak
 
@@ -60,7 +61,7 @@ def main() -> None:
         p = layers[name].params
         x = rng.uniform(-1, 1, p.input_shape).astype(np.float32)
         w = (rng.uniform(-1, 1, p.weight_shape) / np.sqrt(p.c_in_per_group * p.kh * p.kw)).astype(np.float32)
-        plan = dispatch.Plan(dispatch.select(p, "auto"), w, None, p)
+        plan = plans.Plan(rules.select(p, "auto"), w, None, p)
         out = np.empty(p.out_shape, np.float32)
         times: dict[int, list[float]] = {t: [] for t in args.threads}
         probe: dict[int, list[float]] = {t: [] for t in args.threads}
