@@ -142,8 +142,8 @@ def wg_phases(p):
 
 
 def _wg_direct_bytes(p, nthreads) -> int:
-    Hq, Wq, ps, rph, cph, L, lp, ch, sup = wg_phases(p)
-    cb, kb, _ = wg_blocks(p)
+    _, _, ps, rph, cph, _, lp, _, _ = wg_phases(p)
+    kb = wg_blocks(p)[1]
     K = p.c_in_per_group * p.kh * p.kw
     return (_rup(p.c_out * K * 8, ALIGN) + _rup(p.c_in * len(rph) * len(cph) * ps * p.itemsize, ALIGN)
             + _rup(p.c_out * lp * p.itemsize, ALIGN) + nthreads * _rup(kb * 8, ALIGN))
@@ -165,7 +165,8 @@ def _wg_small_bytes(p, nthreads) -> int:
     npk = max(1, min(p.n, per_round) * p.out_h * p.out_w)
     colw = FCG_BV * _vl(p)
     acc = 0 if p.n <= per_round else p.c_out * p.c_in_per_group * p.kh * p.kw * 8
-    return (_rup(p.groups * npan * npk * FCG_BR * p.itemsize, ALIGN) + _rup(p.groups * ncol * npk * colw * p.itemsize, ALIGN)
+    return (_rup(p.groups * npan * npk * FCG_BR * p.itemsize, ALIGN)
+            + _rup(p.groups * ncol * npk * colw * p.itemsize, ALIGN)
             + nthreads * _rup(FCG_BR * colw * p.itemsize, ALIGN) + acc)
 
 
