@@ -228,7 +228,7 @@ LEAKS = textwrap.dedent(r'''
         del OPS["conv2d_torch"]
     calls = int(sys.argv[1])
     for name, op in OPS.items():
-        for i in range(300):  # warm-up: JIT, thread pools, allocator arenas
+        for i in range(300):  # warm-up: thread pools, allocator arenas
             op(i)
         before = rss_mb()
         for i in range(calls):

@@ -1,11 +1,8 @@
 """fastconv writes nothing at run time, so a read-only install works.
 
-Issue 6 asked that numba's on-disk JIT cache never break fastconv (corrupted cache files, an
-unwritable cache directory, a read-only install). Every kernel is now compiled ahead of time
-(Cython/C, see each module docstring for the measurement that decided it), so there is no JIT
-and no cache; what remains to guarantee is that an install location nobody can write to works.
-The child process calls every registered algorithm and pool and checks them against the
-float64 reference.
+Every kernel is compiled ahead of time and fastconv keeps no on-disk cache next to its code, so
+an install location nobody can write to must work. The child process calls every registered
+algorithm and pool and checks them against the float64 reference.
 """
 from __future__ import annotations
 
