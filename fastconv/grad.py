@@ -273,10 +273,14 @@ def _workspace(kernel, p: Any, nthreads: int, label: str, **opts) -> np.ndarray:
 
 
 def input_grad_route(p: ConvParams) -> str:
-    """How `conv2d_input` computes layer ``p``: ``"forward"`` (stride 1: a forward convolution of
-    grad_output through `fastconv.conv2d`, see `_forward_input_grad`) or ``"conv_grad"`` (the
-    compiled GEMM + col2im kernel)."""
-    return "forward" if p.stride == (1, 1) else "conv_grad"
+    """How `conv2d_input` computes layer ``p``: ``"forward"`` (stride 1 on maps of at least
+    ``conv_grad.IG_ROWS_MAX_P`` output pixels: a forward convolution of grad_output through
+    `fastconv.conv2d`, see `_forward_input_grad`) or ``"conv_grad"`` (the compiled kernel: strided
+    layers and small maps, where the forward kernels run below their speed — measured on ResNet-18's
+    7x7 and 14x14 layers, 2 threads: 512ch 7x7 3.4 ms forward vs 1.1 conv_grad)."""
+    if p.stride == (1, 1) and p.out_h * p.out_w >= _conv_kernel().IG_ROWS_MAX_P:
+        return "forward"
+    return "conv_grad"
 
 
 def forward_equivalent(dy: np.ndarray, w: np.ndarray, p: ConvParams):

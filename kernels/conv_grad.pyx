@@ -76,6 +76,7 @@ WG_MAX_ROWS = 96   # unfolded rows per weight-gradient task (at most; a multiple
 MIN_TASKS = 16     # tasks the blocks aim for (a property of the layer, not of the threads)
 IG_CHUNK = 480     # pixels per input-gradient chunk (a multiple of 48)
 IG_ROWS = 64       # unfolded rows an input-gradient task aims for (whole input channels)
+IG_ROWS_MAX_P = 256  # maps of fewer output pixels take the input gradient's pixel-rows GEMM
 cdef enum:
     ALIGN = 64     # workspace buffers start on cache lines
 PASSES = ("input_grad", "weight_grad")
@@ -191,6 +192,32 @@ def ig_blocks(p):
     return cib, chunk
 
 
+def ig_rows(p):
+    """The input gradient's pixel-rows path (maps under IG_ROWS_MAX_P pixels), or None: (channels
+    per task, column blocks per task). A task's columns are its channels' (ci, u, v), padded to
+    whole blocks: the channel count is chosen for the least padding among those leaving at least 4
+    tasks and at most 8 blocks."""
+    if p.out_h * p.out_w >= IG_ROWS_MAX_P:
+        return None
+    kk, cig, colw = p.kh * p.kw, p.c_in_per_group, FCG_BV * _vl(p)
+    cmax = max(1, min(cig, (8 * colw) // kk))
+    if p.groups < 4:
+        cmax = max(1, min(cmax, cig // -(-4 // p.groups)))
+    def waste(c):
+        cols = -(-c * kk // colw) * colw
+        return (cols - c * kk) / cols, -c
+    best = min(range(1, cmax + 1), key=waste)
+    return best, -(-best * kk // colw)
+
+
+def _igr_bytes(p, nthreads) -> int:
+    ncolb = ig_rows(p)[1]
+    colw = FCG_BV * _vl(p)
+    npan = -(-max(1, p.n * p.out_h * p.out_w) // FCG_BR)
+    return (_rup(p.groups * npan * p.c_out_per_group * FCG_BR * p.itemsize, ALIGN)
+            + nthreads * (_rup(FCG_BR * colw * p.itemsize, ALIGN) + _rup(3 * ncolb * colw * 4, ALIGN)))
+
+
 def _ig_thread_bytes(p) -> int:
     cib, chunk = ig_blocks(p)
     pitch = _pitch(chunk, p.itemsize)
@@ -209,6 +236,8 @@ def workspace_bytes(p, nthreads, pass_=None, **opts) -> int:
         if wg_small(p) is not None:
             need = max(need, _wg_small_bytes(p, nthreads))
         return need + ALIGN
+    if ig_rows(p) is not None:
+        return _igr_bytes(p, nthreads) + ALIGN
     return nthreads * _ig_thread_bytes(p) + ALIGN
 
 
@@ -218,6 +247,17 @@ def prepare(w, b, p, pass_=None, **opts):
     which = p.pass_ if pass_ is None else pass_
     if which != "input_grad":
         return None
+    rows = ig_rows(p)
+    if rows is not None:  # W per (group, channel block) in column blocks [block][C_out_g][colw]
+        cib, ncolb = rows
+        colw, kk, cig, cog = FCG_BV * _vl(p), p.kh * p.kw, p.c_in_per_group, p.c_out_per_group
+        ncb = -(-cig // cib)
+        w5 = np.asarray(w).reshape(p.groups, cog, cig * kk)
+        wq = np.zeros((p.groups, ncb, cog, ncolb * colw), dtype=w.dtype)
+        for c in range(ncb):
+            lo, hi = c * cib * kk, min(cig, (c + 1) * cib) * kk
+            wq[:, c, :, :hi - lo] = w5[:, :, lo:hi]
+        return np.ascontiguousarray(wq.reshape(p.groups, ncb, cog, ncolb, colw).transpose(0, 1, 3, 2, 4))
     cib, _ = ig_blocks(p)
     cig, cog, kk = p.c_in_per_group, p.c_out_per_group, p.kh * p.kw
     ncib = -(-cig // cib)
@@ -269,6 +309,11 @@ def run(x, packed, p, out, workspace, nthreads, grad_output=None, grad_bias=None
             bias_grad(grad_output, grad_bias, nthreads)
         return
     if p.n == 0:
+        return
+    rows = ig_rows(p)
+    if rows is not None:
+        _input_grad_rows(x, packed, out, ws, p.groups, p.kh, p.kw, p.stride[0], p.stride[1], p.pad[0], p.pad[2],
+                         p.dilation[0], p.dilation[1], rows[0], nthreads)
         return
     cib, chunk = ig_blocks(p)
     _input_grad(x, packed, out, ws, p.groups, p.kh, p.kw, p.stride[0], p.stride[1], p.pad[0], p.pad[2],
@@ -761,3 +806,90 @@ def _input_grad(const floating[:, :, :, ::1] dy, const floating[:, :, :, :, ::1]
     for task in prange(ntasks, nogil=True, schedule="dynamic", num_threads=nt):
         _ig_task(&dy[0, 0, 0, 0], &wt[0, 0, 0, 0, 0], &dx[0, 0, 0, 0], base + threadid() * per_thread, task,
                  N, C, H, W, CO, OH, OW, groups, kh, kw, sh, sw, pt, pl, dh, dw_, cib, chunk, pitch, ncib, rows)
+
+
+# --- input gradient, pixel-rows path (maps under IG_ROWS_MAX_P pixels) -------------------------------
+cdef void _igr_pack(const floating *dy, floating *A, int unit, int NPk, int CO, int P, int groups,
+                    int npan) noexcept nogil:
+    """Unit (group g, panel of 8 output pixels of the batch): grad_output as [C_out_g][8], zeros past
+    the last pixel."""
+    cdef int g = unit // npan, pan = unit % npan, cog = CO // groups, r, k, pix, n, t
+    cdef floating *a = A + (<Py_ssize_t>g * npan + pan) * cog * FCG_BR
+    cdef const floating *src
+    for r in range(FCG_BR):
+        pix = pan * FCG_BR + r
+        if pix >= NPk:
+            for k in range(cog):
+                a[k * FCG_BR + r] = 0
+            continue
+        n = pix // P
+        t = pix - n * P
+        src = dy + (<Py_ssize_t>n * CO + g * cog) * P + t
+        for k in range(cog):
+            a[k * FCG_BR + r] = src[<Py_ssize_t>k * P]
+
+
+cdef void _igr_task(const floating *A, const floating *wq, floating *dx, char *buf, int task, int N, int C,
+                    int H, int W, int CO, int OH, int OW, int groups, int kh, int kw, int sh, int sw, int pt,
+                    int pl, int dh, int dw_, int cib, int ncb, int ncolb, int npan) noexcept nogil:
+    """One (group, block of input channels) over every pixel panel of the batch: the 8 × colw tile
+    (pixels × the block's unfolded columns) = dYᵀ · W by the bcast kernel, then scattered into the
+    block's input planes (pixel order, then column order: fixed)."""
+    cdef int cig = C // groups, cog = CO // groups, kk = kh * kw
+    cdef int g = task // ncb, cb = task % ncb, ci0 = cb * cib, nci = min(cib, cig - ci0), ncols = nci * kk
+    cdef int VL = 16 if floating is float else 8, colw = FCG_BV * VL, P = OH * OW, NPk = N * P
+    cdef floating *tile = <floating *>buf
+    cdef int *tci = <int *>(buf + _rup(FCG_BR * colw * sizeof(floating), ALIGN))
+    cdef int *th = tci + ncolb * colw
+    cdef int *tw = th + ncolb * colw
+    cdef int n, c, cc, pan, q, r, pix, t, i, j, h, w, hb, wb
+    cdef floating *base
+    cdef const floating *a
+    for n in range(N):
+        memset(dx + (<Py_ssize_t>n * C + g * cig + ci0) * H * W, 0, <Py_ssize_t>nci * H * W * sizeof(floating))
+    for cc in range(ncols):
+        tci[cc] = cc // kk
+        th[cc] = ((cc % kk) // kw) * dh - pt
+        tw[cc] = (cc % kw) * dw_ - pl
+    for pan in range(npan):
+        a = A + (<Py_ssize_t>g * npan + pan) * cog * FCG_BR
+        for q in range(ncolb):
+            if floating is float:
+                fcg_bcast_f(cog, a, wq + (((<Py_ssize_t>g * ncb + cb) * ncolb + q) * cog) * colw, colw, tile, colw)
+            else:
+                fcg_bcast_d(cog, a, wq + (((<Py_ssize_t>g * ncb + cb) * ncolb + q) * cog) * colw, colw, tile, colw)
+            for r in range(FCG_BR):
+                pix = pan * FCG_BR + r
+                if pix >= NPk:
+                    break
+                n = pix // P
+                t = pix - n * P
+                i = t // OW
+                j = t - i * OW
+                hb = i * sh
+                wb = j * sw
+                base = dx + (<Py_ssize_t>n * C + g * cig + ci0) * H * W
+                for c in range(min(colw, ncols - q * colw)):
+                    cc = q * colw + c
+                    h = hb + th[cc]
+                    w = wb + tw[cc]
+                    if h >= 0 and h < H and w >= 0 and w < W:
+                        base[(<Py_ssize_t>tci[cc] * H + h) * W + w] += tile[r * colw + c]
+
+
+def _input_grad_rows(const floating[:, :, :, ::1] dy, const floating[:, :, :, :, ::1] wq, floating[:, :, :, ::1] dx,
+                     const unsigned char[::1] ws, int groups, int kh, int kw, int sh, int sw, int pt, int pl,
+                     int dh, int dw_, int cib, int nthreads):
+    cdef int N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef int CO = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3], P = OH * OW, NPk = N * P
+    cdef int ncb = wq.shape[1], ncolb = wq.shape[2], colw = wq.shape[4], cog = CO // groups
+    cdef int npan = (NPk + FCG_BR - 1) // FCG_BR, ntasks = groups * ncb, unit, task
+    cdef char *base = _aligned(ws)
+    cdef floating *A = <floating *>base
+    cdef char *bufs = base + _rup(<Py_ssize_t>groups * npan * cog * FCG_BR * sizeof(floating), ALIGN)
+    cdef Py_ssize_t per = _rup(FCG_BR * colw * sizeof(floating), ALIGN) + _rup(3 * ncolb * colw * 4, ALIGN)
+    for unit in prange(groups * npan, nogil=True, schedule="static", num_threads=min(nthreads, groups * npan)):
+        _igr_pack(&dy[0, 0, 0, 0], A, unit, NPk, CO, P, groups, npan)
+    for task in prange(ntasks, nogil=True, schedule="dynamic", num_threads=min(nthreads, ntasks)):
+        _igr_task(A, &wq[0, 0, 0, 0, 0], &dx[0, 0, 0, 0], bufs + threadid() * per, task, N, C, H, W, CO, OH, OW,
+                  groups, kh, kw, sh, sw, pt, pl, dh, dw_, cib, ncb, ncolb, npan)

@@ -15,10 +15,12 @@
  * are float for float32, the running total over chunks is double, so the error does not grow with
  * the batch. The order of every sum is fixed by the chunking alone, never by the threads.
  *
- * Input gradient, "bcast" micro-kernel (fcg_bcast_<t>): the GEMM
- *     c[r*ldc + j] = Σ_k a[k*MR + r] · b[k*ldb + j]       r < 8, j < 3·VL, k < K
- * with a = Wᵀ packed [K][8] (prepare) and b = grad_output rows (pitch ldb), 8 × 3 vectors of
- * accumulators — the layout of the forward's GEMM kernels.
+ * "bcast" micro-kernel (fcg_bcast_<t>), the GEMM
+ *     c[r*ldc + j] = Σ_k a[k*8 + r] · b[k*ldb + j]       r < 8, j < 3·VL, k < K
+ * 8 × 3 vectors of accumulators over the whole K (the layout of the forward's GEMM kernels); a is a
+ * packed [K][8] panel, b rows of 3 vectors (pitch ldb, no alignment needed), c written (unaligned)
+ * once. Used by the input gradient (a = Wᵀ panels, b = grad_output rows; or a = grad_outputᵀ panels,
+ * b = W column blocks) and the small-map weight gradient (a = grad_outputᵀ, b = unfolded input).
  */
 #ifndef FASTCONV_CONV_GRAD_IMPL_H
 #define FASTCONV_CONV_GRAD_IMPL_H
@@ -184,7 +186,7 @@ FCG_DEFINE_DOT_BLOCK(double, d)
             for (int v = 0; v < FCG_BV; v++) acc[r][v] = (VT){0};                                    \
         for (long k = 0; k < K; k++) {                                                                \
             VT bv[FCG_BV];                                                                            \
-            for (int v = 0; v < FCG_BV; v++) bv[v] = *(const VT *)(b + k * ldb + v * VL);             \
+            for (int v = 0; v < FCG_BV; v++) bv[v] = FCG_LOAD(VT, b + k * ldb + v * VL);             \
             _Pragma("GCC unroll 8")                                                                   \
             for (int r = 0; r < FCG_BR; r++) {                                                        \
                 VT av = (VT){0} + a[k * FCG_BR + r];                                                  \

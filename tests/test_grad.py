@@ -307,9 +307,11 @@ def test_gradients_bit_identical_for_any_thread_count(case, nthreads):
             np.testing.assert_array_equal(a, b_)
 
 
-def test_input_grad_kernel_matches_reference_on_every_case():
-    """The compiled input-gradient kernel on every table case (grad.py sends it the strided ones
-    only), bit-identical for 1, 2 and 3 threads."""
+@pytest.mark.parametrize("rows_max_p", [0, 10**9], ids=["cols_path", "rows_path"])
+def test_input_grad_kernel_matches_reference_on_every_case(rows_max_p, monkeypatch):
+    """The compiled input-gradient kernel, each of its two paths (GEMM + col2im; pixel rows), on
+    every table case, bit-identical for 1, 2 and 3 threads."""
+    monkeypatch.setattr(conv_grad, "IG_ROWS_MAX_P", rows_max_p)
     for case in CONV_CASES:
         for dtype in DTYPES:
             x, w, b = case.arrays(dtype)
