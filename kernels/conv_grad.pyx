@@ -203,6 +203,7 @@ def ig_rows(p):
     cmax = max(1, min(cig, (8 * colw) // kk))
     if p.groups < 4:
         cmax = max(1, min(cmax, cig // -(-4 // p.groups)))
+
     def waste(c):
         cols = -(-c * kk // colw) * colw
         return (cols - c * kk) / cols, -c
@@ -529,14 +530,42 @@ def _weight_grad_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, 
 cdef void _wg_small_pack(const floating *x, const floating *dy, floating *A, floating *B, int unit, int n0,
                          int nimg, int C, int H, int W, int CO, int OH, int OW, int groups, int kh, int kw, int sh,
                          int sw, int pt, int pl, int dh, int dw_, int npan, int ncol, int colw) noexcept nogil:
-    """Unit (group g, image n0 + li of the round): grad_output as [panel][pixel][8 channels] and the
-    unfolded input as [column panel][pixel][colw rows] (rows past K zero), for the image's pixels."""
-    cdef int g = unit // nimg, li = unit % nimg, n = n0 + li, cig = C // groups, cog = CO // groups
-    cdef int kk = kh * kw, K = cig * kk
-    cdef int P = OH * OW, RP = nimg * P, pan, r, t, ch, j, ci, u, v, i, jj, h, w
+    """Units (group g, image n0 + li of the round, column panel q) first: rows q·colw … of the
+    unfolded input as [column panel][pixel][colw] (rows past K zero); then units (g, li): grad_output
+    as [panel][pixel][8 channels]. Every unit writes its own part."""
+    cdef int cig = C // groups, cog = CO // groups, kk = kh * kw, K = cig * kk
+    cdef int P = OH * OW, RP = nimg * P, pan, r, t, ch, j, ci, u, v, i, jj, h, w, g, li, n, q
     cdef floating *a
     cdef floating *b
     cdef const floating *src
+    if unit < groups * nimg * ncol:
+        q = unit % ncol
+        li = (unit // ncol) % nimg
+        g = unit // (ncol * nimg)
+        n = n0 + li
+        for j in range(q * colw, min(K, (q + 1) * colw)):
+            ci = j // kk
+            u = (j % kk) // kw
+            v = j % kw
+            src = x + (<Py_ssize_t>n * C + g * cig + ci) * H * W
+            b = B + ((<Py_ssize_t>g * ncol + q) * RP + <Py_ssize_t>li * P) * colw + j % colw
+            for i in range(OH):
+                h = i * sh + u * dh - pt
+                for jj in range(OW):
+                    w = jj * sw + v * dw_ - pl
+                    if h >= 0 and h < H and w >= 0 and w < W:
+                        b[(<Py_ssize_t>i * OW + jj) * colw] = src[<Py_ssize_t>h * W + w]
+                    else:
+                        b[(<Py_ssize_t>i * OW + jj) * colw] = 0
+        for j in range(max(K, q * colw), (q + 1) * colw):  # zero rows past K in the last panel
+            b = B + ((<Py_ssize_t>g * ncol + q) * RP + <Py_ssize_t>li * P) * colw + j % colw
+            for t in range(P):
+                b[<Py_ssize_t>t * colw] = 0
+        return
+    unit -= groups * nimg * ncol
+    li = unit % nimg
+    g = unit // nimg
+    n = n0 + li
     for pan in range(npan):
         a = A + ((<Py_ssize_t>g * npan + pan) * RP + <Py_ssize_t>li * P) * FCG_BR
         for r in range(FCG_BR):
@@ -548,25 +577,6 @@ cdef void _wg_small_pack(const floating *x, const floating *dy, floating *A, flo
             else:
                 for t in range(P):
                     a[<Py_ssize_t>t * FCG_BR + r] = 0
-    # B in column panels [group][panel][pixel][colw] (contiguous per panel: no L1 set conflicts)
-    for j in range(K, ncol * colw):  # zero rows past K in the last panel
-        b = B + ((<Py_ssize_t>g * ncol + j // colw) * RP + <Py_ssize_t>li * P) * colw + j % colw
-        for t in range(P):
-            b[<Py_ssize_t>t * colw] = 0
-    for j in range(K):
-        ci = j // kk
-        u = (j % kk) // kw
-        v = j % kw
-        src = x + (<Py_ssize_t>n * C + g * cig + ci) * H * W
-        b = B + ((<Py_ssize_t>g * ncol + j // colw) * RP + <Py_ssize_t>li * P) * colw + j % colw
-        for i in range(OH):
-            h = i * sh + u * dh - pt
-            for jj in range(OW):
-                w = jj * sw + v * dw_ - pl
-                if h >= 0 and h < H and w >= 0 and w < W:
-                    b[(<Py_ssize_t>i * OW + jj) * colw] = src[<Py_ssize_t>h * W + w]
-                else:
-                    b[(<Py_ssize_t>i * OW + jj) * colw] = 0
 
 
 def _weight_grad_small(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy, floating[:, ::1] dw,
@@ -598,7 +608,8 @@ def _weight_grad_small(const floating[:, :, :, ::1] x, const floating[:, :, :, :
     while n0 < N:
         nimg = min(per_round, N - n0)
         RP = nimg * P
-        for unit in prange(groups * nimg, nogil=True, schedule="dynamic", num_threads=min(nthreads, groups * nimg)):
+        for unit in prange(groups * nimg * (ncol + 1), nogil=True, schedule="dynamic",
+                           num_threads=min(nthreads, groups * nimg * (ncol + 1))):
             _wg_small_pack(&x[0, 0, 0, 0], &dy[0, 0, 0, 0], A, B, unit, n0, nimg, C, H, W, CO, OH, OW, groups, kh,
                            kw, sh, sw, pt, pl, dh, dw_, npan, ncol, colw)
         for task in prange(ntasks, nogil=True, schedule="dynamic", num_threads=min(nthreads, ntasks)):

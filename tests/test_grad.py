@@ -616,3 +616,56 @@ def test_pool_grads_types_and_immutability():
     dyn = dy.numpy().copy()
     grad.max_pool2d_input(x, dyn, None, 2)
     np.testing.assert_array_equal(dyn, dy.numpy())
+
+
+@st.composite
+def pool_configs(draw):
+    kind = draw(st.sampled_from(["max", "avg", "adaptive"]))
+    n, c = draw(st.integers(0, 2)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 13)), draw(st.integers(1, 13))
+    if kind == "adaptive":
+        return kind, (n, c, h, w), dict(output_size=(draw(st.integers(1, 8)), draw(st.integers(1, 8))))
+    k = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    kw = dict(
+        kernel_size=k,
+        stride=(draw(st.integers(1, 4)), draw(st.integers(1, 4))),
+        padding=(draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2))),
+        ceil_mode=draw(st.booleans()),
+    )
+    if kind == "max":
+        kw["dilation"] = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    else:
+        kw["count_include_pad"] = draw(st.booleans())
+        kw["divisor_override"] = draw(st.sampled_from([None, None, 1, 3, -2]))
+    return kind, (n, c, h, w), kw
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(pool_configs(), st.sampled_from(DTYPES), st.booleans(), st.integers(0, 2**16))
+def test_fuzz_pools_against_torch_autograd(config, dtype, ties, seed):
+    """Random pools, every option: the input gradient equals torch's bit for bit (max: indices
+    recomputed, ties and NaN included)."""
+    kind, shape, kw = config
+    x = _pool_x(shape, dtype, seed=seed, ties=ties)
+    if ties and x.size:
+        x.flat[seed % x.size] = np.nan
+    try:
+        p = _pool_params(kind, x, kw)
+    except ValueError:
+        return  # an invalid window (as torch, which raises too)
+    fn = {"max": F.max_pool2d, "avg": F.avg_pool2d, "adaptive": F.adaptive_avg_pool2d}[kind]
+    dy = np.random.default_rng(seed + 1).standard_normal(p.out_shape).astype(dtype)
+    want = _torch_pool_backward(fn, x, dy, **kw)
+    if kind == "max":
+        got = grad.max_pool2d_input(x, dy, None, **kw)
+    elif kind == "avg":
+        got = grad.avg_pool2d_input(x.shape, dy, **kw)
+    else:
+        got = grad.adaptive_avg_pool2d_input(x.shape, dy)
+    np.testing.assert_array_equal(got, want)
