@@ -32,6 +32,75 @@ def test_seed_suite_is_the_whole_conv_table():
     assert len(pools) == 5 and {L.params.kind for L in pools} == {"max", "avg", "adaptive_avg"}
 
 
+@pytest.mark.parametrize("name", suites.net_suites())
+def test_every_network_suite_loads(name):
+    layers = suites.load(name)
+    assert layers and len({L.name for L in layers}) == len(layers)
+    assert {L.params.n for L in layers} == set(suites.NET_BATCHES)
+    assert all(L.name.endswith(f"@b{L.params.n}") and L.uses for L in layers)
+    assert suites.is_net_suite(name)
+
+
+def test_file_suites_keep_their_names():
+    """resnet50 and vgg16 stay the hand-picked files (seed/all include them); their whole networks
+    are nets:resnet50 and nets:vgg16; a network without a file answers to its bare name."""
+    assert [L.name for L in suites.load("resnet50")][0] == "resnet50.stem" and len(suites.load("resnet50")) == 5
+    assert not suites.is_net_suite("resnet50") and not suites.is_net_suite("smoke")
+    whole = {L.params for L in suites.load("nets:resnet50", batches=(1,))}
+    assert {L.params for L in suites.load("resnet50")} <= whole       # the hand-picked rows are in the net
+    assert {L.params for L in suites.load("vgg16")} <= {L.params for L in suites.load("nets:vgg16")}
+    assert suites.load("resnet18", batches=(1,)) == suites.load("nets:resnet18", batches=(1,))
+
+
+def test_nets_suite_shares_layers_across_networks():
+    from fastconv import zoo
+    layers = suites.load("nets", batches=(1,))
+    stem = next(L for L in layers if L.params == ConvParams.from_layer(1, 3, 224, 64, 7, 2, 3))
+    assert stem.name == "resnet18.conv1@b1"
+    assert {n for n, _, _ in stem.uses} >= {"resnet18", "resnet50"}
+    assert len({L.params for L in layers}) == len(layers)
+    for net in zoo.net_names():          # every use of every network is counted once
+        assert sum(c for L in layers for n, _, c in L.uses if n == net) == \
+            sum(1 for L in zoo.net_layers(net) if L.kind != "fc")
+    two = suites.load("nets:resnet18,squeezenet", batches=(8, 1, 8))
+    assert {L.params.n for L in two} == {1, 8} and {n for L in two for n, _, _ in L.uses} == {"resnet18", "squeezenet"}
+
+
+def test_batches_rebatch_file_suites():
+    layers = suites.load("lenet", batches=(1, 8))
+    assert [L.name for L in layers] == ["lenet.conv1@b1", "lenet.conv2@b1", "lenet.conv1@b8", "lenet.conv2@b8"]
+    assert [L.params.n for L in layers] == [1, 1, 8, 8]
+    assert [L.params.n for L in suites.load("lenet", batches=(2,))] == [2, 2]
+    assert [L.name for L in suites.load("lenet", batches=(2,))] == ["lenet.conv1", "lenet.conv2"]
+    with pytest.raises(suites.SuiteError, match="positive"):
+        suites.load("lenet", batches=(0,))
+    with pytest.raises(suites.SuiteError, match="unknown network"):
+        suites.load("nets:resnet18,nope")
+
+
+def test_plain_table_matches_the_rich_one():
+    from fastconv.bench import report
+    rep = {"suite": "s", "threads": 1, "peaks": {"sgemm_gflops": 100.0, "fma_gflops": 200.0},
+           "layers": [{"name": "l1", "params": {"dtype": "float32"}, "entries": [
+               {"name": "auto", "role": "auto", "chosen": "direct", "median_s": 1e-3, "spread": 0.01,
+                "gflops": 10.0, "pct_sgemm": 10.0, "pct_peak": 5.0, "vs": {"torch": 1.5}, "max_rel_err": 1e-7,
+                "workspace_bytes": 2048, "prepare_s": 1e-4},
+               {"name": "torch", "role": "peer", "median_s": 1.5e-3, "spread": 0.02, "gflops": 6.7,
+                "pct_sgemm": 6.7, "pct_peak": 3.3, "prepare_s": 0.0}]}]}
+    text = report.plain_table(rep)
+    title, columns, rows, ends = report.cells(rep)
+    assert text.splitlines()[0] == title and ends == [1]
+    assert "auto → direct" in text and "1.50x" in text and "2.0 KiB" in text
+    pytest.importorskip("rich")
+    from rich.console import Console
+    console = Console(width=200, record=True)
+    console.print(report.table(rep))
+    rich_text = console.export_text()
+    for row in rows:
+        for cell, _ in row:
+            assert cell in rich_text
+
+
 def test_layer_strings():
     assert suites.parse_layer_arg("2,3,10,12,4,3,2,1").params == ConvParams(2, 3, 10, 12, 4, 3, 3, (2, 2), (1,) * 4)
     assert suites.parse_layer_arg("1,8,9,8,3,1,1:g=8").params.groups == 8

@@ -37,6 +37,13 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     (["bench", "--algo", "fft"], "unknown algorithm 'fft'"),
     (["bench", "--compare", "/no/such/baseline.json"], "cannot read"),
     (["bench", "--bogus"], "unrecognized arguments: --bogus"),
+    (["bench", "--batch", "0"], "batch sizes must be positive"),
+    (["bench", "--batch", "1,x"], "expected positive integers"),
+    (["bench", "--suite", "nets:resnet1000"], "unknown network 'resnet1000'"),
+    (["bench", "--ours", "layer", "--save-baseline", "b.json"], "times the kernels only"),
+    (["tune", "--layer", "max:1,8,16,16,3,2,1"], "no conv layer to tune"),
+    (["tune", "--accuracy", "loose"], "invalid choice"),
+    (["tune", "--threads", "0"], "--threads must be a positive integer"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_usage_errors_are_one_line_exit_2(capsys, argv, needle):
@@ -72,13 +79,34 @@ def test_console_script_error_has_no_traceback():
 def test_info(capsys):
     rc, out, _ = run_cli(capsys, "info")
     assert rc == 0
-    for needle in ("fastconv", "CPU:", "threads:", "OpenMP: openmp", "libgomp", "BLAS", "compiled extensions",
-                   "JIT: none", "algorithms:"):
+    for needle in ("fastconv", "CPU:", "cores", "caches: L1d", "L2", "L3", "FMA:", "-bit vectors", "threads:",
+                   "OpenMP: openmp", "libgomp", "BLAS", "compiled extensions", "JIT: none", "tune cache",
+                   "algorithms:"):
         assert needle in out
     rc, out, _ = run_cli(capsys, "info", "--json")
     d = json.loads(out)
     assert rc == 0 and d["extensions"] and all(v == "ok" for v in d["extensions"].values())
     assert set(d["algorithms"]) == set(__import__("fastconv").algorithms())
+    from fastconv import tune
+    from fastconv.bench import machine
+    assert d["caches"] == machine.cache_sizes() and d["fma"]["cpu_lanes"] in (4, 8, 16)
+    assert d["tune_cache"]["path"] == str(tune.cache_path())
+
+
+def test_cache_sizes_from_sysfs(tmp_path):
+    from fastconv.bench import machine
+    for i, (level, kind, size, shared) in enumerate([(1, "Data", "48K", "0"), (1, "Instruction", "32K", "0"),
+                                                     (2, "Unified", "2048K", "0-1"), (3, "Unified", "32M", "0-7,16")]):
+        d = tmp_path / "cpu0" / "cache" / f"index{i}"
+        d.mkdir(parents=True)
+        for name, text in (("level", level), ("type", kind), ("size", size), ("shared_cpu_list", shared),
+                           ("coherency_line_size", 64)):
+            (d / name).write_text(f"{text}\n")
+    c = machine.cache_sizes(sysfs=tmp_path)
+    assert c == {"L1d": 48 << 10, "L1i": 32 << 10, "L2": 2 << 20, "L3": 32 << 20, "line_bytes": 64,
+                 "L2_shared_cpus": 2, "L3_shared_cpus": 9}
+    real = machine.cache_sizes()
+    assert real["L1d"] is None or 4 << 10 <= real["L1d"] <= real["L2"] or real["L2"] is None
 
 
 def test_bench_json_and_plot(capsys, tmp_path):
@@ -93,13 +121,15 @@ def test_bench_json_and_plot(capsys, tmp_path):
         assert key in rep["machine"]
     conv, pool = rep["layers"]
     names = {e["name"] for e in conv["entries"]}
-    import fastconv
-    from fastconv import dispatch
+    from fastconv import registry, rules
     p = suites.parse_layer_arg("1,8,12,8,3,1,1").params
-    expected = {a.name for a in dispatch.REGISTRY if a.supports(p) is None} | {"auto", "conv2d()", "numpy"}
+    expected = {a.name for a in registry.REGISTRY if a.supports(p) is None} | {"auto", "conv2d()", "Conv2d", "numpy"}
     assert names == expected
     one = next(e for e in conv["entries"] if e["name"] == "conv2d()")   # the drop-in function's row
-    assert one["role"] == "one-shot" and one["chosen"] == dispatch.select(p, one_shot=True).name
+    assert one["role"] == "one-shot" and one["chosen"] == rules.select(p, one_shot=True).name
+    obj = next(e for e in conv["entries"] if e["name"] == "Conv2d")     # the prepared layer object
+    assert obj["role"] == "layer" and obj["chosen"] == rules.select(p).name
+    assert {e["name"] for e in pool["entries"]} == {"max", "MaxPool2d", "numpy"}
     for e in conv["entries"]:
         assert e["median_s"] > 0 and e["max_rel_err"] < 1e-3 and e["gflops"] > 0
     assert pool["unit"] == "GB/s" and pool["entries"][0]["gbps"] > 0
@@ -158,3 +188,117 @@ def test_one_shot_row_skipped_with_reason_when_torch_cannot_express_the_padding(
     entries = runner._ours_conv(p, x, w, b, runner.Options(algorithms=("direct",)), skipped)
     assert "conv2d()" not in {e.name for e in entries}
     assert any(s["name"] == "conv2d()" and "asymmetric" in s["reason"] for s in skipped)
+
+
+# --- without the bench extra (rich, matplotlib) ----------------------------------------------------
+def _without(monkeypatch, *modules):
+    """Make ``import <module>`` (and its submodules) fail, as after a plain ``pip install .``."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in modules:
+            monkeypatch.delitem(sys.modules, name)
+    for m in modules:
+        monkeypatch.setitem(sys.modules, m, None)
+
+
+def test_bench_without_rich_prints_a_plain_table(capsys, monkeypatch, tmp_path):
+    _without(monkeypatch, "rich")
+    with pytest.raises(ImportError):
+        import rich.table  # noqa: F401
+    rc, out, err = run_cli(capsys, "bench", *TINY, "--layer", "max:1,8,16,16,3,2,1", "--json", str(tmp_path / "r.json"))
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("fastconv bench — suite (layers)")
+    header = next(line for line in lines if line.startswith("layer "))
+    for col in ("algorithm", "ms", "GFLOP/s", "%peak", "vs numpy", "err"):
+        assert col in header
+    assert any(line.startswith("layer:1,8,12,8,3,1,1") for line in lines) and "auto → " in out
+    assert any("MaxPool2d" in line for line in lines) and "[dim]" not in out and "┃" not in out
+    assert lines[-1].startswith("summary: ")
+    assert "[1/2] layer:1,8,12,8,3,1,1" in err and "[2/2] max:" in err    # plain progress on stderr
+
+
+def test_plot_without_matplotlib_is_one_line_before_the_run(capsys, monkeypatch, tmp_path):
+    _without(monkeypatch, "matplotlib")
+    rc, out, err = run_cli(capsys, "bench", *TINY, "--plot", str(tmp_path / "r.png"))
+    assert rc == 2 and out == ""
+    assert err.strip() == 'fastconv: error: --plot needs matplotlib: pip install "fastconv[bench]"'
+    assert not (tmp_path / "r.png").exists()
+    from fastconv.bench import report
+    with pytest.raises(report.MissingExtra, match="fastconv\\[bench\\]"):
+        report.plot({"layers": []}, tmp_path / "x.png")
+
+
+def test_bench_in_a_fresh_process_without_the_extra(tmp_path):
+    """As after ``pip install .``: rich and matplotlib cannot be imported at all."""
+    code = ("import sys\nfor m in ('rich', 'matplotlib'):\n    sys.modules[m] = None\n"
+            "from fastconv.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    r = subprocess.run([sys.executable, "-c", code, "bench", *TINY], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "auto → " in r.stdout
+    assert r.stdout.strip().splitlines()[-1].startswith("summary:")
+    r = subprocess.run([sys.executable, "-c", code, "info"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "caches:" in r.stdout
+
+
+# --- network suites, the summary, tune ---------------------------------------------------------------
+def test_list_suites_has_the_networks(capsys):
+    rc, out, _ = run_cli(capsys, "bench", "--list-suites")
+    names = out.split()
+    assert rc == 0
+    assert {"nets", "resnet18", "mobilenetv2", "nets:resnet50", "nets:vgg16", "resnet50", "vgg16"} <= set(names)
+
+
+def test_network_suite_summary(capsys, tmp_path):
+    """A whole (small) network: the prepared layer objects against torch and ONNX Runtime, a
+    summary line last, and per-layer ours/torch/onnxruntime/ratio/%peak in the JSON."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    js = tmp_path / "n.json"
+    rc, out, err = run_cli(capsys, "bench", "--suite", "shufflenetv2", "--batch", "1", "--repeats", "1",
+                           "--cooldown", "0", "--no-check", "--threads", "1", "--json", str(js))
+    assert rc == 0, err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("summary: geomean ") and "faster of torch and ONNX Runtime" in last and "below 1.0x" in last
+    rep = json.loads(js.read_text())
+    from fastconv import zoo
+    assert len(rep["layers"]) == len(zoo.distinct_layers("shufflenetv2", 1))
+    for L in rep["layers"]:
+        assert {e["name"] for e in L["entries"]} in ({"Conv2d", "torch", "onnxruntime"},
+                                                     {"MaxPool2d", "torch", "onnxruntime"},
+                                                     {"AdaptiveAvgPool2d", "torch", "onnxruntime"})
+        s = L["summary"]
+        assert s["ours_s"] > 0 and s["torch_s"] > 0 and s["onnxruntime_s"] > 0
+        assert s["ratio"] == pytest.approx(min(s["torch_s"], s["onnxruntime_s"]) / s["ours_s"])
+        assert (s["pct_peak"] is not None) == (L["unit"] == "GFLOP/s")
+        assert L["uses"][0]["net"] == "shufflenetv2"
+    summ = rep["summary"]
+    ratios = [L["summary"]["ratio"] for L in rep["layers"]]
+    assert summ["layers"] == len(ratios) and summ["below_1"] == sum(r < 1 for r in ratios)
+    import numpy as np
+    assert summ["geomean"] == pytest.approx(float(np.exp(np.mean(np.log(ratios)))))
+    (net,) = summ["nets"]
+    assert net["net"] == "shufflenetv2" and net["complete"]
+    assert net["layers"] == sum(1 for L in zoo.net_layers("shufflenetv2") if L.kind != "fc")
+
+
+def test_summary_line_without_peers():
+    assert "no layer" in runner.summary_line(runner.summarize([]))
+
+
+def test_tune_command_fills_the_cache(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    from fastconv import tune
+    tune._memory.clear()
+    js = tmp_path / "t.json"
+    rc, out, err = run_cli(capsys, "tune", "--layer", "1,8,12,8,3,1,1", "--batch", "1,2", "--repeats", "1",
+                           "--json", str(js))
+    assert rc == 0, err
+    assert "tuned 2 conv layers (2 measured now)" in out and str(tune.cache_path()) in out
+    rows = json.loads(js.read_text())["layers"]
+    assert [r["name"] for r in rows] == ["layer:1,8,12,8,3,1,1@b1", "layer:1,8,12,8,3,1,1@b2"]
+    p = suites.parse_layer_arg("1,8,12,8,3,1,1").params
+    assert tune.lookup(p) == rows[0]["choice"] and tune.lookup(p.with_batch(2)) == rows[1]["choice"]
+    rc, out, _ = run_cli(capsys, "tune", "--layer", "1,8,12,8,3,1,1", "--quiet")
+    assert rc == 0 and "(0 measured now)" in out and len(out.strip().splitlines()) == 1
+    rc, out, _ = run_cli(capsys, "info", "--json")
+    assert json.loads(out)["tune_cache"]["entries"] == 2

@@ -1,11 +1,14 @@
 """What machine the numbers come from, and how fast it can go.
 
-* `info()`: CPU model and flags, cores, threads, library versions, BLAS, OpenMP runtime —
-  recorded in the benchmark JSON and printed by ``fastconv info``;
+* `info()`: CPU model and flags, cores, caches, FMA width, threads, library versions, BLAS,
+  OpenMP runtime — recorded in the benchmark JSON and printed by ``fastconv info``;
+* `cache_sizes()`: L1d/L1i/L2/L3 sizes and line size, read at run time (for kernels' blocking);
+* `fma()`: vector width of the CPU and of our compiled kernels, clock, and — given a measured
+  FMA peak — an estimate of FMA instructions per cycle per core;
 * `peaks(threads)`: the FMA peak (a register-only FMA loop, ``fastconv.kernels._peak``) and
   the SGEMM rate (NumPy's BLAS on 2048² float32) at ``threads`` threads. Measuring takes
   about a second, so the result is cached per machine and thread count in
-  ``~/.cache/fastconv/machine-<hash>.json`` (``FASTCONV_CACHE_DIR`` moves it);
+  ``<cache_dir()>/machine-<hash>.json``;
 * `calibration(threads)`: the fixed workload the regression gate divides every kernel's time
   by (see `fastconv.bench.compare`).
 """
@@ -50,7 +53,147 @@ def cpu() -> dict:
         usable = os.cpu_count() or 1
     return {"model": ci.get("model name", platform.processor() or platform.machine()),
             "machine": platform.machine(), "logical_cpus": os.cpu_count(), "usable_cpus": usable,
+            "physical_cores": physical_cores(),
             "simd_flags": simd, "flags_hash": hashlib.sha1(" ".join(flags).encode()).hexdigest()[:12]}
+
+
+def physical_cores() -> int | None:
+    """Distinct (package, core) pairs among the CPUs this process may run on (None if unknown)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+    seen = set()
+    for c in cpus:
+        base = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+        try:
+            seen.add(((base / "physical_package_id").read_text().strip(), (base / "core_id").read_text().strip()))
+        except OSError:
+            return None
+    return len(seen) or None
+
+
+def _size(text: str) -> int:
+    """``"48K"`` → 49152 (sysfs cache sizes: a number and a K/M/G suffix)."""
+    text = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * mult
+
+
+def _cpu_count(cpu_list: str) -> int:
+    """``"0-3,8"`` → 5."""
+    n = 0
+    for part in cpu_list.strip().split(","):
+        if part:
+            lo, _, hi = part.partition("-")
+            n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+_SYSCONF = {"L1d": "SC_LEVEL1_DCACHE_SIZE", "L1i": "SC_LEVEL1_ICACHE_SIZE", "L2": "SC_LEVEL2_CACHE_SIZE",
+            "L3": "SC_LEVEL3_CACHE_SIZE", "line_bytes": "SC_LEVEL1_DCACHE_LINESIZE"}
+
+
+def cache_sizes(cpu: int = 0, sysfs: str | Path = "/sys/devices/system/cpu") -> dict[str, int | None]:
+    """The CPU's caches as this process sees them, for blocking decisions.
+
+    Parameters
+    ----------
+    cpu : int
+        Which CPU's view to read (caches are per core up to L2 on current x86 parts).
+    sysfs : str or Path
+        The CPU directory of sysfs (tests point it at a fake tree).
+
+    Returns
+    -------
+    dict
+        ``L1d``, ``L1i``, ``L2``, ``L3`` (bytes), ``line_bytes``, and ``L2_shared_cpus`` /
+        ``L3_shared_cpus`` (how many logical CPUs share that cache); None where neither
+        ``/sys/devices/system/cpu/cpu<N>/cache`` nor ``sysconf`` says. On a virtual machine these
+        are what the hypervisor reports (an L3 may be the host's whole socket).
+
+    Examples
+    --------
+    >>> c = cache_sizes()
+    >>> c["L1d"] is None or c["L1d"] >= 4096
+    True
+    """
+    out: dict[str, int | None] = {k: None for k in ("L1d", "L1i", "L2", "L3", "line_bytes",
+                                                    "L2_shared_cpus", "L3_shared_cpus")}
+    root = Path(sysfs) / f"cpu{cpu}" / "cache"
+    from_sysfs = root.is_dir()
+    for idx in sorted(root.glob("index*")) if from_sysfs else []:
+        try:
+            level = int((idx / "level").read_text())
+            kind = (idx / "type").read_text().strip()
+            size = _size((idx / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        key = f"L{level}" + ({"Data": "d", "Instruction": "i"}.get(kind, "") if level == 1 else "")
+        if kind == "Instruction" and level > 1:
+            continue
+        out[key] = size
+        try:
+            out["line_bytes"] = out["line_bytes"] or int((idx / "coherency_line_size").read_text())
+            if level >= 2:
+                out[f"L{level}_shared_cpus"] = _cpu_count((idx / "shared_cpu_list").read_text())
+        except (OSError, ValueError):
+            pass
+    for key, name in _SYSCONF.items():      # glibc's view where sysfs has none (containers, non-Linux)
+        if out[key] is None and not from_sysfs:
+            try:
+                v = os.sysconf(name)
+                out[key] = v if v and v > 0 else None
+            except (ValueError, OSError, AttributeError):
+                pass
+    return out
+
+
+def _clock_ghz() -> float | None:
+    """The CPU's clock: cpufreq's maximum where the kernel exposes it, else /proc/cpuinfo's current
+    value (on a VM the nominal clock; turbo may run faster)."""
+    try:
+        return round(int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e6, 2)
+    except (OSError, ValueError):
+        pass
+    try:
+        return round(float(_cpuinfo().get("cpu MHz", "")) / 1e3, 2)
+    except ValueError:
+        return None
+
+
+def fma(peak_gflops: float | None = None, threads: int | None = None) -> dict:
+    """Vector FMA facts: the CPU's widest float32 FMA, our compiled kernels' and, given a measured
+    FMA peak, an estimate of how many such FMAs a core issues per cycle.
+
+    Parameters
+    ----------
+    peak_gflops : float, optional
+        An FMA peak measured on ``threads`` threads (`peaks`), one thread per core.
+    threads : int, optional
+        The thread count of ``peak_gflops``.
+
+    Returns
+    -------
+    dict
+        ``cpu_lanes`` and ``cpu_bits`` (from the CPU flags: 16/512 with AVX-512, 8/256 with
+        FMA3, else 4/128), ``kernel_lanes`` (what ``fastconv.kernels`` was compiled for, None if
+        not built), ``ghz`` and ``per_cycle`` (peak per core / (2 FLOPs x kernel lanes x clock);
+        None without a peak). An estimate: where the reported clock is the nominal one and the
+        core runs faster (turbo), ``per_cycle`` comes out high (2 units can read as 2.9).
+    """
+    flags = set(_cpuinfo().get("flags", "").split())
+    lanes = 16 if "avx512f" in flags else 8 if "fma" in flags else 4
+    try:
+        from fastconv.kernels import _peak
+        kl = int(_peak.lanes())
+    except ImportError:
+        kl = None
+    ghz = _clock_ghz()
+    per_cycle = None
+    if peak_gflops and threads and ghz and kl:
+        per_cycle = round(peak_gflops / threads / (2 * kl * ghz), 1)
+    return {"cpu_lanes": lanes, "cpu_bits": 32 * lanes, "kernel_lanes": kl, "ghz": ghz, "per_cycle": per_cycle}
 
 
 def machine_key() -> str:
@@ -107,14 +250,29 @@ def info() -> dict:
                                      "onnxruntime", "onnx", "rich", "matplotlib")}
     return {"fastconv": fastconv.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "host": platform.node(), "machine_key": machine_key(),
-            "cpu": cpu(), "threads": _threads.get_num_threads(), "libraries": libs, "blas": blas(),
-            "openmp": openmp()}
+            "cpu": cpu(), "caches": cache_sizes(), "fma": fma(), "threads": _threads.get_num_threads(),
+            "libraries": libs, "blas": blas(), "openmp": openmp()}
 
 
 # --- peaks -----------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where fastconv keeps measurements: ``FASTCONV_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/fastconv``, else ``~/.cache/fastconv`` (not created here)."""
+    if os.environ.get("FASTCONV_CACHE_DIR"):
+        return Path(os.environ["FASTCONV_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastconv"
+
+
 def _cache_path() -> Path:
-    root = Path(os.environ.get("FASTCONV_CACHE_DIR") or Path.home() / ".cache" / "fastconv")
-    return root / f"machine-{machine_key()}.json"
+    return cache_dir() / f"machine-{machine_key()}.json"
+
+
+def cached_peaks() -> dict[str, dict]:
+    """Peaks measured before on this machine, by thread count (``{"2": {...}}``); nothing is measured."""
+    try:
+        return json.loads(_cache_path().read_text()).get("peaks", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def measure_fma_peak(threads: int, seconds: float = 0.05, tries: int = 7) -> float:

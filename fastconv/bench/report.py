@@ -1,16 +1,43 @@
-"""Presenting a benchmark report: a rich table, the JSON file and a matplotlib chart.
+"""Presenting a benchmark report: a table (rich's when installed, else plain text), the JSON file
+and a matplotlib chart.
+
+rich and matplotlib are the ``bench`` extra (``pip install "fastconv[bench]"``): without rich the
+same table prints as aligned plain text (`plain_table`); without matplotlib the chart raises
+`MissingExtra`, whose message says what to install.
 
 How to read the table: one block per layer; one row per algorithm (``auto`` shows what it
-chose) and per peer. ``GFLOP/s`` counts 2 × MACs of the direct algorithm whatever ran, so a
-Winograd rate is *effective* (marked ``*``) and may exceed the machine's SGEMM rate. ``vs X``
-is X's time divided by ours: above 1 we are faster. Pools report GB/s of input read.
+chose), the layer object (``Conv2d``, ...) and each peer. ``GFLOP/s`` counts 2 × MACs of the
+direct algorithm whatever ran, so a Winograd rate is *effective* (marked ``*``) and may exceed
+the machine's SGEMM rate. ``vs X`` is X's time divided by ours: above 1 we are faster. Pools
+report GB/s of input read.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 from .runner import SCHEMA
+
+BENCH_EXTRA = 'pip install "fastconv[bench]"'
+
+
+class MissingExtra(ImportError):
+    """An optional library of the ``bench`` extra is not installed; the message says which."""
+
+
+def have(module: str) -> bool:
+    """Whether ``module`` can be imported (None in ``sys.modules`` counts as missing)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ValueError, ImportError):   # a module in sys.modules without a spec
+        return False
+
+
+def need_matplotlib() -> None:
+    """Raise `MissingExtra` unless matplotlib can be imported (the chart needs it)."""
+    if not have("matplotlib"):
+        raise MissingExtra(f"--plot needs matplotlib: {BENCH_EXTRA}")
 
 PEER_LABEL = {"torch": "torch", "onnxruntime": "onnxrt", "numpy": "numpy", "sgemm": "sgemm"}
 
@@ -29,12 +56,10 @@ def _bytes(n: int | None) -> str:
     return ""
 
 
-def _ratio(v: float | None) -> str:
+def _ratio(v: float | None) -> tuple[str, str | None]:
     if v is None:
-        return ""
-    style = "green" if v >= 1.05 else "red" if v < 0.95 else ""
-    txt = f"{v:.2f}x"
-    return f"[{style}]{txt}[/{style}]" if style else txt
+        return "", None
+    return f"{v:.2f}x", ("green" if v >= 1.05 else "red" if v < 0.95 else None)
 
 
 def _dtype_note(report: dict) -> str:
@@ -42,44 +67,79 @@ def _dtype_note(report: dict) -> str:
     return "; float64 (%SGEMM and %peak against half those rates)" if kinds == {"float64"} else ""
 
 
-def table(report: dict):
-    """A rich Table of every layer in ``report``."""
-    from rich.table import Table
+CAPTION = ("GFLOP/s = 2·MACs of direct conv / time (* = effective: Winograd does fewer); pools: GB/s "
+           "of input. vs X = X's time / ours (>1: fastconv faster). err = max|y−ref64| / max|ref64|.")
+
+
+def cells(report: dict) -> tuple[str, list[tuple[str, str]], list[list[tuple[str, str | None]]], list[int]]:
+    """The table as data: ``(title, columns, rows, section_ends)``.
+
+    ``columns`` are ``(header, "left"|"right")``; each row is a list of ``(text, style)`` cells
+    (style: a rich style name or None); ``section_ends`` are the indices of each layer's last row.
+    Both renderers (`table`, `plain_table`) draw this, so they show the same numbers.
+    """
     peers = [p for p in PEER_LABEL
              if any(e["name"] == p for L in report["layers"] for e in L["entries"])]
     pk = report["peaks"]
-    t = Table(title=f"fastconv bench — suite {report['suite'] or '(layers)'}, {report['threads']} threads; "
-                    f"SGEMM {pk['sgemm_gflops']:.0f}, FMA peak {pk['fma_gflops']:.0f} GFLOP/s"
-                    + _dtype_note(report),
-              caption="GFLOP/s = 2·MACs of direct conv / time (* = effective: Winograd does fewer); pools: GB/s "
-                      "of input. vs X = X's time / ours (>1: fastconv faster). err = max|y−ref64| / max|ref64|.",
-              show_lines=False, header_style="bold")
-    for col, just in (("layer", "left"), ("algorithm", "left"), ("ms", "right"), ("±", "right"),
-                      ("GFLOP/s", "right"), ("%SGEMM", "right"), ("%peak", "right")):
-        t.add_column(col, justify=just, no_wrap=True)
-    for p in peers:
-        t.add_column(f"vs {PEER_LABEL[p]}", justify="right")
-    for col in ("err", "workspace", "prep ms"):
-        t.add_column(col, justify="right")
+    title = (f"fastconv bench — suite {report['suite'] or '(layers)'}, {report['threads']} threads; "
+             f"SGEMM {pk['sgemm_gflops']:.0f}, FMA peak {pk['fma_gflops']:.0f} GFLOP/s" + _dtype_note(report))
+    columns = [("layer", "left"), ("algorithm", "left"), ("ms", "right"), ("±", "right"),
+               ("GFLOP/s", "right"), ("%SGEMM", "right"), ("%peak", "right")]
+    columns += [(f"vs {PEER_LABEL[p]}", "right") for p in peers]
+    columns += [("err", "right"), ("workspace", "right"), ("prep ms", "right")]
+    rows, ends = [], []
     for L in report["layers"]:
         best = min((e["median_s"] for e in L["entries"] if e["role"] != "peer"), default=None)
         for i, e in enumerate(L["entries"]):
             name = e["name"] + (f" → {e['chosen']}" if e.get("chosen") else "")
-            if e["role"] == "peer":
-                name = f"[dim]{name}[/dim]"
-            elif e["median_s"] == best:
-                name = f"[bold]{name}[/bold]"
+            style = "dim" if e["role"] == "peer" else "bold" if e["median_s"] == best else None
             rate = e.get("gflops", e.get("gbps"))
             rate_s = f"{rate:.1f}" + ("*" if e.get("effective") else "") + (" GB/s" if "gbps" in e else "")
-            row = [L["name"] if i == 0 else "", name, _ms(e["median_s"]), f"{100 * e['spread']:.0f}%", rate_s,
-                   f"{e['pct_sgemm']:.0f}" if "pct_sgemm" in e else "",
-                   f"{e['pct_peak']:.0f}" if "pct_peak" in e else ""]
+            row = [(L["name"] if i == 0 else "", None), (name, style), (_ms(e["median_s"]), None),
+                   (f"{100 * e['spread']:.0f}%", None), (rate_s, None),
+                   (f"{e['pct_sgemm']:.0f}" if "pct_sgemm" in e else "", None),
+                   (f"{e['pct_peak']:.0f}" if "pct_peak" in e else "", None)]
             row += [_ratio(e.get("vs", {}).get(p)) for p in peers]
             err = e.get("max_rel_err")
-            row += ["" if err is None else f"{err:.1e}", _bytes(e.get("workspace_bytes")),
-                    _ms(e["prepare_s"]) if e["prepare_s"] else ""]
-            t.add_row(*row, end_section=i == len(L["entries"]) - 1)
+            row += [("" if err is None else f"{err:.1e}", None), (_bytes(e.get("workspace_bytes")), None),
+                    (_ms(e["prepare_s"]) if e["prepare_s"] else "", None)]
+            rows.append(row)
+        ends.append(len(rows) - 1)
+    return title, columns, rows, ends
+
+
+def table(report: dict):
+    """A rich Table of every layer in ``report`` (needs rich; see `plain_table`)."""
+    from rich.table import Table
+    from rich.text import Text
+    title, columns, rows, ends = cells(report)
+    t = Table(title=title, caption=CAPTION, show_lines=False, header_style="bold")
+    for j, (col, just) in enumerate(columns):
+        t.add_column(col, justify=just, no_wrap=j < 7)   # name, time and rate columns stay on one line
+    last = set(ends)
+    for i, row in enumerate(rows):
+        t.add_row(*(Text(text, style=style or "") for text, style in row), end_section=i in last)
     return t
+
+
+def plain_table(report: dict) -> str:
+    """The table of `table` as aligned plain text (no rich needed)."""
+    title, columns, rows, ends = cells(report)
+    texts = [[c for c, _ in columns]] + [[text for text, _ in row] for row in rows]
+    widths = [max(len(r[j]) for r in texts) for j in range(len(columns))]
+
+    def line(r):
+        return "  ".join(v.ljust(w) if just == "left" else v.rjust(w)
+                         for v, w, (_, just) in zip(r, widths, columns)).rstrip()
+    rule = "-" * len(line(texts[0]))
+    out = [title, rule, line(texts[0]), rule]
+    last = set(ends)
+    for i, r in enumerate(texts[1:]):
+        out.append(line(r))
+        if i in last:
+            out.append(rule)
+    out.append(CAPTION)
+    return "\n".join(out)
 
 
 def skipped_lines(report: dict) -> list[str]:
@@ -103,7 +163,9 @@ def read_json(path: str | Path) -> dict:
 
 def plot(report: dict, path: str | Path) -> None:
     """Per-layer rates by algorithm and peer (grouped bars, log scale), with the machine's SGEMM
-    rate and FMA peak as lines; pools in their own panel (GB/s)."""
+    rate and FMA peak as lines; pools in their own panel (GB/s). Needs matplotlib
+    (`MissingExtra` otherwise)."""
+    need_matplotlib()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -127,8 +189,10 @@ def plot(report: dict, path: str | Path) -> None:
                 if series_of(e) not in series:
                     series.append(series_of(e))
         # ours in registry order, then auto and the one-shot conv2d(), then the peers in grey tones
-        from fastconv.dispatch import names
-        rank = {n: i for i, n in enumerate(names() + ["auto", "conv2d()"] + list(PEER_LABEL))}
+        from fastconv.registry import names
+
+        from .runner import LAYER_ROW
+        rank = {n: i for i, n in enumerate(names() + ["auto", "conv2d()", *LAYER_ROW.values()] + list(PEER_LABEL))}
         series.sort(key=lambda s: rank.get(s, -1))
         peers = [s for s in series if s in PEER_LABEL]
         n = len(series)
