@@ -17,6 +17,7 @@ arrays in → arrays out, torch tensors in → torch tensors out, as in `fastcon
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import Any
 
@@ -91,15 +92,40 @@ def _run_pool(kind: str, x: np.ndarray, p: Any, unbatched: bool, original: Any, 
 
 
 class Conv2d:
-    """2-D convolution layer, as ``torch.nn.Conv2d``, for inference (``padding_mode="zeros"`` only).
+    """2-D convolution layer, as ``torch.nn.Conv2d`` (``padding_mode="zeros"`` only).
 
     Weights start as torch initialises them (uniform in ±1/√fan_in) and are set by assigning
     ``layer.weight = array`` (or a torch tensor, e.g. from a ``state_dict``); ``bias`` may be
-    assigned an array of length ``out_channels`` or None.
+    assigned an array of length ``out_channels`` or None. Each new input shape builds a plan
+    (the algorithm and its prepared weights) once; assigning ``weight``, ``bias`` or ``algo``
+    drops the plans.
 
-        >>> conv = Conv2d(3, 8, 3, padding=1)
-        >>> conv(np.zeros((2, 3, 32, 32), np.float32)).shape
-        (2, 8, 32, 32)
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, dilation : int or (int, int)
+    padding : int, (int, int), ``"valid"`` or ``"same"``
+    groups : int
+    bias : bool
+    padding_mode : str
+        ``"zeros"``, the only mode fastconv runs.
+    algo : str
+        ``"auto"``, ``"tune"`` (measured on this machine, `fastconv.tune`) or a registered name.
+    dtype : numpy dtype
+        float32 or float64.
+    seed : int, optional
+        Seed of the initial weights.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad argument, naming it. Calls raise as `fastconv.conv2d` does.
+
+    Examples
+    --------
+    >>> conv = Conv2d(3, 8, 3, padding=1)
+    >>> conv(np.zeros((2, 3, 32, 32), np.float32)).shape
+    (2, 8, 32, 32)
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
@@ -113,7 +139,7 @@ class Conv2d:
         self._plans: dict[ConvParams, Plan] = {}           # full shape → plan
         self._prepared: dict[tuple[ConvParams, str], Plan] = {}  # (batch-1 shape, algo) → plan
         self._memo = _Memo()
-        self._algo = validate.algo_name(algo, registry.names())
+        self._algo = validate.algo_name(algo, registry.names() + ["tune"])
         # torch's default init (kaiming_uniform with a=√5): U(−1/√fan_in, 1/√fan_in), bias alike
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1])
@@ -170,7 +196,7 @@ class Conv2d:
 
     @algo.setter
     def algo(self, value: str) -> None:
-        name = validate.algo_name(value, registry.names())
+        name = validate.algo_name(value, registry.names() + ["tune"])
         with self._lock:
             self._algo = name
             self._invalidate()
@@ -203,7 +229,7 @@ class Conv2d:
         with self._lock:  # built once, even when several threads ask at the same time
             plan = self._plans.get(p)
             if plan is None:
-                alg = rules.select(p, self._algo)
+                alg = self._select(p)
                 key = (p.with_batch(1), alg.name)
                 plan = self._prepared.get(key)
                 if plan is None:
@@ -211,6 +237,15 @@ class Conv2d:
                     self._prepared[key] = plan
                 self._plans[p] = plan
             return plan
+
+    def _select(self, p: ConvParams) -> registry.Kernel:
+        """``algo="tune"`` (or ``"auto"`` with ``FASTCONV_TUNE=1``) asks the measured tuner, which
+        times the candidates once per machine, thread count and layer and keeps the choice in
+        the user's cache (`fastconv.tune`); anything else is `rules.select`."""
+        if self._algo == "tune" or (self._algo == "auto" and os.environ.get("FASTCONV_TUNE") == "1"):
+            from . import tune
+            return registry.get(tune.tune_layer(p))
+        return rules.select(p, self._algo)
 
     def plan(self, input_shape: tuple[int, ...]) -> Plan:
         """The plan (algorithm + prepared weights) this layer runs for inputs of ``input_shape``."""

@@ -254,3 +254,19 @@ def test_layers_respect_the_output_budget(monkeypatch):
     for layer in (fastconv.Conv2d(2, 2, 3), fastconv.MaxPool2d(2), fastconv.AvgPool2d(2)):
         with pytest.raises(MemoryError, match="over the limit"):
             layer(x)
+
+
+def test_algo_tune_asks_the_tuner(monkeypatch, tmp_path):
+    """``algo="tune"`` and ``FASTCONV_TUNE=1`` take the tuner's choice; plain auto never asks it."""
+    from fastconv import tune
+    asked = []
+    monkeypatch.setattr(tune, "tune_layer", lambda p, *a, **k: asked.append(p) or "im2col")
+    x = rand(1, 8, 12, 12)
+    layer = fastconv.Conv2d(8, 8, 3, padding=1, algo="tune")
+    assert layer.plan(x.shape).algorithm.name == "im2col" and len(asked) == 1
+    check_conv(layer, x, layer(x))
+    auto = fastconv.Conv2d(8, 8, 3, padding=1)
+    assert auto.plan(x.shape).algorithm.name == "direct" and len(asked) == 1
+    monkeypatch.setenv("FASTCONV_TUNE", "1")
+    assert fastconv.Conv2d(8, 8, 3, padding=1).plan(x.shape).algorithm.name == "im2col"
+    assert len(asked) == 2
