@@ -4,6 +4,7 @@ networks (random weights) converted and compared with the original torch model.
 Model tolerance (float32): max|y_fastconv − y_torch| ≤ 1e-4 · max|y_torch| over the whole output
 (measured ~1e-7–6e-7 with F(2x2) Winograd; the bound leaves room for F(4x4) in every 3x3 layer).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 import fastconv  # noqa: E402
 import fastconv.torch as fct  # noqa: E402
@@ -86,8 +87,9 @@ def test_time_model_reports_both_times():
 
 # --- convert -----------------------------------------------------------------------------------
 def test_unsupported_modules_stay_on_torch_with_a_warning():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
-                          nn.Conv2d(4, 4, 3, padding=1), nn.MaxPool2d(2)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.MaxPool2d(2)
+    ).eval()
     with pytest.warns(UserWarning, match=r"1 module\(s\) on torch: 0 \(Conv2d\): padding_mode"):
         fast = fct.convert(model)
     assert type(fast[0]) is nn.Conv2d and isinstance(fast[2], fct.FastConv2d)
@@ -114,13 +116,19 @@ def test_inplace_convert_and_torch_attributes():
     same = fct.convert(model, inplace=True)
     assert same is model and isinstance(model[0], fct.FastConv2d)
     c = model[0]
-    assert (c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.groups) == \
-        (2, 6, (3, 5), (2, 2), (1, 2), 2)
+    assert (c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.groups) == (
+        2,
+        6,
+        (3, 5),
+        (2, 2),
+        (1, 2),
+        2,
+    )
     assert c.weight.shape == (6, 1, 3, 5) and c.bias.shape == (6,) and c.padding_mode == "zeros"
     pool = fct.convert(nn.MaxPool2d(3, 2, ceil_mode=True))
     assert (pool.kernel_size, pool.stride, pool.ceil_mode) == ((3, 3), (2, 2), True)
     with pytest.raises(AttributeError):
-        pool.no_such_attribute
+        pool.no_such_attribute  # noqa: B018 (the attribute read is the test)
 
 
 def test_state_dict_round_trip():
@@ -141,14 +149,21 @@ def test_state_dict_round_trip():
         fast.load_state_dict(bad)
 
 
-def test_converted_modules_refuse_gradients_but_not_inference():
-    fast = fct.convert(nn.Sequential(nn.Conv2d(1, 2, 3)))
+def test_converted_modules_compute_gradients_and_skip_autograd_in_inference():
+    # (the inference-only version refused an input that required grad; training is in test_torch_train.py)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3))
+    fast = fct.convert(model)
     x = torch.randn(1, 1, 5, 5, requires_grad=True)
-    with pytest.raises(RuntimeError, match="no_grad"):
-        fast(x)
+    y = fast(x)
+    assert "fastconv_conv2d" in y.grad_fn.name()  # the custom op's autograd node
+    y.sum().backward()
+    x_ref = x.detach().clone().requires_grad_(True)
+    model(x_ref).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
-        assert fast(x).shape == (1, 2, 3, 3)
-    assert fast(x.detach()).shape == (1, 2, 3, 3)  # grad mode on, but nothing asks for a gradient
+        assert fast(x).grad_fn is None and fast(x).shape == (1, 2, 3, 3)
+    fast.requires_grad_(False)
+    assert fast(x.detach()).grad_fn is None  # grad mode on, but nothing asks for a gradient
 
 
 def test_float16_and_non_float_models_stay_on_torch():
@@ -204,9 +219,11 @@ def test_from_torch_copies_configuration_and_weights():
     layer = fastconv.Conv2d.from_torch(m)
     np.testing.assert_array_equal(layer.weight, m.weight.detach().numpy())
     assert layer.bias is None and layer.groups == 2 and layer.stride == (2, 2)
-    for tm, cls in ((nn.MaxPool2d(3, 2, 1, dilation=2, ceil_mode=True), fastconv.MaxPool2d),
-                    (nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), fastconv.AvgPool2d),
-                    (nn.AdaptiveAvgPool2d((None, 2)), fastconv.AdaptiveAvgPool2d)):
+    for tm, cls in (
+        (nn.MaxPool2d(3, 2, 1, dilation=2, ceil_mode=True), fastconv.MaxPool2d),
+        (nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), fastconv.AvgPool2d),
+        (nn.AdaptiveAvgPool2d((None, 2)), fastconv.AdaptiveAvgPool2d),
+    ):
         x = torch.randn(1, 2, 9, 8)
         torch.testing.assert_close(cls.from_torch(tm)(x), tm(x))
 
@@ -214,8 +231,11 @@ def test_from_torch_copies_configuration_and_weights():
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
 def test_convert_same_padding_even_kernel_and_dilation():
     # torch pads the odd pixel after; the converted layer must do the same
-    model = nn.Sequential(nn.Conv2d(3, 5, 4, padding="same", dilation=(1, 2)), nn.ReLU(),
-                          nn.Conv2d(5, 4, (2, 3), padding="same", bias=False))
+    model = nn.Sequential(
+        nn.Conv2d(3, 5, 4, padding="same", dilation=(1, 2)),
+        nn.ReLU(),
+        nn.Conv2d(5, 4, (2, 3), padding="same", bias=False),
+    )
     fast = fct.convert(model)
     x = torch.randn(2, 3, 9, 10)
     with torch.no_grad():
