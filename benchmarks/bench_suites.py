@@ -11,6 +11,7 @@ derived. ``fastconv bench`` is the tool for interleaved, peer-relative numbers; 
 people whose workflow is pytest-benchmark. Not part of the test suite (benchmarks/ is outside
 ``testpaths``).
 """
+
 from __future__ import annotations
 
 import os
@@ -54,6 +55,7 @@ def test_layer(benchmark, layer, algo):
     benchmark.extra_info["flops"] = p.flops
     if algo == "torch":
         from fastconv.bench import peers
+
         try:
             peers.load("torch")
             fn = peers.make("torch", p, x, w, b, threads.get_num_threads())

@@ -10,6 +10,7 @@ can beat the floor, so ``torch / floor`` bounds the speed-up over torch that any
 on this machine (the issue asked for 5x; session 7 measured the floor at 2.6-3.4x torch and our
 kernel at 1.4-1.9x over several runs: ``results/gap-floor-2threads.txt`` is one of them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,15 +30,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=31)
     args = ap.parse_args()
     import torch
+
     fastconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     x = np.random.default_rng(0).uniform(-1, 1, (8, 2048, 7, 7)).astype(np.float32)
     tx, flat, out = torch.from_numpy(x), x.reshape(-1), np.empty((8, 2048, 1, 1), np.float32)
     _, p, _ = validate.adaptive_avg_pool2d_args(x, 1)
-    fns = {"torch": lambda: torch.nn.functional.adaptive_avg_pool2d(tx, 1),
-           "fastconv.adaptive_avg_pool2d": lambda: fastconv.adaptive_avg_pool2d(x, 1),
-           "fastconv kernel alone": lambda: plan.run_pool(x, p, out),
-           "read-only floor": lambda: winograd._all_finite(flat, args.threads)}
+    fns = {
+        "torch": lambda: torch.nn.functional.adaptive_avg_pool2d(tx, 1),
+        "fastconv.adaptive_avg_pool2d": lambda: fastconv.adaptive_avg_pool2d(x, 1),
+        "fastconv kernel alone": lambda: plan.run_pool(x, p, out),
+        "read-only floor": lambda: winograd._all_finite(flat, args.threads),
+    }
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(args.rounds):
         for name, fn in fns.items():

@@ -16,6 +16,7 @@ for each candidate normalization, prints over all (layer, algorithm) pairs:
 calibration timed in the same rounds; ``norm_min`` is min(kernel) / min(calibration);
 ``norm_peer`` is min(kernel) / min(NumPy conv of the same layer).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,11 +37,28 @@ def runs(suite: str, threads: int, n: int, profile: str, calib: str) -> list[dic
     with tempfile.TemporaryDirectory() as d:
         for i in range(n):
             path = Path(d) / f"r{i}.json"
-            peers = [] if profile == "gate" else ["--no-peers"]   # the gate profile brings its NumPy anchor
-            subprocess.run([sys.executable, "-m", "fastconv.cli", "bench", "--suite", suite, *peers, "--quiet",
-                            "--no-check", "--threads", str(threads), "--calibration", calib,
-                            "--save-baseline" if profile == "gate" else "--json", str(path)],
-                           check=True, stdout=subprocess.DEVNULL)
+            peers = [] if profile == "gate" else ["--no-peers"]  # the gate profile brings its NumPy anchor
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "fastconv.cli",
+                    "bench",
+                    "--suite",
+                    suite,
+                    *peers,
+                    "--quiet",
+                    "--no-check",
+                    "--threads",
+                    str(threads),
+                    "--calibration",
+                    calib,
+                    "--save-baseline" if profile == "gate" else "--json",
+                    str(path),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             out.append(json.loads(path.read_text()))
     return out
 
@@ -49,6 +67,7 @@ def both_alarms(reports: list[dict], limit: float = 0.2) -> float:
     """False-alarm rate of the gate's rule: flagged only if norm_min AND norm_peer (where the
     layer has one) are over the limit."""
     from fastconv.bench.compare import compare
+
     pairs = alarms = 0
     for a, b in permutations(range(len(reports)), 2):
         regs, changes, _ = compare(reports[a], reports[b], limit)
@@ -90,8 +109,10 @@ def main() -> None:
             cv, p95, fa = stats(reps, k)
             print(f"  {k:9s} cv {100 * cv:5.1f}%   p95 |dev| {100 * p95:5.1f}%   false alarms @20% {100 * fa:5.1f}%")
         if a.profile == "gate":
-            print(f"  gate rule (norm_min and norm_peer both over 20%): false alarms {100 * both_alarms(reps):.1f}% "
-                  f"of kernel comparisons, before retries")
+            print(
+                f"  gate rule (norm_min and norm_peer both over 20%): false alarms {100 * both_alarms(reps):.1f}% "
+                f"of kernel comparisons, before retries"
+            )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ medians (``machine``). On a shared VM the machine column moves too (1.55-2.31x p
 session 7): a layer below 1.8x while the machine column is at 2.0x is the code's limit, one
 that moves with the machine column is the machine's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,16 @@ from fastconv.kernels import _peak
 
 FMA_ITERS = 100_000  # ~1 ms of the FMA loop per call on one thread
 
-LARGE = ["vgg16.conv1_2", "vgg16.conv3_2", "vgg16.conv4_2", "alexnet.conv2", "seed003.1gflop", "nin.1x1",
-         "alexnet.conv3", "resnet50.stem"]
+LARGE = [
+    "vgg16.conv1_2",
+    "vgg16.conv3_2",
+    "vgg16.conv4_2",
+    "alexnet.conv2",
+    "seed003.1gflop",
+    "nin.1x1",
+    "alexnet.conv3",
+    "resnet50.stem",
+]
 
 
 def sample(fn, min_s: float = 0.05, min_calls: int = 3) -> float:
@@ -66,27 +75,45 @@ def main() -> None:
         times: dict[int, list[float]] = {t: [] for t in args.threads}
         probe: dict[int, list[float]] = {t: [] for t in args.threads}
         for r in range(args.rounds):
-            order = args.threads[r % len(args.threads):] + args.threads[:r % len(args.threads)]
+            order = args.threads[r % len(args.threads) :] + args.threads[: r % len(args.threads)]
             for t in order:
                 fastconv.set_num_threads(t)
                 times[t].append(sample(lambda: plan.run(x, out)))
                 probe[t].append(sample(lambda: _peak.run(FMA_ITERS, t)))
         t0 = args.threads[0]
         med = {t: statistics.median(v) for t, v in times.items()}
-        row = {"layer": name, "algorithm": plan.algorithm.name, "median_s": med,
-               "speedup": {t: med[t0] / med[t] for t in args.threads},
-               "paired": {t: statistics.median(a / b for a, b in zip(times[t0], times[t])) for t in args.threads},
-               # the FMA loop does t times the work at t threads: its speed-up is the time ratio x t / t0
-               "machine": {t: statistics.median(probe[t0]) / statistics.median(probe[t]) * t / t0
-                           for t in args.threads}}
+        row = {
+            "layer": name,
+            "algorithm": plan.algorithm.name,
+            "median_s": med,
+            "speedup": {t: med[t0] / med[t] for t in args.threads},
+            "paired": {t: statistics.median(a / b for a, b in zip(times[t0], times[t])) for t in args.threads},
+            # the FMA loop does t times the work at t threads: its speed-up is the time ratio x t / t0
+            "machine": {t: statistics.median(probe[t0]) / statistics.median(probe[t]) * t / t0 for t in args.threads},
+        }
         rows.append(row)
-        print(f"{name:16s} {plan.algorithm.name:10s} {t0} thr {1e3 * med[t0]:8.2f} ms  " + "  ".join(
-            f"{t} thr {1e3 * med[t]:8.2f} ms ({row['speedup'][t]:.2f}x, paired {row['paired'][t]:.2f}x, "
-            f"machine {row['machine'][t]:.2f}x)" for t in args.threads[1:]), flush=True)
+        print(
+            f"{name:16s} {plan.algorithm.name:10s} {t0} thr {1e3 * med[t0]:8.2f} ms  "
+            + "  ".join(
+                f"{t} thr {1e3 * med[t]:8.2f} ms ({row['speedup'][t]:.2f}x, paired {row['paired'][t]:.2f}x, "
+                f"machine {row['machine'][t]:.2f}x)"
+                for t in args.threads[1:]
+            ),
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"schema": "fastconv-scaling/2", "threads": args.threads, "rounds": args.rounds,
-                       "machine": machine.info(), "layers": rows}, f, indent=1)
+            json.dump(
+                {
+                    "schema": "fastconv-scaling/2",
+                    "threads": args.threads,
+                    "rounds": args.rounds,
+                    "machine": machine.info(),
+                    "layers": rows,
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ median ms per call of each worker and the threads fastconv and BLAS used there. 
 adds rows with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP threads sleep at once instead of spinning
 when idle), to tell spinning apart from plain oversubscription.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,9 @@ SHAPE = (8, 64, 56, 56)
 
 def _data():
     import numpy as np
+
     rng = np.random.default_rng(0)
-    return (rng.standard_normal(SHAPE, dtype=np.float32),
-            rng.standard_normal((64, 64, 3, 3), dtype=np.float32))
+    return (rng.standard_normal(SHAPE, dtype=np.float32), rng.standard_normal((64, 64, 3, 3), dtype=np.float32))
 
 
 def _time(threads: str, calls: int, barrier=None) -> dict:
@@ -38,6 +39,7 @@ def _time(threads: str, calls: int, barrier=None) -> dict:
     from threadpoolctl import threadpool_info
 
     import fastconv
+
     if threads != "default":
         fastconv.set_num_threads(int(threads))
     x, w = _data()
@@ -51,8 +53,7 @@ def _time(threads: str, calls: int, barrier=None) -> dict:
         fastconv.conv2d(x, w, padding=1)
         t.append(time.perf_counter() - t0)
     blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-    return {"ms": round(float(np.median(t)) * 1e3, 1), "threads": fastconv.get_num_threads(),
-            "blas": blas}
+    return {"ms": round(float(np.median(t)) * 1e3, 1), "threads": fastconv.get_num_threads(), "blas": blas}
 
 
 def _worker(threads, calls, barrier, q):
@@ -66,6 +67,7 @@ def scenario(mode: str, threads: str, workers: int, calls: int) -> list[dict]:
     import multiprocessing as mp
 
     import fastconv
+
     if mode == "fork":  # the parent has used its thread pools before it forks
         x, w = _data()
         fastconv.conv2d(x, w, padding=1)
@@ -84,10 +86,14 @@ def run_row(mode: str, threads: str, env: dict, workers: int, calls: int, timeou
     """One row in a fresh interpreter: the workers' results, or a string saying what went wrong."""
     # a session of its own, so that a hung row's workers are killed with it (a forked worker
     # stuck in libgomp outlives its parent otherwise)
-    proc = subprocess.Popen([sys.executable, __file__, "--only", f"{mode},{threads}",
-                             "--workers", str(workers), "--calls", str(calls)],
-                            env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--only", f"{mode},{threads}", "--workers", str(workers), "--calls", str(calls)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -103,9 +109,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=30)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="run every row this many times, rows in turn, and show the median round "
-                         "(other load on the machine drifts; interleaving spreads it over the rows)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every row this many times, rows in turn, and show the median round "
+        "(other load on the machine drifts; interleaving spreads it over the rows)",
+    )
     ap.add_argument("--timeout", type=float, default=120, help="seconds per row (a hang shows as 'hang')")
     ap.add_argument("--wait-policy", action="store_true", help="also rows with OMP_WAIT_POLICY=PASSIVE")
     ap.add_argument("--only", default=None, help="run one row here, e.g. 'spawn,1' (internal)")
@@ -121,13 +131,17 @@ def main() -> None:
     rows = [("single", "default", {}), ("single", "1", {})]
     rows += [(m, t, {}) for m in ("spawn", "fork") for t in ("default", "1", cores)]
     if a.wait_policy:
-        rows += [("single", "default", {"OMP_WAIT_POLICY": "PASSIVE"}),
-                 ("spawn", cores, {"OMP_WAIT_POLICY": "PASSIVE"})]
+        rows += [
+            ("single", "default", {"OMP_WAIT_POLICY": "PASSIVE"}),
+            ("spawn", cores, {"OMP_WAIT_POLICY": "PASSIVE"}),
+        ]
     n = a.workers
     with open("/proc/loadavg") if os.path.exists("/proc/loadavg") else contextlib.nullcontext() as f:
         load = f" (load average before: {f.read().split()[0]})" if f else ""
-    print(f"conv2d {SHAPE} 3x3 -> 64, padding 1; {cores} cores, {n} workers, {a.calls} calls each, "
-          f"{a.rounds} round(s){load}; median ms per call in each worker")
+    print(
+        f"conv2d {SHAPE} 3x3 -> 64, padding 1; {cores} cores, {n} workers, {a.calls} calls each, "
+        f"{a.rounds} round(s){load}; median ms per call in each worker"
+    )
     results: dict[int, list] = {i: [] for i in range(len(rows))}
     for _ in range(a.rounds):
         for i, (mode, threads, env) in enumerate(rows):
@@ -145,8 +159,12 @@ def main() -> None:
         lo, hi = min(d["ms"] for r in ok for d in r), max(d["ms"] for r in ok for d in r)
         spread = f"   [{lo:.1f}-{hi:.1f}]" if len(ok) > 1 else ""
         bad = f"   ({len(results[i]) - len(ok)} round(s) failed)" if len(ok) < len(results[i]) else ""
-        print(f"{label:<58} " + "  ".join(f"{d['ms']:6.1f} ms ({d['threads']} omp, blas {d['blas']})"
-                                          for d in med) + spread + bad)
+        print(
+            f"{label:<58} "
+            + "  ".join(f"{d['ms']:6.1f} ms ({d['threads']} omp, blas {d['blas']})" for d in med)
+            + spread
+            + bad
+        )
 
 
 if __name__ == "__main__":

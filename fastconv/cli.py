@@ -9,6 +9,7 @@ extra to install.
 Every user error (unknown suite, malformed layer, unwritable path, bad baseline) is one line on
 stderr and exit status 2; a detected performance regression is exit status 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 EXIT_REGRESSION, EXIT_USAGE = 1, 2
-RETRY_WAIT_S = 0.5     # first pause before the gate re-measures a flagged layer (doubles per retry)
+RETRY_WAIT_S = 0.5  # first pause before the gate re-measures a flagged layer (doubles per retry)
 
 
 class UsageError(Exception):
@@ -64,67 +65,136 @@ def _batch_list(args) -> list[int] | None:
 def _parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="fastconv", description="fastconv command line: benchmarks, tuning and machine info.")
     sub = ap.add_subparsers(dest="command", metavar="{bench,tune,info}")
-    b = sub.add_parser("bench", help="benchmark our algorithms and peers on a suite of layers",
-                       description="Benchmark every algorithm that supports each layer, auto, and the installed "
-                                   "peers (torch, ONNX Runtime, NumPy), timed interleaved in one process.")
-    b.add_argument("--suite", default=None,
-                   help="suite name (see --list-suites), path to a suite file, 'nets' (every distinct conv "
-                        "and pool of 10 well-known networks), a network (resnet18, mobilenetv2, ...) or "
-                        "nets:NAME[,NAME]; default: 'default'")
-    b.add_argument("--layer", action="append", default=[], metavar="SPEC",
-                   help="one layer instead of a suite: N,C,H,W,Cout,k,s,p (or N,C,H,Cout,k,s,p), optional "
-                        ":g=G; pools max:N,C,H,W,k,s,p, avg:..., gap:N,C,H,W. Repeatable.")
+    b = sub.add_parser(
+        "bench",
+        help="benchmark our algorithms and peers on a suite of layers",
+        description="Benchmark every algorithm that supports each layer, auto, and the installed "
+        "peers (torch, ONNX Runtime, NumPy), timed interleaved in one process.",
+    )
+    b.add_argument(
+        "--suite",
+        default=None,
+        help="suite name (see --list-suites), path to a suite file, 'nets' (every distinct conv "
+        "and pool of 10 well-known networks), a network (resnet18, mobilenetv2, ...) or "
+        "nets:NAME[,NAME]; default: 'default'",
+    )
+    b.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="one layer instead of a suite: N,C,H,W,Cout,k,s,p (or N,C,H,Cout,k,s,p), optional "
+        ":g=G; pools max:N,C,H,W,k,s,p, avg:..., gap:N,C,H,W. Repeatable.",
+    )
     b.add_argument("--list-suites", action="store_true", help="print the shipped suites and exit")
-    b.add_argument("--model", action="append", default=[], metavar="NAME",
-                   help="time a whole seed network, torch original vs converted to fastconv "
-                        "(lenet, alexnet, nin, vgg11, resnet18, inception, densenet; repeatable; needs torch)")
-    b.add_argument("--batch", action="append", type=_batches, default=None, metavar="N[,N]",
-                   help="batch sizes, e.g. 1,8 (repeatable): a network suite's (default 1,8), --model's "
-                        "(default 1,8), or every layer of a file suite / --layer at each size")
-    b.add_argument("--ours", choices=("all", "kernels", "layer"), default=None,
-                   help="our rows: every algorithm, auto, conv2d() and the layer object (all; default for "
-                        "file suites), all but the layer object (kernels), or the prepared layer object "
-                        "only (layer; default for network suites)")
-    b.add_argument("--algo", action="append", default=None, metavar="NAME",
-                   help="only these registered algorithms (repeatable); auto is always measured")
-    b.add_argument("--peers", default=None, metavar="LIST",
-                   help="comma-separated peers among torch,onnxruntime,numpy, or 'none' (default: all "
-                        "installed; torch,onnxruntime for network suites; numpy with --save-baseline, the "
-                        "baseline's with --compare)")
+    b.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="time a whole seed network, torch original vs converted to fastconv "
+        "(lenet, alexnet, nin, vgg11, resnet18, inception, densenet; repeatable; needs torch)",
+    )
+    b.add_argument(
+        "--batch",
+        action="append",
+        type=_batches,
+        default=None,
+        metavar="N[,N]",
+        help="batch sizes, e.g. 1,8 (repeatable): a network suite's (default 1,8), --model's "
+        "(default 1,8), or every layer of a file suite / --layer at each size",
+    )
+    b.add_argument(
+        "--ours",
+        choices=("all", "kernels", "layer"),
+        default=None,
+        help="our rows: every algorithm, auto, conv2d() and the layer object (all; default for "
+        "file suites), all but the layer object (kernels), or the prepared layer object "
+        "only (layer; default for network suites)",
+    )
+    b.add_argument(
+        "--algo",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only these registered algorithms (repeatable); auto is always measured",
+    )
+    b.add_argument(
+        "--peers",
+        default=None,
+        metavar="LIST",
+        help="comma-separated peers among torch,onnxruntime,numpy, or 'none' (default: all "
+        "installed; torch,onnxruntime for network suites; numpy with --save-baseline, the "
+        "baseline's with --compare)",
+    )
     b.add_argument("--no-peers", action="store_true", help="same as --peers none")
-    b.add_argument("--threads", type=int, default=None,
-                   help="threads for every pool (fastconv.set_num_threads); default: all cores, or the "
-                        "baseline's with --compare")
-    b.add_argument("--repeats", type=int, default=None,
-                   help="timed samples per candidate (default 5; 40 with --save-baseline, the baseline's with --compare)")
-    b.add_argument("--cooldown", type=float, default=None,
-                   help="seconds of rest when switching thread pools (default 0.25)")
-    b.add_argument("--calibration", choices=("sgemm", "fma"), default=None,
-                   help="workload the gate divides kernel times by (default: the baseline's, else fma)")
-    b.add_argument("--dtype", choices=("float32", "float64"), default=None,
-                   help="element type of every layer (default float32; the baseline's with --compare)")
+    b.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for every pool (fastconv.set_num_threads); default: all cores, or the baseline's with --compare",
+    )
+    b.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed samples per candidate (default 5; 40 with --save-baseline, the baseline's with --compare)",
+    )
+    b.add_argument(
+        "--cooldown", type=float, default=None, help="seconds of rest when switching thread pools (default 0.25)"
+    )
+    b.add_argument(
+        "--calibration",
+        choices=("sgemm", "fma"),
+        default=None,
+        help="workload the gate divides kernel times by (default: the baseline's, else fma)",
+    )
+    b.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default=None,
+        help="element type of every layer (default float32; the baseline's with --compare)",
+    )
     b.add_argument("--no-check", action="store_true", help="skip the float64 reference (error columns)")
     b.add_argument("--json", metavar="PATH", help="write the full report as JSON (schema fastconv-bench/1)")
     b.add_argument("--plot", metavar="PATH.png", help="write a chart of per-layer rates")
     b.add_argument("--compare", metavar="BASELINE", help="regression gate: compare with a baseline JSON")
-    b.add_argument("--max-regression", default="20%", metavar="PCT",
-                   help="gate threshold on normalized time (default 20%%)")
+    b.add_argument(
+        "--max-regression", default="20%", metavar="PCT", help="gate threshold on normalized time (default 20%%)"
+    )
     b.add_argument("--retries", type=int, default=3, help="re-measure a regressing layer up to N times (default 3)")
     b.add_argument("--save-baseline", metavar="PATH", help="write this run as a baseline for --compare")
     b.add_argument("--quiet", action="store_true", help="no table or progress bar")
-    t = sub.add_parser("tune", help="time every eligible algorithm per layer and cache the fastest",
-                       description="Measure, per conv layer, every algorithm whose accuracy contract is allowed "
-                                   "and keep the fastest in the tune cache (see `fastconv info`), which "
-                                   "Conv2d(..., algo='tune') reads. Pools have one kernel and are skipped.")
+    t = sub.add_parser(
+        "tune",
+        help="time every eligible algorithm per layer and cache the fastest",
+        description="Measure, per conv layer, every algorithm whose accuracy contract is allowed "
+        "and keep the fastest in the tune cache (see `fastconv info`), which "
+        "Conv2d(..., algo='tune') reads. Pools have one kernel and are skipped.",
+    )
     t.add_argument("--suite", default=None, help="as for bench (default: nets)")
     t.add_argument("--layer", action="append", default=[], metavar="SPEC", help="as for bench (repeatable)")
-    t.add_argument("--batch", action="append", type=_batches, default=None, metavar="N[,N]",
-                   help="batch sizes (default: a network suite's 1,8; a file suite's own)")
-    t.add_argument("--accuracy", choices=("contract", "strict", "any"), default="contract",
-                   help="candidates no looser than auto's choice (contract, default), than direct (strict), "
-                        "or every algorithm that runs the layer (any)")
-    t.add_argument("--threads", type=int, default=None, help="threads (default: fastconv's default); "
-                                                            "each thread count has its own cache file")
+    t.add_argument(
+        "--batch",
+        action="append",
+        type=_batches,
+        default=None,
+        metavar="N[,N]",
+        help="batch sizes (default: a network suite's 1,8; a file suite's own)",
+    )
+    t.add_argument(
+        "--accuracy",
+        choices=("contract", "strict", "any"),
+        default="contract",
+        help="candidates no looser than auto's choice (contract, default), than direct (strict), "
+        "or every algorithm that runs the layer (any)",
+    )
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads (default: fastconv's default); each thread count has its own cache file",
+    )
     t.add_argument("--repeats", type=int, default=None, help="timed samples per candidate (default 7)")
     t.add_argument("--force", action="store_true", help="measure again layers the cache already answers")
     t.add_argument("--json", metavar="PATH", help="also write the per-layer results as JSON")
@@ -146,6 +216,7 @@ def cmd_info(args) -> int:
     import fastconv
     from fastconv import registry, tune
     from fastconv.bench import machine
+
     d = machine.info()
     d["algorithms"] = {a.name: a.summary for a in registry.REGISTRY}
     d["pools"] = {k.name: k.summary for k in registry.POOL_REGISTRY}
@@ -155,8 +226,13 @@ def cmd_info(args) -> int:
         d["peaks"] = machine.peaks(nt)
     # FMA units per cycle need a measured peak: this run's, else one cached for any thread count
     cached = machine.cached_peaks()
-    peak_t = (nt, d["peaks"]["fma_gflops"]) if "peaks" in d else next(
-        ((int(k), v["fma_gflops"]) for k, v in sorted(cached.items(), key=lambda kv: int(kv[0]))), (None, None))
+    peak_t = (
+        (nt, d["peaks"]["fma_gflops"])
+        if "peaks" in d
+        else next(
+            ((int(k), v["fma_gflops"]) for k, v in sorted(cached.items(), key=lambda kv: int(kv[0]))), (None, None)
+        )
+    )
     d["fma"] = machine.fma(peak_t[1], peak_t[0])
     path = tune.cache_path()
     d["tune_cache"] = {"path": str(path), "entries": len(tune._read(path))}
@@ -164,34 +240,49 @@ def cmd_info(args) -> int:
         print(json.dumps(d, indent=1))
         return 0
     c, k, f = d["cpu"], d["caches"], d["fma"]
-    lines = [f"fastconv {d['fastconv']} (python {d['python']}, {d['platform']})",
-             f"CPU: {c['model']} — {c.get('physical_cores') or '?'} cores, {c['usable_cpus']} usable of "
-             f"{c['logical_cpus']} logical CPUs",
-             f"caches: L1d {_kib(k['L1d'])}, L1i {_kib(k['L1i'])}, L2 {_kib(k['L2'])}"
-             + (f" (shared by {k['L2_shared_cpus']} CPUs)" if (k["L2_shared_cpus"] or 1) > 1 else "")
-             + f", L3 {_kib(k['L3'])}" + (f" (shared by {k['L3_shared_cpus']} CPUs)" if k["L3_shared_cpus"] else "")
-             + f"; {k['line_bytes'] or '?'}-byte lines",
-             f"FMA: {f['cpu_bits']}-bit vectors ({f['cpu_lanes']} float32 lanes); kernels compiled for "
-             f"{f['kernel_lanes'] or '?'} lanes; clock {f['ghz'] or '?'} GHz; "
-             + (f"≈{f['per_cycle']} vector FMAs per cycle per core (FMA peak {peak_t[1]} GFLOP/s on {peak_t[0]} "
-                f"threads; high if the core runs above the reported clock)" if f["per_cycle"]
-                else "FMAs per cycle: run `fastconv info --peaks` to measure"),
-             f"SIMD: {' '.join(c['simd_flags']) or 'none reported'}",
-             f"threads: {d['threads']} (fastconv.set_num_threads / FASTCONV_NUM_THREADS)",
-             "OpenMP: " + (", ".join(f"{o['internal_api']} ({o['num_threads']} threads) {o['filepath']}"
-                                     for o in d["openmp"]) or "no runtime loaded")]
+    lines = [
+        f"fastconv {d['fastconv']} (python {d['python']}, {d['platform']})",
+        f"CPU: {c['model']} — {c.get('physical_cores') or '?'} cores, {c['usable_cpus']} usable of "
+        f"{c['logical_cpus']} logical CPUs",
+        f"caches: L1d {_kib(k['L1d'])}, L1i {_kib(k['L1i'])}, L2 {_kib(k['L2'])}"
+        + (f" (shared by {k['L2_shared_cpus']} CPUs)" if (k["L2_shared_cpus"] or 1) > 1 else "")
+        + f", L3 {_kib(k['L3'])}"
+        + (f" (shared by {k['L3_shared_cpus']} CPUs)" if k["L3_shared_cpus"] else "")
+        + f"; {k['line_bytes'] or '?'}-byte lines",
+        f"FMA: {f['cpu_bits']}-bit vectors ({f['cpu_lanes']} float32 lanes); kernels compiled for "
+        f"{f['kernel_lanes'] or '?'} lanes; clock {f['ghz'] or '?'} GHz; "
+        + (
+            f"≈{f['per_cycle']} vector FMAs per cycle per core (FMA peak {peak_t[1]} GFLOP/s on {peak_t[0]} "
+            f"threads; high if the core runs above the reported clock)"
+            if f["per_cycle"]
+            else "FMAs per cycle: run `fastconv info --peaks` to measure"
+        ),
+        f"SIMD: {' '.join(c['simd_flags']) or 'none reported'}",
+        f"threads: {d['threads']} (fastconv.set_num_threads / FASTCONV_NUM_THREADS)",
+        "OpenMP: "
+        + (
+            ", ".join(f"{o['internal_api']} ({o['num_threads']} threads) {o['filepath']}" for o in d["openmp"])
+            or "no runtime loaded"
+        ),
+    ]
     for bl in d["blas"]:
-        lines.append(f"BLAS: {bl['internal_api']} {bl['version']} ({bl['threading_layer']}, {bl['num_threads']} "
-                     f"threads, {bl['architecture']}) {bl['filepath']}")
+        lines.append(
+            f"BLAS: {bl['internal_api']} {bl['version']} ({bl['threading_layer']}, {bl['num_threads']} "
+            f"threads, {bl['architecture']}) {bl['filepath']}"
+        )
     lines.append("libraries: " + ", ".join(f"{k} {v}" for k, v in d["libraries"].items() if v))
     lines.append("compiled extensions: " + ", ".join(f"{k} {v}" for k, v in d["extensions"].items()))
     lines.append("JIT: none — every kernel is compiled ahead of time (Cython/C), so there is no JIT cache")
-    lines.append(f"tune cache ({d['threads']} threads): {path} ({d['tune_cache']['entries']} layers; "
-                 "fill it with `fastconv tune`)")
+    lines.append(
+        f"tune cache ({d['threads']} threads): {path} ({d['tune_cache']['entries']} layers; "
+        "fill it with `fastconv tune`)"
+    )
     lines.append("algorithms: " + ", ".join(d["algorithms"]) + "; pools: " + ", ".join(d["pools"]))
     if "peaks" in d:
-        lines.append(f"peaks ({d['threads']} threads): FMA {d['peaks']['fma_gflops']} GFLOP/s, "
-                     f"SGEMM {d['peaks']['sgemm_gflops']} GFLOP/s")
+        lines.append(
+            f"peaks ({d['threads']} threads): FMA {d['peaks']['fma_gflops']} GFLOP/s, "
+            f"SGEMM {d['peaks']['sgemm_gflops']} GFLOP/s"
+        )
     print("\n".join(lines))
     return 0
 
@@ -199,6 +290,7 @@ def cmd_info(args) -> int:
 # --- bench -----------------------------------------------------------------------------------
 def _layers(args):
     from fastconv.bench import suites
+
     batches = _batch_list(args)
     if args.layer:
         if args.suite:
@@ -221,6 +313,7 @@ def _with_dtype(layers, dtype: str):
 def _peer_list(args, gate: bool, prof: dict, nets: bool = False) -> tuple[str, ...]:
     from fastconv.bench.peers import PEERS
     from fastconv.bench.runner import SUMMARY_PEERS
+
     if args.no_peers or (args.peers or "").strip() == "none":
         return ()
     if args.peers is None:
@@ -235,6 +328,7 @@ def _peer_list(args, gate: bool, prof: dict, nets: bool = False) -> tuple[str, .
 
 def _have(module: str) -> bool:
     from fastconv.bench.report import have
+
     return have(module)
 
 
@@ -249,6 +343,7 @@ class _Out:
         self.err, self.console = err, None
         if _have("rich"):
             from rich.console import Console
+
             self.console = Console(stderr=err, width=max(160, Console().width))
 
     def print(self, obj, style: str | None = None) -> None:
@@ -259,6 +354,7 @@ class _Out:
 
     def table(self, rep: dict) -> None:
         from fastconv.bench import report
+
         self.print(report.table(rep) if self.console is not None else report.plain_table(rep))
 
 
@@ -291,11 +387,13 @@ class _PlainProgress:
 
 def _run(layers, opts, suite_name: str, quiet: bool):
     from fastconv.bench import runner
+
     if quiet:
         return runner.run_suite(layers, opts, None, suite_name)
     if not _have("rich"):
         return runner.run_suite(layers, opts, _PlainProgress(len(layers)), suite_name)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     cols = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*cols, transient=True, console=_Out(err=True).console) as p:
         return runner.run_suite(layers, opts, _RichProgress(p), suite_name)
@@ -303,6 +401,7 @@ def _run(layers, opts, suite_name: str, quiet: bool):
 
 def _list_suites() -> int:
     from fastconv.bench import suites
+
     print("\n".join(suites.available() + suites.net_suites()))
     return 0
 
@@ -311,6 +410,7 @@ def cmd_bench(args) -> int:
     import fastconv
     from fastconv import registry
     from fastconv.bench import compare, report, runner, suites
+
     if args.list_suites:
         return _list_suites()
     if args.model:
@@ -340,7 +440,7 @@ def cmd_bench(args) -> int:
         if not args.plot.lower().endswith((".png", ".svg", ".pdf")):
             raise UsageError(f"--plot {args.plot!r}: the file name must end in .png, .svg or .pdf")
         try:
-            report.need_matplotlib()      # before the run, not after minutes of it
+            report.need_matplotlib()  # before the run, not after minutes of it
         except report.MissingExtra as e:
             raise UsageError(str(e)) from None
     if args.algo:
@@ -365,11 +465,18 @@ def cmd_bench(args) -> int:
     layers = _with_dtype(layers, args.dtype or base_dtype or "float32")
     cooldown = args.cooldown if args.cooldown is not None else prof.get("cooldown_s", runner.Options.cooldown_s)
     ours = "kernels" if gate else args.ours or ("layer" if nets else "all")
-    opts = runner.Options(repeats=repeats, cooldown_s=cooldown, peers=_peer_list(args, gate, prof, nets),
-                          min_sample_s=prof.get("min_sample_s", 0.02), max_time_s=prof.get("max_time_s", 3.0),
-                          burst=prof.get("burst", 0),
-                          check=not args.no_check, calibration=args.calibration or prof.get("calibration", "fma"),
-                          algorithms=tuple(args.algo) if args.algo else None, ours=ours)
+    opts = runner.Options(
+        repeats=repeats,
+        cooldown_s=cooldown,
+        peers=_peer_list(args, gate, prof, nets),
+        min_sample_s=prof.get("min_sample_s", 0.02),
+        max_time_s=prof.get("max_time_s", 3.0),
+        burst=prof.get("burst", 0),
+        check=not args.no_check,
+        calibration=args.calibration or prof.get("calibration", "fma"),
+        algorithms=tuple(args.algo) if args.algo else None,
+        ours=ours,
+    )
     rep = _run(layers, opts, suite_name, args.quiet)
     if args.save_baseline:
         # a baseline that caught a slow moment would flag every later run: keep the best of two
@@ -383,13 +490,17 @@ def cmd_bench(args) -> int:
         spreads = [e["spread"] for L in rep["layers"] for e in L["entries"]]
         load, cores = rep["load_average"][-1], rep["machine"]["cpu"]["usable_cpus"]
         if spreads and sorted(spreads)[len(spreads) // 2] > 0.15:
-            out.print(f"warning: noisy run (median spread {100 * sorted(spreads)[len(spreads) // 2]:.0f}%"
-                      + (f", load average {load:.1f} on {cores} CPUs" if load is not None else "")
-                      + "): other processes share the cores; rerun when idle or compare with --threads 1",
-                      style="yellow")
-        out.print(f"{rep['elapsed_s']:.0f} s; peaks "
-                  f"{'cached in ' + rep['peaks']['cached'] if rep['peaks'].get('cached') else 'measured now'}",
-                  style="dim")
+            out.print(
+                f"warning: noisy run (median spread {100 * sorted(spreads)[len(spreads) // 2]:.0f}%"
+                + (f", load average {load:.1f} on {cores} CPUs" if load is not None else "")
+                + "): other processes share the cores; rerun when idle or compare with --threads 1",
+                style="yellow",
+            )
+        out.print(
+            f"{rep['elapsed_s']:.0f} s; peaks "
+            f"{'cached in ' + rep['peaks']['cached'] if rep['peaks'].get('cached') else 'measured now'}",
+            style="dim",
+        )
     if args.json:
         report.write_json(rep, args.json)
     if args.plot:
@@ -399,7 +510,7 @@ def cmd_bench(args) -> int:
         print(f"baseline written to {args.save_baseline}")
     if base is None:
         if not gate:
-            out.print(runner.summary_line(rep["summary"]), style="bold")    # the verdict, last
+            out.print(runner.summary_line(rep["summary"]), style="bold")  # the verdict, last
         return 0
     return _gate(base, rep, layers, opts, suite_name, max_reg, args, out)
 
@@ -409,6 +520,7 @@ def cmd_tune(args) -> int:
     """``fastconv tune``: `fastconv.tune.tune_layer` over every conv layer of a suite."""
     import fastconv
     from fastconv import tune
+
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f"--threads must be a positive integer, got {args.threads}")
@@ -430,21 +542,34 @@ def cmd_tune(args) -> int:
             return
         note = "cached" if row["cached"] else "measured"
         gain = f", {row['speedup']:.2f}x auto's" if row["speedup"] and row["choice"] != row["auto"] else ""
-        print(f"{row['name']:<44} {row['describe']:<52} {row['choice']:<12} (auto {row['auto']}{gain}; {note})",
-              flush=True)
+        print(
+            f"{row['name']:<44} {row['describe']:<52} {row['choice']:<12} (auto {row['auto']}{gain}; {note})",
+            flush=True,
+        )
+
     t0 = time.perf_counter()
-    rows = tune.tune_layers(convs, args.accuracy, force=args.force, repeats=args.repeats or tune.REPEATS,
-                            report=show)
+    rows = tune.tune_layers(convs, args.accuracy, force=args.force, repeats=args.repeats or tune.REPEATS, report=show)
     changed = [r for r in rows if r["choice"] != r["auto"]]
     gains = [r["speedup"] for r in changed if r["speedup"]]
     geo = f" (geomean speed-up over auto on those {statistics.geometric_mean(gains):.2f}x)" if gains else ""
-    print(f"tuned {len(rows)} conv layers ({sum(not r['cached'] for r in rows)} measured now) at "
-          f"{fastconv.get_num_threads()} threads, accuracy {args.accuracy}, in {time.perf_counter() - t0:.0f} s: "
-          f"{len(changed)} differ from auto{geo}; cache {path}")
+    print(
+        f"tuned {len(rows)} conv layers ({sum(not r['cached'] for r in rows)} measured now) at "
+        f"{fastconv.get_num_threads()} threads, accuracy {args.accuracy}, in {time.perf_counter() - t0:.0f} s: "
+        f"{len(changed)} differ from auto{geo}; cache {path}"
+    )
     if args.json:
-        _writable(args.json, "--json").write_text(json.dumps(
-            {"schema": "fastconv-tune-run/1", "cache": str(path), "threads": fastconv.get_num_threads(),
-             "accuracy": args.accuracy, "layers": rows}, indent=1))
+        _writable(args.json, "--json").write_text(
+            json.dumps(
+                {
+                    "schema": "fastconv-tune-run/1",
+                    "cache": str(path),
+                    "threads": fastconv.get_num_threads(),
+                    "accuracy": args.accuracy,
+                    "layers": rows,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 
@@ -455,6 +580,7 @@ def cmd_models(args) -> int:
     except ImportError:
         raise UsageError("--model needs torch: pip install 'torch==2.13.0'") from None
     from fastconv import zoo
+
     unknown = [m for m in args.model if m not in zoo.model_names()]
     if unknown:
         raise UsageError(f"--model: unknown model {unknown[0]!r}; known: {', '.join(zoo.model_names())}")
@@ -470,19 +596,21 @@ def cmd_models(args) -> int:
             print(t.describe(), flush=True)
     if args.json:
         import json
+
         _writable(args.json, "--json").write_text(json.dumps({"schema": "fastconv-models/1", "models": rows}, indent=1))
     return 0
 
 
 def _gate(base, rep, layers, opts, suite_name, max_reg, args, out) -> int:
     from fastconv.bench import compare
+
     regs, _, notes = compare.compare(base, rep, max_reg)
     for attempt in range(args.retries):
         if not regs:
             break
         # spaced out (0.5, 1, 2 s): a whole gate run takes ~0.5 s, and the machine's slow spells
         # (measured: a shift that slowed memory-bound kernels ~30% for seconds) outlast it
-        time.sleep(RETRY_WAIT_S * 2 ** attempt)
+        time.sleep(RETRY_WAIT_S * 2**attempt)
         again = [L for L in layers if L.name in {c.layer for c in regs}]
         # twice the samples: more chances to catch calls no other process interrupted
         retry = _run(again, dataclasses.replace(opts, repeats=2 * opts.repeats), suite_name, True)
@@ -495,18 +623,23 @@ def _gate(base, rep, layers, opts, suite_name, max_reg, args, out) -> int:
     if regs:
         for c in sorted(regs, key=lambda c: -c.ratio):
             second = f", {100 * (c.ratio2 - 1):+.0f}% vs the NumPy conv" if c.ratio2 is not None else ""
-            print(f"REGRESSION {c.layer} {c.name}: {100 * (c.ratio - 1):+.0f}% normalized time{second} "
-                  f"({c.base:.4g} -> {c.now:.4g}, limit +{100 * max_reg:.0f}%)")
+            print(
+                f"REGRESSION {c.layer} {c.name}: {100 * (c.ratio - 1):+.0f}% normalized time{second} "
+                f"({c.base:.4g} -> {c.now:.4g}, limit +{100 * max_reg:.0f}%)"
+            )
         print(f"gate FAILED: {len(regs)} of {len(changes)} kernels regressed by more than {100 * max_reg:.0f}%")
         return EXIT_REGRESSION
-    print(f"gate passed: {len(changes)} kernels within +{100 * max_reg:.0f}% of the baseline"
-          + (f" (worst {worst.layer} {worst.name} {100 * (worst.ratio - 1):+.0f}%)" if worst else ""))
+    print(
+        f"gate passed: {len(changes)} kernels within +{100 * max_reg:.0f}% of the baseline"
+        + (f" (worst {worst.layer} {worst.name} {100 * (worst.ratio - 1):+.0f}%)" if worst else "")
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     from fastconv.bench.compare import BaselineError
     from fastconv.bench.suites import SuiteError
+
     ap = _parser()
     try:
         args = ap.parse_args(argv)

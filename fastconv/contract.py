@@ -23,6 +23,7 @@ The rest of a kernel's contract (`fastconv.registry` calls it):
                                             # writes the result into out; ``workspace`` is a
                                             # caller-allocated uint8 array of workspace_bytes(p)
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,13 @@ LAYOUTS = ("NCHW",)
 EPILOGUE_OPS = ("bias", "relu", "add")
 
 
-def refuse(p: Any, *, passes: tuple[str, ...] = ("forward",), layouts: tuple[str, ...] = ("NCHW",),
-           epilogue: tuple[str, ...] = ("bias",)) -> str | None:
+def refuse(
+    p: Any,
+    *,
+    passes: tuple[str, ...] = ("forward",),
+    layouts: tuple[str, ...] = ("NCHW",),
+    epilogue: tuple[str, ...] = ("bias",),
+) -> str | None:
     """Why a kernel that runs ``passes`` / ``layouts`` and fuses the ``epilogue`` ops cannot
     run ``p``, or ``None`` when those three fields are within what it declares."""
     if p.pass_ not in passes:

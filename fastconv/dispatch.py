@@ -1,4 +1,5 @@
 """TRANSITION shim: the registry, rules, memory budgets and plans now live in their own modules."""
+
 from __future__ import annotations
 
 from .memory import get_output_limit, get_workspace_limit, set_output_limit, set_workspace_limit  # noqa: F401

@@ -6,6 +6,7 @@ the memory budget before copying anything, `fastconv.memory`) → choose the ker
 (`fastconv.plan`). The output has the input's dtype and array type: NumPy in → NumPy
 out, torch tensor in → torch tensor out (sharing the result's memory, no copy).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,13 +21,22 @@ def _like(result: np.ndarray, original: Any):
     """Return ``result`` in the array type of ``original`` (torch tensors stay torch tensors)."""
     if type(original).__module__.startswith("torch"):
         import torch
+
         return torch.from_numpy(result)
     return result
 
 
-def conv2d(input: Any, weight: Any, bias: Any = None, stride: IntOrPair = 1,
-           padding: IntOrPair | str = 0, dilation: IntOrPair = 1, groups: int = 1, *,
-           algo: str = "auto"):
+def conv2d(
+    input: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair | str = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+    *,
+    algo: str = "auto",
+):
     """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -74,9 +84,15 @@ def conv2d(input: Any, weight: Any, bias: Any = None, stride: IntOrPair = 1,
     return _like(out[0] if unbatched else out, input)
 
 
-def max_pool2d(input: Any, kernel_size: IntOrPair, stride: IntOrPair | None = None,
-               padding: IntOrPair = 0, dilation: IntOrPair = 1, ceil_mode: bool = False,
-               return_indices: bool = False):
+def max_pool2d(
+    input: Any,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+):
     """Max pooling, as ``torch.nn.functional.max_pool2d``.
 
     Parameters
@@ -118,9 +134,15 @@ def max_pool2d(input: Any, kernel_size: IntOrPair, stride: IntOrPair | None = No
     return (_like(out, input), _like(idx, input)) if return_indices else _like(out, input)
 
 
-def avg_pool2d(input: Any, kernel_size: IntOrPair, stride: IntOrPair | None = None,
-               padding: IntOrPair = 0, ceil_mode: bool = False, count_include_pad: bool = True,
-               divisor_override: int | None = None):
+def avg_pool2d(
+    input: Any,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+):
     """Average pooling, as ``torch.nn.functional.avg_pool2d``.
 
     Parameters
@@ -149,8 +171,9 @@ def avg_pool2d(input: Any, kernel_size: IntOrPair, stride: IntOrPair | None = No
     >>> avg_pool2d(np.ones((1, 1, 4, 4), np.float32), 3, stride=1, padding=1)[0, 0, 0].tolist()
     [0.4444444477558136, 0.6666666865348816, 0.6666666865348816, 0.4444444477558136]
     """
-    x, p, unbatched = validate.avg_pool2d_args(input, kernel_size, stride, padding, ceil_mode,
-                                               count_include_pad, divisor_override)
+    x, p, unbatched = validate.avg_pool2d_args(
+        input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
     out = np.empty(p.out_shape, dtype=x.dtype)
     plan.run_pool(x, p, out)
     return _like(out[0] if unbatched else out, input)

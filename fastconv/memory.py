@@ -16,6 +16,7 @@ Two limits, both settable:
 
 When ``RLIMIT_AS`` is set, the address space still free under it also bounds every check.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-_GiB = 1024 ** 3
+_GiB = 1024**3
 
 
 def _cgroup_limit() -> int:
@@ -167,4 +168,3 @@ def check_workspace(what: str, nbytes: int) -> None:
         left = _address_space_left()
         if nbytes > left:
             _fail(what, [("the workspace", nbytes)], left, "free address space under RLIMIT_AS")
-

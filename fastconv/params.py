@@ -9,6 +9,7 @@ algorithm, whatever algorithm ran (so Winograd shows an *effective* rate).
 
 Nothing here validates: `fastconv.validate` checks arguments and then builds these.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -18,8 +19,9 @@ import numpy as np
 from .contract import check_fields
 
 
-def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int | tuple[int, int] = 0,
-                     dilation: int = 1) -> int:
+def conv_output_size(
+    size: int, kernel: int, stride: int = 1, padding: int | tuple[int, int] = 0, dilation: int = 1
+) -> int:
     """Output length of a convolution along one axis: ``⌊(M + P₀ + P₁ − D(K−1) − 1)/S⌋ + 1``.
 
     ``padding`` is the padding on each side, or a ``(before, after)`` pair.
@@ -28,8 +30,9 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int | tup
     return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def pool_output_size(size: int, kernel: int, stride: int, padding: int = 0, dilation: int = 1,
-                     ceil_mode: bool = False) -> int:
+def pool_output_size(
+    size: int, kernel: int, stride: int, padding: int = 0, dilation: int = 1, ceil_mode: bool = False
+) -> int:
     """Output length of a pooling window along one axis, with torch's ``ceil_mode`` rule:
     rounding up may not start a window that lies entirely in the right padding."""
     span = size + 2 * padding - dilation * (kernel - 1) - 1
@@ -41,8 +44,9 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int = 0, dila
     return span // stride + 1
 
 
-def conv_param_count(in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                     groups: int = 1, bias: bool = True) -> int:
+def conv_param_count(
+    in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], groups: int = 1, bias: bool = True
+) -> int:
     """Learnable parameters of a conv layer: ``C_out·(C_in/groups)·K_h·K_w (+ C_out biases)``.
 
     Seed 004: ten 5x5 filters over 3 channels → ``10·3·5·5 + 10 = 760``.
@@ -51,8 +55,15 @@ def conv_param_count(in_channels: int, out_channels: int, kernel_size: int | tup
     return out_channels * (in_channels // groups) * kh * kw + (out_channels if bias else 0)
 
 
-def conv_flops(batch: int, in_channels: int, out_channels: int, out_h: int, out_w: int,
-               kernel_size: int | tuple[int, int], groups: int = 1) -> int:
+def conv_flops(
+    batch: int,
+    in_channels: int,
+    out_channels: int,
+    out_h: int,
+    out_w: int,
+    kernel_size: int | tuple[int, int],
+    groups: int = 1,
+) -> int:
     """FLOPs of the direct algorithm: ``2 × N·C_out·H_out·W_out·(C_in/groups)·K_h·K_w``."""
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     return 2 * batch * out_channels * out_h * out_w * (in_channels // groups) * kh * kw
@@ -79,7 +90,7 @@ class ConvParams:
     groups: int = 1
     dtype: str = "float32"
     has_bias: bool = True
-    pass_: str = "forward"        # see fastconv.contract: forward, input_grad, weight_grad
+    pass_: str = "forward"  # see fastconv.contract: forward, input_grad, weight_grad
     layout: str = "NCHW"
     post_ops: tuple[str, ...] = ()  # epilogue ops after the bias (none are fused today)
     out_h: int = field(init=False)
@@ -87,18 +98,47 @@ class ConvParams:
 
     def __post_init__(self) -> None:
         check_fields(self.pass_, self.layout, self.post_ops)
-        object.__setattr__(self, "out_h", conv_output_size(
-            self.h, self.kh, self.stride[0], (self.pad[0], self.pad[1]), self.dilation[0]))
-        object.__setattr__(self, "out_w", conv_output_size(
-            self.w, self.kw, self.stride[1], (self.pad[2], self.pad[3]), self.dilation[1]))
+        object.__setattr__(
+            self,
+            "out_h",
+            conv_output_size(self.h, self.kh, self.stride[0], (self.pad[0], self.pad[1]), self.dilation[0]),
+        )
+        object.__setattr__(
+            self,
+            "out_w",
+            conv_output_size(self.w, self.kw, self.stride[1], (self.pad[2], self.pad[3]), self.dilation[1]),
+        )
 
     @classmethod
-    def from_layer(cls, n: int, c_in: int, h: int, c_out: int, k: int, stride: int = 1,
-                   padding: int = 0, dilation: int = 1, groups: int = 1,
-                   dtype: str = "float32", w: int | None = None) -> "ConvParams":
+    def from_layer(
+        cls,
+        n: int,
+        c_in: int,
+        h: int,
+        c_out: int,
+        k: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        dtype: str = "float32",
+        w: int | None = None,
+    ) -> "ConvParams":
         """Square-kernel shorthand used by suites and tests: ``N, C_in, H(=W), C_out, k, s, p``."""
-        return cls(n, c_in, h, h if w is None else w, c_out, k, k, (stride, stride),
-                   (padding,) * 4, (dilation, dilation), groups, dtype)
+        return cls(
+            n,
+            c_in,
+            h,
+            h if w is None else w,
+            c_out,
+            k,
+            k,
+            (stride, stride),
+            (padding,) * 4,
+            (dilation, dilation),
+            groups,
+            dtype,
+        )
 
     # --- derived sizes --------------------------------------------------------------
     @property
@@ -147,8 +187,7 @@ class ConvParams:
         layer; their padding is symmetric, so only a layer with `symmetric_padding` has them."""
         if not self.symmetric_padding:
             raise ValueError(f"padding {self.pad} is asymmetric: conv2d's signature cannot express it")
-        return dict(stride=self.stride, padding=(self.pad[0], self.pad[2]), dilation=self.dilation,
-                    groups=self.groups)
+        return dict(stride=self.stride, padding=(self.pad[0], self.pad[2]), dilation=self.dilation, groups=self.groups)
 
     @property
     def epilogue(self) -> tuple[str, ...]:
@@ -201,7 +240,7 @@ class PoolParams:
     divisor_override: int | None = None
     output_size: tuple[int, int] | None = None  # adaptive only
     dtype: str = "float32"
-    pass_: str = "forward"        # see fastconv.contract: forward, input_grad
+    pass_: str = "forward"  # see fastconv.contract: forward, input_grad
     layout: str = "NCHW"
     out_h: int = field(init=False)
     out_w: int = field(init=False)
@@ -211,10 +250,12 @@ class PoolParams:
         if self.kind == "adaptive_avg":
             oh, ow = self.output_size
         else:
-            oh = pool_output_size(self.h, self.kernel[0], self.stride[0], self.padding[0],
-                                  self.dilation[0], self.ceil_mode)
-            ow = pool_output_size(self.w, self.kernel[1], self.stride[1], self.padding[1],
-                                  self.dilation[1], self.ceil_mode)
+            oh = pool_output_size(
+                self.h, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0], self.ceil_mode
+            )
+            ow = pool_output_size(
+                self.w, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1], self.ceil_mode
+            )
         object.__setattr__(self, "out_h", oh)
         object.__setattr__(self, "out_w", ow)
 
@@ -238,8 +279,10 @@ class PoolParams:
     def describe(self) -> str:
         if self.kind == "adaptive_avg":
             return f"adaptive_avg {self.n}x{self.c}x{self.h}x{self.w} -> {self.out_h}x{self.out_w}"
-        s = (f"{self.kind} {self.n}x{self.c}x{self.h}x{self.w} k{self.kernel[0]}x{self.kernel[1]}"
-             f" s{self.stride[0]}x{self.stride[1]} p{self.padding[0]}x{self.padding[1]}")
+        s = (
+            f"{self.kind} {self.n}x{self.c}x{self.h}x{self.w} k{self.kernel[0]}x{self.kernel[1]}"
+            f" s{self.stride[0]}x{self.stride[1]} p{self.padding[0]}x{self.padding[1]}"
+        )
         if self.dilation != (1, 1):
             s += f" d{self.dilation[0]}x{self.dilation[1]}"
         return s + (" ceil" if self.ceil_mode else "")
@@ -253,5 +296,12 @@ def adaptive_bounds(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
     return start, end
 
 
-__all__ = ["conv_output_size", "pool_output_size", "conv_param_count", "conv_flops",
-           "ConvParams", "PoolParams", "adaptive_bounds"]
+__all__ = [
+    "conv_output_size",
+    "pool_output_size",
+    "conv_param_count",
+    "conv_flops",
+    "ConvParams",
+    "PoolParams",
+    "adaptive_bounds",
+]

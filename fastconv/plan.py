@@ -6,6 +6,7 @@ the scratch to the kernel as a ``uint8`` array (the contract's caller-owned work
 kernel never allocates and an allocation that cannot be made is a `MemoryError` before the
 kernel starts.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,9 +30,11 @@ def _workspace(kernel: registry.Kernel, p: Any, nthreads: int) -> np.ndarray:
 def _finite(a: np.ndarray) -> bool:
     try:
         from .kernels import _common
+
         return bool(_common.all_finite(a.reshape(-1), threads.get_num_threads()))
     except ImportError:  # TRANSITION
         from .kernels import winograd
+
         return bool(winograd._all_finite(a.reshape(-1), threads.get_num_threads()))
 
 
@@ -48,8 +51,9 @@ class Plan:
         self.algorithm, self.params = algorithm, p
         self._w, self._b = w, b
         # the workspace budget is checked before prepare allocates the packed weights
-        memory.check_workspace(f"{algorithm.name} ({p.describe()})",
-                               algorithm.workspace_bytes(p, threads.get_num_threads()))
+        memory.check_workspace(
+            f"{algorithm.name} ({p.describe()})", algorithm.workspace_bytes(p, threads.get_num_threads())
+        )
         self.packed = algorithm.prepare(w, b, p) if p.n > 0 else None
         self._weights_finite = not algorithm.needs_finite or p.n == 0 or _finite(w)
         self._fallback: Plan | None = None

@@ -6,6 +6,7 @@ contract of `fastconv.contract` (``supports`` / ``workspace_bytes`` / ``prepare`
 `Kernel` is the only code that calls a kernel module. Modules are imported on first use, so
 ``import fastconv`` stays cheap.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -28,7 +29,7 @@ class Kernel:
     """
 
     name: str
-    module: str                    # e.g. "fastconv.kernels.direct"
+    module: str  # e.g. "fastconv.kernels.direct"
     summary: str
     op: str = "conv2d"
     passes: tuple[str, ...] = ("forward",)
@@ -72,8 +73,9 @@ class Kernel:
     def prepare(self, w: np.ndarray | None, b: np.ndarray | None, p: Any) -> Any:
         return self.kernel.prepare(w, b, p, **self.options)
 
-    def run(self, x: np.ndarray, packed: Any, p: Any, out: np.ndarray, workspace: np.ndarray,
-            nthreads: int, **extra: Any) -> None:
+    def run(
+        self, x: np.ndarray, packed: Any, p: Any, out: np.ndarray, workspace: np.ndarray, nthreads: int, **extra: Any
+    ) -> None:
         """Run into ``out`` with the caller's ``workspace`` (see `fastconv.plan`)."""
         if not _new_api(self.kernel):  # TRANSITION
             _old_run(self, x, packed, p, out, nthreads, **extra)
@@ -84,6 +86,7 @@ class Kernel:
 
 def _new_api(mod: Any) -> bool:  # TRANSITION: until every kernel module takes a workspace
     import inspect
+
     run = getattr(mod, "run", None)
     return run is not None and "workspace" in inspect.signature(run).parameters
 
@@ -105,31 +108,50 @@ Algorithm = Kernel  # the convolution registry's entries are called algorithms (
 
 _K = "fastconv.kernels."
 REGISTRY: list[Kernel] = [
-    Kernel("direct", _K + "direct",
-           "direct: phase-packed input, register-blocked channels x positions; any stride/padding/"
-           "dilation/groups"),
-    Kernel("im2col", _K + "im2col",
-           "im2col + GEMM over bounded tiles of output pixels (AVX-512 micro-kernel for float32, "
-           "BLAS otherwise); any stride/padding/dilation/groups"),
-    Kernel("pointwise", _K + "pointwise",
-           "1x1 kernels with padding 0 as GEMMs straight on NCHW, split over threads"),
+    Kernel(
+        "direct",
+        _K + "direct",
+        "direct: phase-packed input, register-blocked channels x positions; any stride/padding/dilation/groups",
+    ),
+    Kernel(
+        "im2col",
+        _K + "im2col",
+        "im2col + GEMM over bounded tiles of output pixels (AVX-512 micro-kernel for float32, "
+        "BLAS otherwise); any stride/padding/dilation/groups",
+    ),
+    Kernel("pointwise", _K + "pointwise", "1x1 kernels with padding 0 as GEMMs straight on NCHW, split over threads"),
     # Winograd tolerances, from the contract metric (error_tile: scale = sum|W| x max|X| over the
     # tile, see fastconv.testing.conv_error_bound), measured over the case table x 20 seeds:
     #   F(2x2,3x3): float32 worst 1.2e-7, float64 2.9e-16  -> 1e-5 / 1e-13  (>= 80x margin)
     #   F(4x4,3x3): float32 worst 1.8e-6, float64 3.2e-15  -> 1e-4 / 1e-12  (>= 55x margin)
     #   F(2x2,5x5): float32 worst 1.8e-6, float64 3.1e-15  -> 1e-4 / 1e-12  (>= 55x margin; it
     #     interpolates at F(4x4,3x3)'s six points, and errs like it)
-    Kernel("winograd", _K + "winograd",
-           "Winograd, tile chosen per layer (F(4x4,3x3), or F(2x2,3x3) where it needs fewer GEMM "
-           "rows, e.g. 7x7 maps; F(2x2,5x5) for 5x5): 3x3 or 5x5, stride 1, dilation 1",
-           tolerance={"float32": 1e-4, "float64": 1e-12}, options={"tile": 0}, error_tile=4),
-    Kernel("winograd_f2", _K + "winograd",
-           "Winograd F(2x2,3x3) or F(2x2,5x5): 3x3 or 5x5, stride 1, dilation 1",
-           tolerance={"float32": 1e-5, "float64": 1e-13}, options={"tile": 2}, error_tile=2,
-           kernel_tolerance={5: {"float32": 1e-4, "float64": 1e-12}}),
-    Kernel("winograd_f4", _K + "winograd",
-           "Winograd F(4x4,3x3): 3x3, stride 1, dilation 1; fewer multiplies, larger error",
-           tolerance={"float32": 1e-4, "float64": 1e-12}, options={"tile": 4}, error_tile=4),
+    Kernel(
+        "winograd",
+        _K + "winograd",
+        "Winograd, tile chosen per layer (F(4x4,3x3), or F(2x2,3x3) where it needs fewer GEMM "
+        "rows, e.g. 7x7 maps; F(2x2,5x5) for 5x5): 3x3 or 5x5, stride 1, dilation 1",
+        tolerance={"float32": 1e-4, "float64": 1e-12},
+        options={"tile": 0},
+        error_tile=4,
+    ),
+    Kernel(
+        "winograd_f2",
+        _K + "winograd",
+        "Winograd F(2x2,3x3) or F(2x2,5x5): 3x3 or 5x5, stride 1, dilation 1",
+        tolerance={"float32": 1e-5, "float64": 1e-13},
+        options={"tile": 2},
+        error_tile=2,
+        kernel_tolerance={5: {"float32": 1e-4, "float64": 1e-12}},
+    ),
+    Kernel(
+        "winograd_f4",
+        _K + "winograd",
+        "Winograd F(4x4,3x3): 3x3, stride 1, dilation 1; fewer multiplies, larger error",
+        tolerance={"float32": 1e-4, "float64": 1e-12},
+        options={"tile": 4},
+        error_tile=4,
+    ),
 ]
 BY_NAME: dict[str, Kernel] = {a.name: a for a in REGISTRY}
 

@@ -8,6 +8,7 @@ has them. The result depends on the layer alone (no timing, no machine state), a
 the tuner (``algo="tune"``, `fastconv.tune`), which never leaves the accuracy contract ``auto``
 would give.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,8 +54,8 @@ RULES: tuple[Rule, ...] = (
 # fastconv.conv2d prepares the weights for one call, so Winograd's weight transform ((m+2)^2
 # numbers per 3x3 filter) must be shared by enough outputs, and F(4x4)'s large U costs more in
 # fresh pages than F(2x2)'s slower run: for 3x3 layers picked by a Winograd rule,
-ONE_SHOT_WINOGRAD_MIN_OUTPUTS = 400   # batch x height x width below which direct runs instead
-ONE_SHOT_F4_MAX_U_BYTES = 24 << 20    # F(4x4)'s U (24 MiB) above which F(2x2) runs instead
+ONE_SHOT_WINOGRAD_MIN_OUTPUTS = 400  # batch x height x width below which direct runs instead
+ONE_SHOT_F4_MAX_U_BYTES = 24 << 20  # F(4x4)'s U (24 MiB) above which F(2x2) runs instead
 
 
 def choose(p: ConvParams, one_shot: bool = False) -> str:

@@ -9,6 +9,7 @@
   products that output adds up, which is the natural scale of floating-point rounding in a dot
   product (a plain relative error is meaningless where terms cancel to ~0).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ CONV_CASES: list[ConvCase] = [
     ConvCase("pad_pair_1x2", padding=(1, 2)),
     ConvCase("pad_pair_3x0", h=7, w=12, padding=(3, 0)),
     ConvCase("same_k3", padding="same"),
-    ConvCase("same_even_k4", kh=4, kw=4, padding="same"),   # torch pads 1 before, 2 after
+    ConvCase("same_even_k4", kh=4, kw=4, padding="same"),  # torch pads 1 before, 2 after
     ConvCase("same_k2x5_dil2", kh=2, kw=5, dilation=2, padding="same"),
     ConvCase("valid", padding="valid"),
     # dilation 1–3
@@ -118,11 +119,13 @@ CONV_CASES: list[ConvCase] = [
     ConvCase("wide_5x5_s2", n=1, c_in=19, h=15, w=15, c_out=23, kh=5, kw=5, stride=2, padding=2),
     # direct (kernels/direct_impl.h): channel blocks of 1..8 (9 = 5+4, 17 = 6+6+5), phase planes of
     # stride 3 with dilation, packing per (image, group) inside threads (n*groups >= 4*threads)
-    ConvCase("direct_blocks_9_s3_d2", n=1, c_in=2, h=17, w=19, c_out=9, kh=3, kw=2, stride=3, dilation=2,
-             padding=(2, 1)),
+    ConvCase(
+        "direct_blocks_9_s3_d2", n=1, c_in=2, h=17, w=19, c_out=9, kh=3, kw=2, stride=3, dilation=2, padding=(2, 1)
+    ),
     ConvCase("direct_blocks_17_local_pack", n=9, c_in=2, h=7, w=6, c_out=17, kh=2, kw=3, padding=1),
-    ConvCase("direct_depthwise_k5_s2_local_pack", n=2, c_in=8, h=11, w=10, c_out=8, kh=5, kw=5, stride=2,
-             padding=2, groups=8),
+    ConvCase(
+        "direct_depthwise_k5_s2_local_pack", n=2, c_in=8, h=11, w=10, c_out=8, kh=5, kw=5, stride=2, padding=2, groups=8
+    ),
     # direct on wide rows (many chunks per row, ragged last chunk)
     ConvCase("direct_wide_ragged_chunk", n=1, c_in=2, h=4, w=130, c_out=4, padding=1),
     ConvCase("direct_depthwise_w62", n=1, c_in=3, h=5, w=62, c_out=3, padding=1, groups=3),
@@ -149,20 +152,32 @@ CONV_CASES: list[ConvCase] = [
     ConvCase("direct_stride_over_kernel", h=9, w=10, stride=(7, 5), padding=1),  # unused phases skipped
     # GEMM tiling edges (im2col / pointwise): tiles that split rows mid-way with groups and a
     # stride pair, and 1x1 chunks that split mid-(image, group)
-    ConvCase("gemm_tiles_groups_stride", n=1, c_in=4, h=9, w=13, c_out=6, kh=2, kw=3, stride=(1, 2),
-             padding=1, groups=2, bias=False),
+    ConvCase(
+        "gemm_tiles_groups_stride",
+        n=1,
+        c_in=4,
+        h=9,
+        w=13,
+        c_out=6,
+        kh=2,
+        kw=3,
+        stride=(1, 2),
+        padding=1,
+        groups=2,
+        bias=False,
+    ),
     ConvCase("pointwise_chunks_groups", n=3, c_in=6, h=7, w=5, c_out=9, kh=1, kw=1, groups=3),
 ]
 
 
 def describe(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, **kwargs) -> ConvParams:
     """The `ConvParams` of a conv2d call (through the same validation as the public op)."""
-    return validate.conv2d_args(x, w, b, kwargs.get("stride", 1), kwargs.get("padding", 0),
-                                kwargs.get("dilation", 1), kwargs.get("groups", 1))[3]
+    return validate.conv2d_args(
+        x, w, b, kwargs.get("stride", 1), kwargs.get("padding", 0), kwargs.get("dilation", 1), kwargs.get("groups", 1)
+    )[3]
 
 
-def conv_error_bound(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams,
-                     tile: int = 0) -> np.ndarray:
+def conv_error_bound(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams, tile: int = 0) -> np.ndarray:
     """The scale of each output's rounding error, in float64.
 
     ``tile=0`` (direct, GEMM): ``|W| ⊛ |X| + |b|`` — the sum of the absolute products the output
@@ -184,16 +199,22 @@ def conv_error_bound(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: Conv
     right = max(0, p.out_w - 1 + Lw - (p.w + left))
     q = np.pad(x4, ((0, 0), (0, 0), (top, bottom), (left, right)))
     box = np.lib.stride_tricks.sliding_window_view(q, (Lh, Lw), axis=(2, 3)).max(axis=(-2, -1))
-    box = box[:, :, :p.out_h, :p.out_w]
+    box = box[:, :, : p.out_h, : p.out_w]
     wsum = w.sum(axis=(2, 3))  # [C_out, C_in/groups]
     cig, cog = p.c_in_per_group, p.c_out_per_group
-    scale = np.concatenate([np.einsum("pd,ndij->npij", wsum[g * cog:(g + 1) * cog], box[:, g * cig:(g + 1) * cig])
-                            for g in range(p.groups)], axis=1)
+    scale = np.concatenate(
+        [
+            np.einsum("pd,ndij->npij", wsum[g * cog : (g + 1) * cog], box[:, g * cig : (g + 1) * cig])
+            for g in range(p.groups)
+        ],
+        axis=1,
+    )
     return scale if bias is None else scale + bias[None, :, None, None]
 
 
-def conv_errors(y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
-                p: ConvParams, tile: int = 0) -> tuple[float, float]:
+def conv_errors(
+    y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams, tile: int = 0
+) -> tuple[float, float]:
     """(max |y − ref| / scale, max |y − ref| / max |ref|) of a result against the float64 oracle."""
     x4 = x if x.ndim == 4 else x[None]
     ref = reference.conv2d(x4, w, b, p)
@@ -205,19 +226,29 @@ def conv_errors(y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | Non
     return (float(scaled.max()) if scaled.size else 0.0), float(rel)
 
 
-def assert_conv_close(y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
-                      p: ConvParams, tol: float, label: str = "", tile: int = 0) -> None:
+def assert_conv_close(
+    y: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    p: ConvParams,
+    tol: float,
+    label: str = "",
+    tile: int = 0,
+) -> None:
     """Fail unless every output is within ``tol · scale`` of the float64 reference, with the
     scale of `conv_error_bound` (``tile`` = the algorithm's ``error_tile``)."""
-    assert np.asarray(y).shape == p.out_shape or np.asarray(y).shape == p.out_shape[1:], \
+    assert np.asarray(y).shape == p.out_shape or np.asarray(y).shape == p.out_shape[1:], (
         f"{label}: shape {np.asarray(y).shape} != expected {p.out_shape}"
+    )
     assert np.all(np.isfinite(y)), f"{label}: non-finite values in output (unwritten or overflow)"
     worst, rel = conv_errors(y, x, w, b, p, tile)
     assert worst <= tol, f"{label}: error {worst:.3g} x scale exceeds tolerance {tol:g} (rel {rel:.3g})"
 
 
-def assert_algorithm_close(alg, y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
-                           p: ConvParams, label: str = "") -> None:
+def assert_algorithm_close(
+    alg, y: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams, label: str = ""
+) -> None:
     """`assert_conv_close` with the registry entry's own tolerance and error model."""
     assert_conv_close(y, x, w, b, p, alg.tolerance_for(p), label or alg.name, alg.error_tile)
 
@@ -264,8 +295,11 @@ AVG_POOL_CASES = [
     _k3s1p1("k3_s1_p1_inception", (1, 4, 9, 9)),
     PoolCase("exclude_pad", (1, 4, 9, 9), dict(kernel_size=3, stride=1, padding=1, count_include_pad=False)),
     PoolCase("ceil", (1, 2, 10, 9), dict(kernel_size=3, stride=2, ceil_mode=True)),
-    PoolCase("ceil_pad_exclude", (1, 2, 8, 7), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True,
-                                                   count_include_pad=False)),
+    PoolCase(
+        "ceil_pad_exclude",
+        (1, 2, 8, 7),
+        dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+    ),
     PoolCase("divisor_override", (1, 2, 8, 8), dict(kernel_size=2, divisor_override=3)),
     PoolCase("rect", (2, 2, 9, 14), dict(kernel_size=(2, 5), stride=(2, 3), padding=(1, 2))),
     PoolCase("batch0", (0, 3, 8, 8), dict(kernel_size=2)),
@@ -289,22 +323,23 @@ AVG_POOL_CASES = [
     _k3s1p1("k3_s1_p1_regs_w17_override", (1, 3, 4, 17), divisor_override=5),
     _k3s1p1("k3_s1_p1_regs_w28", (2, 3, 28, 28)),
     _k3s1p1("k3_s1_p1_regs_w32_exclude", (1, 2, 3, 32), count_include_pad=False),
-    PoolCase("k4x3_s3x2_p2x1_ceil", (1, 2, 14, 17), dict(kernel_size=(4, 3), stride=(3, 2), padding=(2, 1),
-                                                         ceil_mode=True)),
+    PoolCase(
+        "k4x3_s3x2_p2x1_ceil", (1, 2, 14, 17), dict(kernel_size=(4, 3), stride=(3, 2), padding=(2, 1), ceil_mode=True)
+    ),
 ]
 ADAPTIVE_CASES = [
     # global means go 8 planes at a time (fc_means_*): 10 planes = a group of 8 and one of 2
     PoolCase("global", (2, 5, 7, 7), dict(output_size=1)),
     PoolCase("global_exact_group", (1, 8, 3, 3), dict(output_size=1)),
-    PoolCase("global_no_tail", (3, 7, 4, 4), dict(output_size=1)),        # 16 values: no masked tail
-    PoolCase("global_tail_only", (1, 11, 1, 3), dict(output_size=1)),     # 3 values: only the tail
+    PoolCase("global_no_tail", (3, 7, 4, 4), dict(output_size=1)),  # 16 values: no masked tail
+    PoolCase("global_tail_only", (1, 11, 1, 3), dict(output_size=1)),  # 3 values: only the tail
     PoolCase("global_1x1", (2, 9, 1, 1), dict(output_size=1)),
     PoolCase("uneven_3x4", (1, 3, 10, 9), dict(output_size=(3, 4))),
     PoolCase("upsample", (1, 2, 3, 2), dict(output_size=(5, 4))),
     PoolCase("none_keeps", (1, 2, 6, 5), dict(output_size=(2, None))),
     PoolCase("batch0", (0, 3, 8, 8), dict(output_size=2)),
     PoolCase("unbatched", (3, 8, 9), dict(output_size=(4, 3))),
-    PoolCase("global_odd_plane", (2, 3, 5, 19), dict(output_size=1)),   # 95 = 11 lanes of 8 + 7
+    PoolCase("global_odd_plane", (2, 3, 5, 19), dict(output_size=1)),  # 95 = 11 lanes of 8 + 7
 ]
 
 
@@ -312,6 +347,7 @@ def run_concurrently(target, n: int) -> None:
     """Call ``target(i)`` for i in range(n), each in its own thread, all released at once by a
     barrier; fails if any call raised or a thread hung (the thread-safety tests' harness)."""
     import threading
+
     barrier, errors = threading.Barrier(n), []
 
     def wrap(i):
@@ -328,4 +364,3 @@ def run_concurrently(target, n: int) -> None:
         t.join(timeout=300)
     assert not any(t.is_alive() for t in ts), "a thread hung"
     assert not errors, errors
-

@@ -27,6 +27,7 @@ child, and a region of more than 1 thread waits for them forever. A 1-thread reg
 the pool (libgomp ``gomp_team_start`` returns before the pool's dock for ``nthreads == 1``), so
 the child runs every op, single-threaded.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -96,11 +97,11 @@ _omp_max, _omp_set, _omp_base = _load_omp()
 _env_threads("FASTCONV_NUM_THREADS", strict=True)  # a malformed value fails at import, not mid-call
 
 _state: dict[str, Any] = {
-    "explicit": None,      # set_num_threads(n)
-    "default": None,       # levels 3-5, computed on first use (a spawned child knows it is one late)
-    "forked": False,       # this process is a forked child (of any generation)
-    "stale_pool": False,   # ... whose forking thread ran our regions on > 1 thread: cap at 1
-    "omp_used": False,     # get_num_threads() has returned > 1 here (so a fork child inherits a pool)
+    "explicit": None,  # set_num_threads(n)
+    "default": None,  # levels 3-5, computed on first use (a spawned child knows it is one late)
+    "forked": False,  # this process is a forked child (of any generation)
+    "stale_pool": False,  # ... whose forking thread ran our regions on > 1 thread: cap at 1
+    "omp_used": False,  # get_num_threads() has returned > 1 here (so a fork child inherits a pool)
     "warned": False,
     "blas_applied": None,
     "controller": None,
@@ -199,9 +200,13 @@ def set_num_threads(n: int | None) -> None:
         raise ValueError(f"n must be a positive int or None, got {n!r}")
     if n is not None and n > 1 and _state["stale_pool"] and not _state["warned"]:
         _state["warned"] = True
-        warnings.warn("fastconv runs 1 thread in a child forked after the parent used more: libgomp's "
-                      "thread pool does not survive fork (use the 'spawn' or 'forkserver' start method "
-                      "for multi-threaded workers)", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "fastconv runs 1 thread in a child forked after the parent used more: libgomp's "
+            "thread pool does not survive fork (use the 'spawn' or 'forkserver' start method "
+            "for multi-threaded workers)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if n is None and _state["explicit"] is not None and _omp_set is not None:
         # apply() wrote the old n into this thread's OpenMP setting; left there, _effective()
         # would read it back as a caller's limit
@@ -213,6 +218,7 @@ def set_num_threads(n: int | None) -> None:
 def _controller():
     if _state["controller"] is None:
         from threadpoolctl import ThreadpoolController
+
         _state["controller"] = ThreadpoolController()
     return _state["controller"]
 
@@ -225,6 +231,7 @@ def apply() -> None:
         # BLAS libraries may have been loaded since the last call (numpy's and scipy's OpenBLAS
         # are two different libraries), so re-scan whenever asked.
         from threadpoolctl import ThreadpoolController
+
         _state["controller"] = ThreadpoolController()
         _state["controller"].limit(limits=n, user_api="blas")
         if _state["explicit"] is not None:

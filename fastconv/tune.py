@@ -35,6 +35,7 @@ candidates it timed.
 `lookup`, `tune_layer` and `cache_path` are what ``Conv2d(..., algo="tune")`` / ``FASTCONV_TUNE=1``
 use; ``fastconv tune`` fills the cache for a suite.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,28 +52,30 @@ import numpy as np
 from . import threads
 from .params import ConvParams
 
-try:                                   # the registry's new home; dispatch re-exports it meanwhile
+try:  # the registry's new home; dispatch re-exports it meanwhile
     from . import registry as _registry
     from . import rules as _rules
     from .memory import get_workspace_limit as _workspace_limit
     from .plan import Plan as _Plan
-except ImportError:                    # pragma: no cover - older trees
+except ImportError:  # pragma: no cover - older trees
     from . import dispatch as _registry
+
     _rules = _registry
     _Plan = _registry.Plan
     _workspace_limit = _registry.get_workspace_limit
 
 SCHEMA = "fastconv-tune/1"
 ACCURACY = ("contract", "strict", "any")
-MARGIN = 0.03          # auto's choice stays unless another candidate is >3% faster (median)
-REPEATS = 7            # timed samples per candidate
-MIN_SAMPLE_S = 0.01    # a sample repeats the call until it lasts this long
+MARGIN = 0.03  # auto's choice stays unless another candidate is >3% faster (median)
+REPEATS = 7  # timed samples per candidate
+MIN_SAMPLE_S = 0.01  # a sample repeats the call until it lasts this long
 
 
 # --- where --------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _machine_tag() -> str:
     from .bench import machine
+
     c = machine.cpu()
     slug = re.sub(r"[^a-z0-9]+", "-", c["model"].lower()).strip("-")[:48] or "cpu"
     return f"{slug}-{c['flags_hash']}"
@@ -96,15 +99,18 @@ def cache_path(threads_: int | None = None) -> Path:
         The file (it may not exist yet).
     """
     from .bench.machine import cache_dir
+
     nt = threads_ if threads_ is not None else threads.get_num_threads()
     return cache_dir() / f"tune-{_machine_tag()}-t{nt}.json"
 
 
 def layer_key(p: ConvParams) -> str:
     """The cache key of layer ``p``: every field a kernel's speed may depend on."""
-    return (f"n{p.n} c{p.c_in} {p.h}x{p.w} -> {p.c_out} k{p.kh}x{p.kw} s{p.stride[0]}x{p.stride[1]} "
-            f"p{','.join(map(str, p.pad))} d{p.dilation[0]}x{p.dilation[1]} g{p.groups} {p.dtype} "
-            f"bias{int(p.has_bias)} {p.pass_} {p.layout}" + (f" +{'+'.join(p.post_ops)}" if p.post_ops else ""))
+    return (
+        f"n{p.n} c{p.c_in} {p.h}x{p.w} -> {p.c_out} k{p.kh}x{p.kw} s{p.stride[0]}x{p.stride[1]} "
+        f"p{','.join(map(str, p.pad))} d{p.dilation[0]}x{p.dilation[1]} g{p.groups} {p.dtype} "
+        f"bias{int(p.has_bias)} {p.pass_} {p.layout}" + (f" +{'+'.join(p.post_ops)}" if p.post_ops else "")
+    )
 
 
 # --- which --------------------------------------------------------------------------------------
@@ -133,8 +139,11 @@ def candidates(p: ConvParams, accuracy: str = "contract") -> list[Any]:
         In registry order; auto's choice is always among them (under "strict", direct is).
     """
     _check_accuracy(accuracy)
-    ref = {"contract": lambda: _rules.select(p, "auto"), "strict": lambda: _registry.get("direct"),
-           "any": lambda: None}[accuracy]()
+    ref = {
+        "contract": lambda: _rules.select(p, "auto"),
+        "strict": lambda: _registry.get("direct"),
+        "any": lambda: None,
+    }[accuracy]()
     nt = threads.get_num_threads()
     out = []
     for a in _registry.REGISTRY:
@@ -149,7 +158,7 @@ def candidates(p: ConvParams, accuracy: str = "contract") -> list[Any]:
 def _workspace(a: Any, p: ConvParams, nt: int) -> int:
     try:
         return int(a.workspace_bytes(p, nt))
-    except TypeError:                  # pragma: no cover - the one-argument form of older trees
+    except TypeError:  # pragma: no cover - the one-argument form of older trees
         return int(a.workspace_bytes(p))
 
 
@@ -161,11 +170,12 @@ def _pick(times: dict[str, float], auto: str) -> str:
 
 
 # --- the cache file -----------------------------------------------------------------------------
-_memory: dict[Path, tuple[int, dict]] = {}     # path -> (mtime_ns, entries): one read per change
+_memory: dict[Path, tuple[int, dict]] = {}  # path -> (mtime_ns, entries): one read per change
 
 
 def _version() -> str:
     from . import __version__
+
     return __version__
 
 
@@ -182,7 +192,7 @@ def _read(path: Path) -> dict:
         data = json.loads(path.read_text())
         entries = data["entries"] if data.get("schema") == SCHEMA and data.get("fastconv") == _version() else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        entries = {}                   # a damaged file is re-measured, not an error on every call
+        entries = {}  # a damaged file is re-measured, not an error on every call
     _memory[path] = (mtime, entries)
     return entries
 
@@ -194,14 +204,16 @@ def _locked(path: Path):
     with open(path.with_name(path.name + ".lock"), "w") as f:
         try:
             import fcntl
+
             fcntl.flock(f, fcntl.LOCK_EX)
-        except ImportError:            # pragma: no cover - not POSIX: last writer wins
+        except ImportError:  # pragma: no cover - not POSIX: last writer wins
             pass
         yield
 
 
 def _store(path: Path, key: str, times: dict[str, float]) -> None:
     from .bench import machine
+
     with _locked(path):
         _memory.pop(path, None)
         entries = dict(_read(path))
@@ -209,11 +221,17 @@ def _store(path: Path, key: str, times: dict[str, float]) -> None:
         entry = {"times": {**entry.get("times", {}), **times}, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         entries[key] = entry
         c = machine.cpu()
-        data = {"schema": SCHEMA, "fastconv": _version(), "cpu": c["model"], "flags_hash": c["flags_hash"],
-                "threads": int(path.stem.rsplit("-t", 1)[1]), "entries": entries}
+        data = {
+            "schema": SCHEMA,
+            "fastconv": _version(),
+            "cpu": c["model"],
+            "flags_hash": c["flags_hash"],
+            "threads": int(path.stem.rsplit("-t", 1)[1]),
+            "entries": entries,
+        }
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)          # readers see the old file or the new one, never half of one
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
     _memory.pop(path, None)
 
 
@@ -258,13 +276,15 @@ def _data(p: ConvParams, seed: int):
     return x, w, b
 
 
-def measure(p: ConvParams, algos: list[Any], repeats: int = REPEATS, min_sample_s: float = MIN_SAMPLE_S,
-            seed: int = 0) -> dict[str, float]:
+def measure(
+    p: ConvParams, algos: list[Any], repeats: int = REPEATS, min_sample_s: float = MIN_SAMPLE_S, seed: int = 0
+) -> dict[str, float]:
     """Median seconds per call of each algorithm in ``algos`` on ``p``, timed interleaved
     (`fastconv.bench.timer.measure`: rotated rounds, so a slow spell hits every candidate)
     with prepared weights and a preallocated output — what a layer object's call runs."""
     from .bench.timer import Candidate
     from .bench.timer import measure as _measure
+
     x, w, b = _data(p, seed)
     threads.apply()
     cands = []
@@ -276,8 +296,14 @@ def measure(p: ConvParams, algos: list[Any], repeats: int = REPEATS, min_sample_
     return {name: t.median for name, t in timings.items()}
 
 
-def tune_layer(p: ConvParams, accuracy: str = "contract", *, force: bool = False, repeats: int = REPEATS,
-               min_sample_s: float = MIN_SAMPLE_S) -> str:
+def tune_layer(
+    p: ConvParams,
+    accuracy: str = "contract",
+    *,
+    force: bool = False,
+    repeats: int = REPEATS,
+    min_sample_s: float = MIN_SAMPLE_S,
+) -> str:
     """Time the candidates of layer ``p`` on this machine (once) and return the fastest.
 
     Parameters
@@ -305,7 +331,7 @@ def tune_layer(p: ConvParams, accuracy: str = "contract", *, force: bool = False
     _check_accuracy(accuracy)
     auto = _rules.select(p, "auto").name
     if p.n == 0:
-        return auto                     # nothing to time: an empty batch runs no kernel
+        return auto  # nothing to time: an empty batch runs no kernel
     if not force:
         hit = lookup(p, accuracy)
         if hit is not None:
@@ -318,8 +344,14 @@ def tune_layer(p: ConvParams, accuracy: str = "contract", *, force: bool = False
     return _pick(times, auto)
 
 
-def tune_layers(layers: list[tuple[str, ConvParams]], accuracy: str = "contract", *, force: bool = False,
-                repeats: int = REPEATS, report: Callable[[dict], None] | None = None) -> list[dict]:
+def tune_layers(
+    layers: list[tuple[str, ConvParams]],
+    accuracy: str = "contract",
+    *,
+    force: bool = False,
+    repeats: int = REPEATS,
+    report: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """`tune_layer` over ``(name, params)`` pairs (what ``fastconv tune`` runs).
 
     Returns
@@ -335,13 +367,30 @@ def tune_layers(layers: list[tuple[str, ConvParams]], accuracy: str = "contract"
         choice = tune_layer(p, accuracy, force=force, repeats=repeats)
         auto = _rules.select(p, "auto").name
         times = (entry(p) or {}).get("times", {})
-        row = {"name": name, "describe": p.describe(), "choice": choice, "auto": auto, "cached": cached,
-               "times": times, "speedup": times[auto] / times[choice] if auto in times and choice in times else None}
+        row = {
+            "name": name,
+            "describe": p.describe(),
+            "choice": choice,
+            "auto": auto,
+            "cached": cached,
+            "times": times,
+            "speedup": times[auto] / times[choice] if auto in times and choice in times else None,
+        }
         rows.append(row)
         if report:
             report(row)
     return rows
 
 
-__all__ = ["ACCURACY", "MARGIN", "cache_path", "candidates", "entry", "layer_key", "lookup", "measure",
-           "tune_layer", "tune_layers"]
+__all__ = [
+    "ACCURACY",
+    "MARGIN",
+    "cache_path",
+    "candidates",
+    "entry",
+    "layer_key",
+    "lookup",
+    "measure",
+    "tune_layer",
+    "tune_layers",
+]

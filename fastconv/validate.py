@@ -6,6 +6,7 @@ Messages name the argument, what was given and what was expected. Inputs are nev
 modified: a non-contiguous, Fortran-ordered, negative-stride or read-only input is copied
 (only if needed) into a fresh contiguous array.
 """
+
 from __future__ import annotations
 
 import operator
@@ -20,7 +21,7 @@ from .params import ConvParams, PoolParams
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Every integer argument (sizes, strides, padding, dilation, groups, divisor) must fit a C int:
 # the Cython kernels take C ints, and it keeps all index arithmetic far from int64 overflow.
-INT_MAX = 2 ** 31 - 1
+INT_MAX = 2**31 - 1
 IntOrPair = int | Sequence[int]
 _DTYPE_NAMES = {d: d.name for d in SUPPORTED_DTYPES}
 
@@ -117,8 +118,9 @@ def _batched(arr: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
 
 
 # --- conv2d ------------------------------------------------------------------------------
-def conv2d_args(input: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any,
-                groups: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, ConvParams, bool]:
+def conv2d_args(
+    input: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, ConvParams, bool]:
     """Validate a ``conv2d`` call → ``(x, w, b, params, unbatched)`` with contiguous arrays."""
     x = as_array(input, "input")
     w = as_array(weight, "weight")
@@ -141,8 +143,10 @@ def conv2d_args(input: Any, weight: Any, bias: Any, stride: Any, padding: Any, d
     if c_out % g:
         raise ValueError(f"weight.shape[0] (C_out={c_out}) must be divisible by groups={g}")
     if c_in != c_in_g * g:
-        raise ValueError(f"input has C_in={c_in} channels (shape {x.shape}) but weight expects "
-                         f"weight.shape[1] * groups = {c_in_g} * {g} = {c_in_g * g}")
+        raise ValueError(
+            f"input has C_in={c_in} channels (shape {x.shape}) but weight expects "
+            f"weight.shape[1] * groups = {c_in_g} * {g} = {c_in_g * g}"
+        )
     s = positive_pair(stride, "stride")
     d = positive_pair(dilation, "dilation")
     pad = conv_padding(padding, s, d, (kh, kw))
@@ -154,19 +158,24 @@ def conv2d_args(input: Any, weight: Any, bias: Any, stride: Any, padding: Any, d
         if b.shape != (c_out,):
             raise ValueError(f"bias must be 1-D of length C_out={c_out}, got shape {b.shape}")
         b = _contiguous(b)
-    for axis, size, k, dil, before, after in (("height", h, kh, d[0], pad[0], pad[1]),
-                                               ("width", wd, kw, d[1], pad[2], pad[3])):
+    for axis, size, k, dil, before, after in (
+        ("height", h, kh, d[0], pad[0], pad[1]),
+        ("width", wd, kw, d[1], pad[2], pad[3]),
+    ):
         effective = dil * (k - 1) + 1
         if effective > size + before + after:
-            raise ValueError(f"kernel {axis} (dilation·(K−1)+1 = {effective}) is larger than the padded "
-                             f"input {axis} ({size} + {before} + {after} = {size + before + after})")
+            raise ValueError(
+                f"kernel {axis} (dilation·(K−1)+1 = {effective}) is larger than the padded "
+                f"input {axis} ({size} + {before} + {after} = {size + before + after})"
+            )
     p = ConvParams(n, c_in, h, wd, c_out, kh, kw, s, pad, d, g, _dtype_name(x.dtype), b is not None)
     memory.check_call("conv2d", p, x.dtype, (("input", _copy_bytes(x4)), ("weight", _copy_bytes(w))))
     return _contiguous(x4), _contiguous(w), b, p, unbatched
 
 
-def conv_padding(padding: Any, stride: tuple[int, int], dilation: tuple[int, int],
-                 kernel: tuple[int, int]) -> tuple[int, int, int, int]:
+def conv_padding(
+    padding: Any, stride: tuple[int, int], dilation: tuple[int, int], kernel: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """``padding`` (int, pair, ``"valid"`` or ``"same"``) → (top, bottom, left, right)."""
     if isinstance(padding, str):
         if padding == "valid":
@@ -199,8 +208,10 @@ def _pool_window(kernel_size: Any, stride: Any, padding: Any, dilation: Any, cei
     d = positive_pair(dilation, "dilation")
     for axis, kk, pp in (("height", k[0], pad[0]), ("width", k[1], pad[1])):
         if pp > kk // 2:  # torch's rule, for every pool (the undilated kernel size counts)
-            raise ValueError(f"padding must be at most half of kernel_size along {axis} "
-                             f"({kk} // 2 = {kk // 2}), got padding={padding!r}, kernel_size={kernel_size!r}")
+            raise ValueError(
+                f"padding must be at most half of kernel_size along {axis} "
+                f"({kk} // 2 = {kk // 2}), got padding={padding!r}, kernel_size={kernel_size!r}"
+            )
     if not isinstance(ceil_mode, (bool, np.bool_)):
         raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
     return k, s, pad, d, bool(ceil_mode)
@@ -208,23 +219,34 @@ def _pool_window(kernel_size: Any, stride: Any, padding: Any, dilation: Any, cei
 
 def _check_pool_output(p: PoolParams, x4: np.ndarray) -> None:
     if p.out_h < 1 or p.out_w < 1:
-        raise ValueError(f"output size {p.out_h}x{p.out_w} is too small: kernel {p.kernel}, stride {p.stride}, "
-                         f"padding {p.padding}, dilation {p.dilation} over input {x4.shape[2]}x{x4.shape[3]}")
+        raise ValueError(
+            f"output size {p.out_h}x{p.out_w} is too small: kernel {p.kernel}, stride {p.stride}, "
+            f"padding {p.padding}, dilation {p.dilation} over input {x4.shape[2]}x{x4.shape[3]}"
+        )
 
 
-def max_pool2d_args(input: Any, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
-                    ceil_mode: Any) -> tuple[np.ndarray, PoolParams, bool]:
+def max_pool2d_args(
+    input: Any, kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: Any
+) -> tuple[np.ndarray, PoolParams, bool]:
     x4, unbatched = _pool_input(input)
     k, s, pad, d, ceil = _pool_window(kernel_size, stride, padding, dilation, ceil_mode)
-    p = PoolParams("max", *x4.shape, kernel=k, stride=s, padding=pad, dilation=d, ceil_mode=ceil,
-                   dtype=_dtype_name(x4.dtype))
+    p = PoolParams(
+        "max", *x4.shape, kernel=k, stride=s, padding=pad, dilation=d, ceil_mode=ceil, dtype=_dtype_name(x4.dtype)
+    )
     _check_pool_output(p, x4)
     memory.check_call("max_pool2d", p, x4.dtype, (("input", _copy_bytes(x4)),))
     return _contiguous(x4), p, unbatched
 
 
-def avg_pool2d_args(input: Any, kernel_size: Any, stride: Any, padding: Any, ceil_mode: Any,
-                    count_include_pad: Any, divisor_override: Any) -> tuple[np.ndarray, PoolParams, bool]:
+def avg_pool2d_args(
+    input: Any,
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    ceil_mode: Any,
+    count_include_pad: Any,
+    divisor_override: Any,
+) -> tuple[np.ndarray, PoolParams, bool]:
     x4, unbatched = _pool_input(input)
     k, s, pad, d, ceil = _pool_window(kernel_size, stride, padding, 1, ceil_mode)
     if not isinstance(count_include_pad, (bool, np.bool_)):
@@ -234,8 +256,17 @@ def avg_pool2d_args(input: Any, kernel_size: Any, stride: Any, padding: Any, cei
         div = _as_int(divisor_override, "divisor_override")
         if div == 0:
             raise ValueError("divisor_override must be a non-zero int, got 0")
-    p = PoolParams("avg", *x4.shape, kernel=k, stride=s, padding=pad, ceil_mode=ceil,
-                   count_include_pad=bool(count_include_pad), divisor_override=div, dtype=_dtype_name(x4.dtype))
+    p = PoolParams(
+        "avg",
+        *x4.shape,
+        kernel=k,
+        stride=s,
+        padding=pad,
+        ceil_mode=ceil,
+        count_include_pad=bool(count_include_pad),
+        divisor_override=div,
+        dtype=_dtype_name(x4.dtype),
+    )
     _check_pool_output(p, x4)
     memory.check_call("avg_pool2d", p, x4.dtype, (("input", _copy_bytes(x4)),))
     return _contiguous(x4), p, unbatched
@@ -269,8 +300,17 @@ def flag(value: Any, name: str) -> bool:
     return bool(value)
 
 
-def conv_layer_args(in_channels: Any, out_channels: Any, kernel_size: Any, stride: Any, padding: Any,
-                    dilation: Any, groups: Any, bias: Any, padding_mode: Any = "zeros") -> dict:
+def conv_layer_args(
+    in_channels: Any,
+    out_channels: Any,
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: Any,
+    bias: Any,
+    padding_mode: Any = "zeros",
+) -> dict:
     """Check a ``Conv2d(...)`` constructor as torch does → normalised attributes.
 
     ``padding`` stays a string (``"same"``/``"valid"``) or becomes a pair, as on torch's module.
@@ -289,8 +329,16 @@ def conv_layer_args(in_channels: Any, out_channels: Any, kernel_size: Any, strid
     d = positive_pair(dilation, "dilation")
     conv_padding(padding, s, d, k)  # raises for a bad padding
     pad = padding if isinstance(padding, str) else nonnegative_pair(padding, "padding")
-    return dict(in_channels=c_in, out_channels=c_out, kernel_size=k, stride=s, padding=pad,
-                dilation=d, groups=g, bias=flag(bias, "bias"))
+    return dict(
+        in_channels=c_in,
+        out_channels=c_out,
+        kernel_size=k,
+        stride=s,
+        padding=pad,
+        dilation=d,
+        groups=g,
+        bias=flag(bias, "bias"),
+    )
 
 
 def layer_param(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -302,23 +350,37 @@ def layer_param(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.array(arr, order="C", copy=True)
 
 
-def max_pool_layer_args(kernel_size: Any, stride: Any, padding: Any, dilation: Any,
-                        return_indices: Any, ceil_mode: Any) -> dict:
+def max_pool_layer_args(
+    kernel_size: Any, stride: Any, padding: Any, dilation: Any, return_indices: Any, ceil_mode: Any
+) -> dict:
     k, s, pad, d, ceil = _pool_window(kernel_size, stride, padding, dilation, ceil_mode)
-    return dict(kernel_size=k, stride=s, padding=pad, dilation=d,
-                return_indices=flag(return_indices, "return_indices"), ceil_mode=ceil)
+    return dict(
+        kernel_size=k,
+        stride=s,
+        padding=pad,
+        dilation=d,
+        return_indices=flag(return_indices, "return_indices"),
+        ceil_mode=ceil,
+    )
 
 
-def avg_pool_layer_args(kernel_size: Any, stride: Any, padding: Any, ceil_mode: Any,
-                        count_include_pad: Any, divisor_override: Any) -> dict:
+def avg_pool_layer_args(
+    kernel_size: Any, stride: Any, padding: Any, ceil_mode: Any, count_include_pad: Any, divisor_override: Any
+) -> dict:
     k, s, pad, _, ceil = _pool_window(kernel_size, stride, padding, 1, ceil_mode)
     div = None
     if divisor_override is not None:
         div = _as_int(divisor_override, "divisor_override")
         if div == 0:
             raise ValueError("divisor_override must be a non-zero int, got 0")
-    return dict(kernel_size=k, stride=s, padding=pad, ceil_mode=ceil,
-                count_include_pad=flag(count_include_pad, "count_include_pad"), divisor_override=div)
+    return dict(
+        kernel_size=k,
+        stride=s,
+        padding=pad,
+        ceil_mode=ceil,
+        count_include_pad=flag(count_include_pad, "count_include_pad"),
+        divisor_override=div,
+    )
 
 
 def adaptive_output_size(output_size: Any) -> tuple[int | None, int | None]:
@@ -336,5 +398,7 @@ def adaptive_output_size(output_size: Any) -> tuple[int | None, int | None]:
 def inference_only(requires_grad: bool, grad_enabled: bool, name: str) -> None:
     """fastconv computes no gradients: refuse a call whose result autograd would need."""
     if requires_grad and grad_enabled:
-        raise RuntimeError(f"{name} runs on fastconv, which computes no gradients, but its input requires "
-                           "grad; call the model under torch.no_grad() or torch.inference_mode()")
+        raise RuntimeError(
+            f"{name} runs on fastconv, which computes no gradients, but its input requires "
+            "grad; call the model under torch.no_grad() or torch.inference_mode()"
+        )

@@ -41,6 +41,7 @@ Builders take the input size so tests can run the nets small; the classifier ada
 torch is optional: the layer shapes never need it, the seed models do (`build` says so when it
 is missing).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -54,6 +55,7 @@ try:
     import torch
     import torch.nn.functional as F
     from torch import nn
+
     _Module = nn.Module
 except ImportError:  # plain `pip install fastconv`: the layer shapes still work
     torch = F = nn = None
@@ -124,8 +126,16 @@ class Trace:
     def _add(self, name: str, params) -> None:
         self.layers.append(NetLayer(f"{self.net}.{name}", params))
 
-    def conv(self, name: str, x: FMap, c_out: int, k: int | tuple[int, int], s: int = 1,
-             p: int | tuple[int, int] = 0, g: int = 1) -> FMap:
+    def conv(
+        self,
+        name: str,
+        x: FMap,
+        c_out: int,
+        k: int | tuple[int, int],
+        s: int = 1,
+        p: int | tuple[int, int] = 0,
+        g: int = 1,
+    ) -> FMap:
         """A convolution (``k``, ``p`` an int or a (height, width) pair; ``g`` groups)."""
         (kh, kw), (ph, pw) = _pair(k), _pair(p)
         if x.c % g or c_out % g:
@@ -137,8 +147,7 @@ class Trace:
         return FMap(c_out, cp.out_h, cp.out_w)
 
     def _pool(self, kind: str, name: str, x: FMap, k: int, s: int, p: int, ceil: bool, **kw) -> FMap:
-        pp = PoolParams(kind, self.batch, x.c, x.h, x.w, (k, k), (s, s), (p, p), ceil_mode=ceil,
-                        dtype=self.dtype, **kw)
+        pp = PoolParams(kind, self.batch, x.c, x.h, x.w, (k, k), (s, s), (p, p), ceil_mode=ceil, dtype=self.dtype, **kw)
         if pp.out_h < 1 or pp.out_w < 1:
             raise ValueError(f"{self.net}.{name}: window {k} does not fit {x.h}x{x.w}")
         self._add(name, pp)
@@ -147,8 +156,9 @@ class Trace:
     def max(self, name: str, x: FMap, k: int, s: int, p: int = 0, ceil: bool = False) -> FMap:
         return self._pool("max", name, x, k, s, p, ceil)
 
-    def avg(self, name: str, x: FMap, k: int, s: int, p: int = 0, ceil: bool = False,
-            count_include_pad: bool = True) -> FMap:
+    def avg(
+        self, name: str, x: FMap, k: int, s: int, p: int = 0, ceil: bool = False, count_include_pad: bool = True
+    ) -> FMap:
         return self._pool("avg", name, x, k, s, p, ceil, count_include_pad=count_include_pad)
 
     def gap(self, name: str, x: FMap) -> FMap:
@@ -177,13 +187,13 @@ def _resnet(t: Trace, x: FMap, blocks: tuple[int, ...], bottleneck: bool) -> Non
             if bottleneck:
                 out = 4 * width
                 y = t.conv(pre + "conv1", x, width, 1)
-                y = t.conv(pre + "conv2", y, width, 3, s, 1)   # v1.5: the stride sits on the 3x3
+                y = t.conv(pre + "conv2", y, width, 3, s, 1)  # v1.5: the stride sits on the 3x3
                 y = t.conv(pre + "conv3", y, out, 1)
             else:
                 out = width
                 y = t.conv(pre + "conv1", x, width, 3, s, 1)
                 y = t.conv(pre + "conv2", y, width, 3, 1, 1)
-            if s != 1 or x.c != out:                          # projection shortcut
+            if s != 1 or x.c != out:  # projection shortcut
                 t.conv(pre + "downsample", x, out, 1, s)
             x = y
     t.fc("fc", t.gap("avgpool", x), 1000)
@@ -201,8 +211,15 @@ def _vgg16(t: Trace, x: FMap) -> None:
 def _mobilenetv2(t: Trace, x: FMap) -> None:
     x = t.conv("features.0", x, 32, 3, 2, 1)
     idx = 1
-    for expand, c_out, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                                (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
+    for expand, c_out, n, s in (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ):
         for j in range(n):
             pre, hidden = f"features.{idx}.", x.c * expand
             y = t.conv(pre + "expand", x, hidden, 1) if expand != 1 else x
@@ -228,11 +245,17 @@ def _densenet121(t: Trace, x: FMap, growth: int = 32, bn_size: int = 4) -> None:
 
 
 # GoogLeNet Table 1: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj
-_GOOGLENET = {"3a": (64, 96, 128, 16, 32, 32), "3b": (128, 128, 192, 32, 96, 64),
-              "4a": (192, 96, 208, 16, 48, 64), "4b": (160, 112, 224, 24, 64, 64),
-              "4c": (128, 128, 256, 24, 64, 64), "4d": (112, 144, 288, 32, 64, 64),
-              "4e": (256, 160, 320, 32, 128, 128), "5a": (256, 160, 320, 32, 128, 128),
-              "5b": (384, 192, 384, 48, 128, 128)}
+_GOOGLENET = {
+    "3a": (64, 96, 128, 16, 32, 32),
+    "3b": (128, 128, 192, 32, 96, 64),
+    "4a": (192, 96, 208, 16, 48, 64),
+    "4b": (160, 112, 224, 24, 64, 64),
+    "4c": (128, 128, 256, 24, 64, 64),
+    "4d": (112, 144, 288, 32, 64, 64),
+    "4e": (256, 160, 320, 32, 128, 128),
+    "5a": (256, 160, 320, 32, 128, 128),
+    "5b": (384, 192, 384, 48, 128, 128),
+}
 
 
 def _googlenet(t: Trace, x: FMap) -> None:
@@ -261,7 +284,7 @@ def _inceptionv3(t: Trace, x: FMap) -> None:
     x = t.conv("Conv2d_3b_1x1", x, 80, 1)
     x = t.conv("Conv2d_4a_3x3", x, 192, 3)
     x = t.max("maxpool2", x, 3, 2)
-    for name, pool_features in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):   # InceptionA
+    for name, pool_features in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):  # InceptionA
         pre, c = name + ".", t.conv
         a = c(pre + "branch1x1", x, 64, 1)
         b = c(pre + "branch5x5_2", c(pre + "branch5x5_1", x, 48, 1), 64, 5, 1, 2)
@@ -269,7 +292,7 @@ def _inceptionv3(t: Trace, x: FMap) -> None:
         d = c(pre + "branch3x3dbl_3", c(pre + "branch3x3dbl_2", d, 96, 3, 1, 1), 96, 3, 1, 1)
         e = c(pre + "branch_pool", t.avg(pre + "avg_pool", x, 3, 1, 1), pool_features, 1)
         x = t.cat(a, b, d, e)
-    pre, c = "Mixed_6a.", t.conv                                                           # InceptionB
+    pre, c = "Mixed_6a.", t.conv  # InceptionB
     a = c(pre + "branch3x3", x, 384, 3, 2)
     d = c(pre + "branch3x3dbl_2", c(pre + "branch3x3dbl_1", x, 64, 1), 96, 3, 1, 1)
     d = c(pre + "branch3x3dbl_3", d, 96, 3, 2)
@@ -284,21 +307,23 @@ def _inceptionv3(t: Trace, x: FMap) -> None:
         d = c(pre + "branch7x7dbl_5", c(pre + "branch7x7dbl_4", d, c7, (7, 1), 1, (3, 0)), 192, (1, 7), 1, (0, 3))
         e = c(pre + "branch_pool", t.avg(pre + "avg_pool", x, 3, 1, 1), 192, 1)
         x = t.cat(a, b, d, e)
-    pre = "Mixed_7a."                                                                      # InceptionD
+    pre = "Mixed_7a."  # InceptionD
     a = c(pre + "branch3x3_2", c(pre + "branch3x3_1", x, 192, 1), 320, 3, 2)
     b = c(pre + "branch7x7x3_1", x, 192, 1)
     b = c(pre + "branch7x7x3_3", c(pre + "branch7x7x3_2", b, 192, (1, 7), 1, (0, 3)), 192, (7, 1), 1, (3, 0))
     b = c(pre + "branch7x7x3_4", b, 192, 3, 2)
     x = t.cat(a, b, t.max(pre + "max_pool", x, 3, 2))
-    for name in ("Mixed_7b", "Mixed_7c"):                                                 # InceptionE
+    for name in ("Mixed_7b", "Mixed_7c"):  # InceptionE
         pre = name + "."
         a = c(pre + "branch1x1", x, 320, 1)
         b = c(pre + "branch3x3_1", x, 384, 1)
-        b = t.cat(c(pre + "branch3x3_2a", b, 384, (1, 3), 1, (0, 1)),
-                  c(pre + "branch3x3_2b", b, 384, (3, 1), 1, (1, 0)))
+        b = t.cat(
+            c(pre + "branch3x3_2a", b, 384, (1, 3), 1, (0, 1)), c(pre + "branch3x3_2b", b, 384, (3, 1), 1, (1, 0))
+        )
         d = c(pre + "branch3x3dbl_2", c(pre + "branch3x3dbl_1", x, 448, 1), 384, 3, 1, 1)
-        d = t.cat(c(pre + "branch3x3dbl_3a", d, 384, (1, 3), 1, (0, 1)),
-                  c(pre + "branch3x3dbl_3b", d, 384, (3, 1), 1, (1, 0)))
+        d = t.cat(
+            c(pre + "branch3x3dbl_3a", d, 384, (1, 3), 1, (0, 1)), c(pre + "branch3x3dbl_3b", d, 384, (3, 1), 1, (1, 0))
+        )
         e = c(pre + "branch_pool", t.avg(pre + "avg_pool", x, 3, 1, 1), 192, 1)
         x = t.cat(a, b, d, e)
     t.fc("fc", t.gap("avgpool", x), 1000)
@@ -307,8 +332,16 @@ def _inceptionv3(t: Trace, x: FMap) -> None:
 def _squeezenet(t: Trace, x: FMap) -> None:
     x = t.conv("conv1", x, 96, 7, 2)
     x = t.max("maxpool1", x, 3, 2, ceil=True)
-    fires = {2: (16, 64), 3: (16, 64), 4: (32, 128), 5: (32, 128), 6: (48, 192), 7: (48, 192),
-             8: (64, 256), 9: (64, 256)}                 # squeeze 1x1, expand 1x1 = expand 3x3
+    fires = {
+        2: (16, 64),
+        3: (16, 64),
+        4: (32, 128),
+        5: (32, 128),
+        6: (48, 192),
+        7: (48, 192),
+        8: (64, 256),
+        9: (64, 256),
+    }  # squeeze 1x1, expand 1x1 = expand 3x3
     for i, (s, e) in fires.items():
         if i in (5, 9):
             x = t.max(f"maxpool{i - 1}", x, 3, 2, ceil=True)
@@ -324,10 +357,10 @@ def _shufflenetv2(t: Trace, x: FMap) -> None:
         half = c_out // 2
         for j in range(n):
             pre = f"stage{stage}.{j}."
-            if j == 0:            # stride 2: both branches see the whole input
+            if j == 0:  # stride 2: both branches see the whole input
                 a = t.conv(pre + "branch1.pw", t.conv(pre + "branch1.dw", x, x.c, 3, 2, 1, g=x.c), half, 1)
                 src = x
-            else:                 # stride 1: the channel split feeds half the input to branch 2
+            else:  # stride 1: the channel split feeds half the input to branch 2
                 a = src = FMap(half, x.h, x.w)
             y = t.conv(pre + "branch2.pw1", src, half, 1)
             y = t.conv(pre + "branch2.dw", y, half, 3, 2 if j == 0 else 1, 1, g=half)
@@ -339,8 +372,15 @@ def _shufflenetv2(t: Trace, x: FMap) -> None:
 def _efficientnetb0(t: Trace, x: FMap) -> None:
     x = t.conv("stem", x, 32, 3, 2, 1)
     idx = 0
-    for expand, k, s, c_out, n in ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-                                   (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)):
+    for expand, k, s, c_out, n in (
+        (1, 3, 1, 16, 1),
+        (6, 3, 2, 24, 2),
+        (6, 5, 2, 40, 2),
+        (6, 3, 2, 80, 3),
+        (6, 5, 1, 112, 3),
+        (6, 5, 2, 192, 4),
+        (6, 3, 1, 320, 1),
+    ):
         for j in range(n):
             pre, hidden = f"blocks.{idx}.", x.c * expand
             y = t.conv(pre + "expand", x, hidden, 1) if expand != 1 else x
@@ -361,34 +401,106 @@ class Net:
     title: str
     paper: str
     image_size: int
-    gmacs: float                 # the published multiply-accumulates per image, in billions
+    gmacs: float  # the published multiply-accumulates per image, in billions
     gmacs_source: str
     trace: Callable[[Trace, FMap], None]
 
 
-NETS: dict[str, Net] = {n.name: n for n in (
-    Net("resnet18", "ResNet-18", "He et al. 2015, arXiv:1512.03385", 224, 1.81,
-        "torchvision weights table (1.81 GFLOPS, counted as MACs)", lambda t, x: _resnet(t, x, (2, 2, 2, 2), False)),
-    Net("resnet50", "ResNet-50 (v1.5)", "He et al. 2015, arXiv:1512.03385", 224, 4.09,
-        "torchvision weights table (4.09); the paper's 3.8 is v1, stride on the first 1x1",
-        lambda t, x: _resnet(t, x, (3, 4, 6, 3), True)),
-    Net("vgg16", "VGG-16", "Simonyan & Zisserman 2014, arXiv:1409.1556", 224, 15.47,
-        "torchvision weights table (15.47)", _vgg16),
-    Net("mobilenetv2", "MobileNetV2 1.0", "Sandler et al. 2018, arXiv:1801.04381", 224, 0.300,
-        "the paper, Table 4 (300M multiply-adds)", _mobilenetv2),
-    Net("densenet121", "DenseNet-121", "Huang et al. 2016, arXiv:1608.06993", 224, 2.83,
-        "torchvision weights table (2.83)", _densenet121),
-    Net("googlenet", "GoogLeNet", "Szegedy et al. 2014, arXiv:1409.4842", 224, 1.586,
-        "the paper, Table 1 (sum of the ops column: 1586M)", _googlenet),
-    Net("inceptionv3", "Inception-v3", "Szegedy et al. 2015, arXiv:1512.00567", 299, 5.71,
-        "torchvision weights table (5.71)", _inceptionv3),
-    Net("squeezenet", "SqueezeNet 1.0", "Iandola et al. 2016, arXiv:1602.07360", 224, 0.82,
-        "torchvision weights table (squeezenet1_0: 0.82)", _squeezenet),
-    Net("shufflenetv2", "ShuffleNetV2 1.0x", "Ma et al. 2018, arXiv:1807.11164", 224, 0.146,
-        "the paper, Table 5 (146 MFLOPs, counted as multiply-adds)", _shufflenetv2),
-    Net("efficientnetb0", "EfficientNet-B0", "Tan & Le 2019, arXiv:1905.11946", 224, 0.39,
-        "the paper, Table 2 (0.39B FLOPs, counted as multiply-adds)", _efficientnetb0),
-)}
+NETS: dict[str, Net] = {
+    n.name: n
+    for n in (
+        Net(
+            "resnet18",
+            "ResNet-18",
+            "He et al. 2015, arXiv:1512.03385",
+            224,
+            1.81,
+            "torchvision weights table (1.81 GFLOPS, counted as MACs)",
+            lambda t, x: _resnet(t, x, (2, 2, 2, 2), False),
+        ),
+        Net(
+            "resnet50",
+            "ResNet-50 (v1.5)",
+            "He et al. 2015, arXiv:1512.03385",
+            224,
+            4.09,
+            "torchvision weights table (4.09); the paper's 3.8 is v1, stride on the first 1x1",
+            lambda t, x: _resnet(t, x, (3, 4, 6, 3), True),
+        ),
+        Net(
+            "vgg16",
+            "VGG-16",
+            "Simonyan & Zisserman 2014, arXiv:1409.1556",
+            224,
+            15.47,
+            "torchvision weights table (15.47)",
+            _vgg16,
+        ),
+        Net(
+            "mobilenetv2",
+            "MobileNetV2 1.0",
+            "Sandler et al. 2018, arXiv:1801.04381",
+            224,
+            0.300,
+            "the paper, Table 4 (300M multiply-adds)",
+            _mobilenetv2,
+        ),
+        Net(
+            "densenet121",
+            "DenseNet-121",
+            "Huang et al. 2016, arXiv:1608.06993",
+            224,
+            2.83,
+            "torchvision weights table (2.83)",
+            _densenet121,
+        ),
+        Net(
+            "googlenet",
+            "GoogLeNet",
+            "Szegedy et al. 2014, arXiv:1409.4842",
+            224,
+            1.586,
+            "the paper, Table 1 (sum of the ops column: 1586M)",
+            _googlenet,
+        ),
+        Net(
+            "inceptionv3",
+            "Inception-v3",
+            "Szegedy et al. 2015, arXiv:1512.00567",
+            299,
+            5.71,
+            "torchvision weights table (5.71)",
+            _inceptionv3,
+        ),
+        Net(
+            "squeezenet",
+            "SqueezeNet 1.0",
+            "Iandola et al. 2016, arXiv:1602.07360",
+            224,
+            0.82,
+            "torchvision weights table (squeezenet1_0: 0.82)",
+            _squeezenet,
+        ),
+        Net(
+            "shufflenetv2",
+            "ShuffleNetV2 1.0x",
+            "Ma et al. 2018, arXiv:1807.11164",
+            224,
+            0.146,
+            "the paper, Table 5 (146 MFLOPs, counted as multiply-adds)",
+            _shufflenetv2,
+        ),
+        Net(
+            "efficientnetb0",
+            "EfficientNet-B0",
+            "Tan & Le 2019, arXiv:1905.11946",
+            224,
+            0.39,
+            "the paper, Table 2 (0.39B FLOPs, counted as multiply-adds)",
+            _efficientnetb0,
+        ),
+    )
+}
 
 
 def net_names() -> list[str]:
@@ -438,8 +550,9 @@ def net_macs(name: str, batch: int = 1, image_size: int | None = None) -> int:
     return sum(L.macs for L in net_layers(name, batch, image_size))
 
 
-def distinct_layers(name: str, batch: int = 1, image_size: int | None = None,
-                    dtype: str = "float32") -> list[tuple[NetLayer, int]]:
+def distinct_layers(
+    name: str, batch: int = 1, image_size: int | None = None, dtype: str = "float32"
+) -> list[tuple[NetLayer, int]]:
     """Each distinct conv and pool of network ``name`` once, with how often the network runs it.
 
     Returns
@@ -477,13 +590,14 @@ class LeNet(_Module):
         self.fc = nn.Linear(320, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.pool1(self.conv1(x)))                 # N x 10 x 12 x 12
+        x = F.relu(self.pool1(self.conv1(x)))  # N x 10 x 12 x 12
         x = F.relu(self.pool2(self.conv2_drop(self.conv2(x))))  # N x 20 x 4 x 4
         return F.log_softmax(self.fc(x.flatten(1)), dim=1)
 
 
-def _with_classifier(features: nn.Sequential, in_shape: tuple[int, int, int],
-                     head: Callable[[int], list[nn.Module]]) -> nn.Sequential:
+def _with_classifier(
+    features: nn.Sequential, in_shape: tuple[int, int, int], head: Callable[[int], list[nn.Module]]
+) -> nn.Sequential:
     """``features`` followed by ``head(flattened size)``: the fc input adapts to the image size."""
     with torch.no_grad():
         flat = features(torch.zeros(1, *in_shape)).numel()
@@ -498,29 +612,49 @@ def lenet(image_size: int = 28, num_classes: int = 10) -> nn.Module:
 
 def alexnet(image_size: int = 224, num_classes: int = 10, hidden: int = 4096) -> nn.Module:
     features = nn.Sequential(
-        nn.Conv2d(1, 96, 11, stride=4, padding=1), nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(96, 256, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(256, 384, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
-    return _with_classifier(features, (1, image_size, image_size), lambda flat: [
-        nn.Linear(flat, hidden), nn.ReLU(), nn.Dropout(), nn.Linear(hidden, num_classes)])
+        nn.Conv2d(1, 96, 11, stride=4, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(96, 256, kernel_size=5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+    )
+    return _with_classifier(
+        features,
+        (1, image_size, image_size),
+        lambda flat: [nn.Linear(flat, hidden), nn.ReLU(), nn.Dropout(), nn.Linear(hidden, num_classes)],
+    )
 
 
 def nin_block(in_channels: int, out_channels: int, kernel_size: int, strides: int, padding: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, strides, padding), nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, 1), nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, 1), nn.ReLU())
+        nn.Conv2d(in_channels, out_channels, kernel_size, strides, padding),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, 1),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, 1),
+        nn.ReLU(),
+    )
 
 
 def nin(image_size: int = 224, num_classes: int = 10) -> nn.Module:
     return nn.Sequential(
-        nin_block(1, 96, 11, 4, 0), nn.MaxPool2d(3, 2),
-        nin_block(96, 256, 5, 1, 2), nn.MaxPool2d(3, 2),
-        nin_block(256, 384, 3, 1, 1), nn.MaxPool2d(3, 2),
+        nin_block(1, 96, 11, 4, 0),
+        nn.MaxPool2d(3, 2),
+        nin_block(96, 256, 5, 1, 2),
+        nn.MaxPool2d(3, 2),
+        nin_block(256, 384, 3, 1, 1),
+        nn.MaxPool2d(3, 2),
         nn.Dropout(),
         nin_block(384, num_classes, 3, 1, 1),
-        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+    )
 
 
 VGG11_CONFIG = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]  # seed 003, column A
@@ -535,10 +669,19 @@ def vgg11(image_size: int = 224, num_classes: int = 1000, hidden: int = 4096) ->
         else:
             layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
             c = v
-    return _with_classifier(nn.Sequential(*layers), (3, image_size, image_size), lambda flat: [
-        nn.Linear(flat, hidden), nn.ReLU(), nn.Dropout(),
-        nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(),
-        nn.Linear(hidden, num_classes)])
+    return _with_classifier(
+        nn.Sequential(*layers),
+        (3, image_size, image_size),
+        lambda flat: [
+            nn.Linear(flat, hidden),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(hidden, num_classes),
+        ],
+    )
 
 
 class Residual(_Module):
@@ -552,8 +695,9 @@ class Residual(_Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut = nn.Sequential()  # identity, or a 1x1 projection when the shape changes
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                                          nn.BatchNorm2d(out_channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
@@ -566,8 +710,15 @@ def resnet18(image_size: int = 224, num_classes: int = 1000) -> nn.Module:
         stages += [Residual(c, width, 1 if i == 0 else 2), Residual(width, width)]
         c = width
     return nn.Sequential(
-        nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
-        *stages, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(512, num_classes))
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+        *stages,
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+        nn.Linear(512, num_classes),
+    )
 
 
 class Inception(_Module):
@@ -590,10 +741,16 @@ class Inception(_Module):
 
 def inception(image_size: int = 224, num_classes: int = 10) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 64, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
-        Inception(64, 64, (96, 128), (16, 32), 32),      # GoogLeNet's 3a/3b widths
+        nn.Conv2d(3, 64, 7, 2, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+        Inception(64, 64, (96, 128), (16, 32), 32),  # GoogLeNet's 3a/3b widths
         Inception(256, 128, (128, 192), (32, 96), 64),
-        nn.MaxPool2d(3, 2, 1), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(480, num_classes))
+        nn.MaxPool2d(3, 2, 1),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+        nn.Linear(480, num_classes),
+    )
 
 
 def _bn_relu_conv(in_channels: int, out_channels: int, k: int) -> list[nn.Module]:
@@ -605,8 +762,9 @@ class DenseBlock(_Module):
 
     def __init__(self, num_convs: int, in_channels: int, growth: int):
         super().__init__()
-        self.net = nn.ModuleList(nn.Sequential(*_bn_relu_conv(in_channels + i * growth, growth, 3))
-                                 for i in range(num_convs))
+        self.net = nn.ModuleList(
+            nn.Sequential(*_bn_relu_conv(in_channels + i * growth, growth, 3)) for i in range(num_convs)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.net:
@@ -616,20 +774,28 @@ class DenseBlock(_Module):
 
 def densenet(image_size: int = 224, num_classes: int = 10) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 64, 7, 2, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
-        DenseBlock(4, 64, 32),                                      # 64 + 4·32 = 192 channels
-        *_bn_relu_conv(192, 96, 1), nn.AvgPool2d(2, stride=2),      # transition: halve C, H, W
-        DenseBlock(4, 96, 32),                                      # 96 + 4·32 = 224 channels
-        nn.BatchNorm2d(224), nn.ReLU(),
-        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(224, num_classes))
+        nn.Conv2d(3, 64, 7, 2, 3),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+        DenseBlock(4, 64, 32),  # 64 + 4·32 = 192 channels
+        *_bn_relu_conv(192, 96, 1),
+        nn.AvgPool2d(2, stride=2),  # transition: halve C, H, W
+        DenseBlock(4, 96, 32),  # 96 + 4·32 = 224 channels
+        nn.BatchNorm2d(224),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+        nn.Linear(224, num_classes),
+    )
 
 
 @dataclass(frozen=True)
 class ZooEntry:
     build: Callable[..., nn.Module]
     channels: int
-    image_size: int        # the network's own input size (benchmarks)
-    test_size: int         # a small size the network still runs at (tests)
+    image_size: int  # the network's own input size (benchmarks)
+    test_size: int  # a small size the network still runs at (tests)
     test_kwargs: dict = field(default_factory=dict)  # e.g. a narrower classifier for tests
 
 
@@ -692,10 +858,10 @@ class ModelTiming:
     batch: int
     threads: int
     input_shape: tuple[int, ...]
-    torch_s: float          # median seconds per forward pass, original model
-    fastconv_s: float       # median seconds per forward pass, converted model
-    speedup: float          # torch_s / fastconv_s (> 1: the converted model is faster)
-    max_rel_err: float      # max|y_fastconv − y_torch| / max|y_torch| on the timed input
+    torch_s: float  # median seconds per forward pass, original model
+    fastconv_s: float  # median seconds per forward pass, converted model
+    speedup: float  # torch_s / fastconv_s (> 1: the converted model is faster)
+    max_rel_err: float  # max|y_fastconv − y_torch| / max|y_torch| on the timed input
     torch_times: list[float]
     fastconv_times: list[float]
 
@@ -705,12 +871,22 @@ class ModelTiming:
     def describe(self) -> str:
         """One line: ``resnet18 batch 1 (1x3x224x224), 2 threads: torch 41.2 ms, fastconv 35.0 ms, 1.18x``."""
         shape = "x".join(map(str, self.input_shape))
-        return (f"{self.model} batch {self.batch} ({shape}), {self.threads} threads: torch {self.torch_s * 1e3:.1f} ms, "
-                f"fastconv {self.fastconv_s * 1e3:.1f} ms, {self.speedup:.2f}x (max rel err {self.max_rel_err:.1e})")
+        return (
+            f"{self.model} batch {self.batch} ({shape}), {self.threads} threads: torch {self.torch_s * 1e3:.1f} ms, "
+            f"fastconv {self.fastconv_s * 1e3:.1f} ms, {self.speedup:.2f}x (max rel err {self.max_rel_err:.1e})"
+        )
 
 
-def time_model(name: str, batch: int = 1, threads: int = 2, repeats: int = 5, *,
-               image_size: int | None = None, seed: int = 0, cooldown: float = 0.1) -> ModelTiming:
+def time_model(
+    name: str,
+    batch: int = 1,
+    threads: int = 2,
+    repeats: int = 5,
+    *,
+    image_size: int | None = None,
+    seed: int = 0,
+    cooldown: float = 0.1,
+) -> ModelTiming:
     """Time one forward pass of seed network ``name``, original vs converted, interleaved.
 
     Both run under ``torch.no_grad()`` with ``threads`` threads (``torch.set_num_threads`` and
@@ -725,8 +901,7 @@ def time_model(name: str, batch: int = 1, threads: int = 2, repeats: int = 5, *,
         raise ValueError(f"need batch >= 0, repeats >= 1, threads >= 1; got {batch}, {repeats}, {threads}")
     model = build(name, image_size=image_size, seed=seed)
     fast = fctorch.convert(model)
-    x = torch.randn(*input_shape(name, batch, image_size=image_size),
-                    generator=torch.Generator().manual_seed(seed + 2))
+    x = torch.randn(*input_shape(name, batch, image_size=image_size), generator=torch.Generator().manual_seed(seed + 2))
     old = (torch.get_num_threads(), fastconv.get_num_threads())
     torch.set_num_threads(threads)
     fastconv.set_num_threads(threads)
@@ -746,11 +921,33 @@ def time_model(name: str, batch: int = 1, threads: int = 2, repeats: int = 5, *,
     scale = float(ref.abs().max()) or 1.0
     err = float((got - ref).abs().max()) / scale if ref.numel() else 0.0
     t_torch, t_fast = statistics.median(times["torch"]), statistics.median(times["fastconv"])
-    return ModelTiming(name, batch, threads, tuple(x.shape), t_torch, t_fast, t_torch / t_fast, err,
-                       times["torch"], times["fastconv"])
+    return ModelTiming(
+        name, batch, threads, tuple(x.shape), t_torch, t_fast, t_torch / t_fast, err, times["torch"], times["fastconv"]
+    )
 
 
-__all__ = ["NETS", "Net", "NetLayer", "FC", "FMap", "Trace", "net_names", "net_layers", "net_macs",
-           "distinct_layers",
-           "MODELS", "ModelTiming", "build", "input_shape", "model_names", "time_model",
-           "lenet", "alexnet", "nin", "vgg11", "resnet18", "inception", "densenet"]
+__all__ = [
+    "NETS",
+    "Net",
+    "NetLayer",
+    "FC",
+    "FMap",
+    "Trace",
+    "net_names",
+    "net_layers",
+    "net_macs",
+    "distinct_layers",
+    "MODELS",
+    "ModelTiming",
+    "build",
+    "input_shape",
+    "model_names",
+    "time_model",
+    "lenet",
+    "alexnet",
+    "nin",
+    "vgg11",
+    "resnet18",
+    "inception",
+    "densenet",
+]

@@ -8,12 +8,15 @@
 Pick one with ``--hypothesis-profile=NAME`` (hypothesis' own pytest option, which overrides
 the default loaded here).
 """
+
 from hypothesis import HealthCheck, settings
 
-_COMMON = dict(deadline=None, print_blob=True,
-               # a shape strategy that rejects invalid draws is part of the sweep, not a bug
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                      HealthCheck.data_too_large])
+_COMMON = dict(
+    deadline=None,
+    print_blob=True,
+    # a shape strategy that rejects invalid draws is part of the sweep, not a bug
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
 settings.register_profile("ci", max_examples=500, derandomize=True, database=None, **_COMMON)
 settings.register_profile("long", max_examples=10_000, **_COMMON)
 settings.load_profile("ci")

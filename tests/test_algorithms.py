@@ -4,6 +4,7 @@ Parametrized from the registry, so a new algorithm is tested by adding its regis
 A case an algorithm does not support must be refused with its reason (never silently run
 or skipped). Outputs are pre-filled with NaN so an unwritten pixel fails the comparison.
 """
+
 import numpy as np
 import pytest
 
@@ -59,30 +60,34 @@ def test_auto_is_correct_on_every_case():
         x, w, b = case.arrays(np.float32)
         p = describe(x, w, b, **case.kwargs())
         alg = rules.select(p, "auto")
-        assert_algorithm_close(alg, fastconv.conv2d(x, w, b, **case.kwargs()), x, w, b, p,
-                               f"auto({alg.name})/{case.name}")
+        assert_algorithm_close(
+            alg, fastconv.conv2d(x, w, b, **case.kwargs()), x, w, b, p, f"auto({alg.name})/{case.name}"
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("k,m,cin,cout,groups", [(3, 4, 5, 20, 1), (3, 2, 3, 70, 2), (5, 2, 4, 33, 1),
-                                                 (3, 4, 40, 64, 1)])
+@pytest.mark.parametrize(
+    "k,m,cin,cout,groups", [(3, 4, 5, 20, 1), (3, 2, 3, 70, 2), (5, 2, 4, 33, 1), (3, 4, 40, 64, 1)]
+)
 def test_winograd_weight_transform_is_g_w_gt(dtype, k, m, cin, cout, groups):
     """The packed U (compiled, kernels/wino_impl.h) is G w Gᵀ in float64 rounded once, at
     [group][point][panel][ci][lane], with zero lanes past each group's last output channel."""
     from fastconv.kernels import winograd
     from fastconv.params import ConvParams
-    p = ConvParams.from_layer(1, cin * groups, 9, cout * groups, k, padding=1, groups=groups,
-                              dtype=np.dtype(dtype).name)
+
+    p = ConvParams.from_layer(
+        1, cin * groups, 9, cout * groups, k, padding=1, groups=groups, dtype=np.dtype(dtype).name
+    )
     w = np.random.default_rng(k + cin).standard_normal(p.weight_shape).astype(dtype)
     nr = winograd._mr_nr(p.itemsize)[1]
     G, ncp = winograd._G[m, k], -(-cout // nr)
     u = winograd._pack_u(w, p, m).reshape(groups, len(G), len(G), ncp, cin, nr)
     want = np.zeros_like(u, dtype=np.float64)
     for g in range(groups):
-        full = G @ w[g * cout:(g + 1) * cout].astype(np.float64) @ G.T          # [co, ci, a, b]
+        full = G @ w[g * cout : (g + 1) * cout].astype(np.float64) @ G.T  # [co, ci, a, b]
         padded = np.zeros((ncp * nr,) + full.shape[1:])
         padded[:cout] = full
         want[g] = padded.reshape(ncp, nr, cin, len(G), len(G)).transpose(3, 4, 0, 2, 1)
     np.testing.assert_allclose(u, want, rtol=0, atol=np.finfo(dtype).eps * np.abs(want).max())
     if cout % nr:
-        assert not u[:, :, :, -1, :, cout % nr:].any()  # exactly zero past the last channel
+        assert not u[:, :, :, -1, :, cout % nr :].any()  # exactly zero past the last channel

@@ -4,6 +4,7 @@
 layer and algorithm, with exit status 1; (2) an unchanged tree compared with its own fresh
 baseline passes 5 runs out of 5. A small in-test suite keeps this to well under a minute.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,7 @@ def test_baseline_records_what_the_gate_needs(suite_and_baseline):
     b = json.loads(base.read_text())
     compare.check_baseline(b)
     assert b["threads"] == 1 and b["calibration"] == "fma" and b["options"]["peers"] == ["numpy"]
-    assert len(compare.gate_values(b)) >= 8   # every algorithm that runs each layer, auto, the pool
+    assert len(compare.gate_values(b)) >= 8  # every algorithm that runs each layer, auto, the pool
 
 
 def test_unchanged_tree_passes_5_of_5(suite_and_baseline, capsys):
@@ -83,7 +84,7 @@ def test_kernel_50_percent_slower_is_flagged(suite_and_baseline, capsys, monkeyp
     suite, base = suite_and_baseline
     base = fresh_best_baseline(suite, base, tmp_path, capsys)
     layer = next(L for L in suites.load(str(suite)) if L.name == "gate.3x3")
-    target = rules.select(layer.params, "auto")          # whatever auto runs on the 3x3 layer
+    target = rules.select(layer.params, "auto")  # whatever auto runs on the 3x3 layer
     module = target.kernel
     original = module.run
 
@@ -91,14 +92,14 @@ def test_kernel_50_percent_slower_is_flagged(suite_and_baseline, capsys, monkeyp
         t0 = time.perf_counter()
         original(x, packed, p, out, **options)
         end = time.perf_counter() + (SLOWDOWN - 1) * (time.perf_counter() - t0)
-        while time.perf_counter() < end:                   # busy, like a slower kernel would be
+        while time.perf_counter() < end:  # busy, like a slower kernel would be
             pass
 
     monkeypatch.setattr(module, "run", slower)
     # Up to 3 gate runs, as a CI job would be re-run: a kernel is flagged only when both of its
     # references read over +20%, and on this 2-core VM a slow spell on the NumPy reference alone
     # (+30% in one failure) can pull a 1.5x kernel under the line once (2 full-suite runs of ~10).
-    flag = f"REGRESSION gate.3x3 {target.name}:"                # (auto, the same kernel, usually too)
+    flag = f"REGRESSION gate.3x3 {target.name}:"  # (auto, the same kernel, usually too)
     for _ in range(3):
         rc, out = gate(suite, base, capsys)
         if flag in out:

@@ -1,4 +1,5 @@
 """Suites, the interleaved timer and the gate's comparison logic (fast, no kernels timed)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,9 +11,12 @@ from fastconv.testing import AVG_POOL_CASES, MAX_POOL_CASES
 from fastconv.params import ConvParams, PoolParams
 
 SEED_TABLE = {  # the conv table of the kernels issue: N, C_in, H, C_out, k, s, p
-    "lenet.conv1": (64, 1, 28, 10, 5, 1, 0), "alexnet.conv1": (8, 1, 224, 96, 11, 4, 1),
-    "vgg16.conv4_2": (1, 512, 28, 512, 3, 1, 1), "resnet50.stem": (1, 3, 224, 64, 7, 2, 3),
-    "seed003.1gflop": (1, 100, 64, 100, 5, 1, 2), "nin.1x1": (8, 96, 54, 96, 1, 1, 0),
+    "lenet.conv1": (64, 1, 28, 10, 5, 1, 0),
+    "alexnet.conv1": (8, 1, 224, 96, 11, 4, 1),
+    "vgg16.conv4_2": (1, 512, 28, 512, 3, 1, 1),
+    "resnet50.stem": (1, 3, 224, 64, 7, 2, 3),
+    "seed003.1gflop": (1, 100, 64, 100, 5, 1, 2),
+    "nin.1x1": (8, 96, 54, 96, 1, 1, 0),
 }
 
 
@@ -47,21 +51,23 @@ def test_file_suites_keep_their_names():
     assert [L.name for L in suites.load("resnet50")][0] == "resnet50.stem" and len(suites.load("resnet50")) == 5
     assert not suites.is_net_suite("resnet50") and not suites.is_net_suite("smoke")
     whole = {L.params for L in suites.load("nets:resnet50", batches=(1,))}
-    assert {L.params for L in suites.load("resnet50")} <= whole       # the hand-picked rows are in the net
+    assert {L.params for L in suites.load("resnet50")} <= whole  # the hand-picked rows are in the net
     assert {L.params for L in suites.load("vgg16")} <= {L.params for L in suites.load("nets:vgg16")}
     assert suites.load("resnet18", batches=(1,)) == suites.load("nets:resnet18", batches=(1,))
 
 
 def test_nets_suite_shares_layers_across_networks():
     from fastconv import zoo
+
     layers = suites.load("nets", batches=(1,))
     stem = next(L for L in layers if L.params == ConvParams.from_layer(1, 3, 224, 64, 7, 2, 3))
     assert stem.name == "resnet18.conv1@b1"
     assert {n for n, _, _ in stem.uses} >= {"resnet18", "resnet50"}
     assert len({L.params for L in layers}) == len(layers)
-    for net in zoo.net_names():          # every use of every network is counted once
-        assert sum(c for L in layers for n, _, c in L.uses if n == net) == \
-            sum(1 for L in zoo.net_layers(net) if L.kind != "fc")
+    for net in zoo.net_names():  # every use of every network is counted once
+        assert sum(c for L in layers for n, _, c in L.uses if n == net) == sum(
+            1 for L in zoo.net_layers(net) if L.kind != "fc"
+        )
     two = suites.load("nets:resnet18,squeezenet", batches=(8, 1, 8))
     assert {L.params.n for L in two} == {1, 8} and {n for L in two for n, _, _ in L.uses} == {"resnet18", "squeezenet"}
 
@@ -80,19 +86,51 @@ def test_batches_rebatch_file_suites():
 
 def test_plain_table_matches_the_rich_one():
     from fastconv.bench import report
-    rep = {"suite": "s", "threads": 1, "peaks": {"sgemm_gflops": 100.0, "fma_gflops": 200.0},
-           "layers": [{"name": "l1", "params": {"dtype": "float32"}, "entries": [
-               {"name": "auto", "role": "auto", "chosen": "direct", "median_s": 1e-3, "spread": 0.01,
-                "gflops": 10.0, "pct_sgemm": 10.0, "pct_peak": 5.0, "vs": {"torch": 1.5}, "max_rel_err": 1e-7,
-                "workspace_bytes": 2048, "prepare_s": 1e-4},
-               {"name": "torch", "role": "peer", "median_s": 1.5e-3, "spread": 0.02, "gflops": 6.7,
-                "pct_sgemm": 6.7, "pct_peak": 3.3, "prepare_s": 0.0}]}]}
+
+    rep = {
+        "suite": "s",
+        "threads": 1,
+        "peaks": {"sgemm_gflops": 100.0, "fma_gflops": 200.0},
+        "layers": [
+            {
+                "name": "l1",
+                "params": {"dtype": "float32"},
+                "entries": [
+                    {
+                        "name": "auto",
+                        "role": "auto",
+                        "chosen": "direct",
+                        "median_s": 1e-3,
+                        "spread": 0.01,
+                        "gflops": 10.0,
+                        "pct_sgemm": 10.0,
+                        "pct_peak": 5.0,
+                        "vs": {"torch": 1.5},
+                        "max_rel_err": 1e-7,
+                        "workspace_bytes": 2048,
+                        "prepare_s": 1e-4,
+                    },
+                    {
+                        "name": "torch",
+                        "role": "peer",
+                        "median_s": 1.5e-3,
+                        "spread": 0.02,
+                        "gflops": 6.7,
+                        "pct_sgemm": 6.7,
+                        "pct_peak": 3.3,
+                        "prepare_s": 0.0,
+                    },
+                ],
+            }
+        ],
+    }
     text = report.plain_table(rep)
     title, columns, rows, ends = report.cells(rep)
     assert text.splitlines()[0] == title and ends == [1]
     assert "auto → direct" in text and "1.50x" in text and "2.0 KiB" in text
     pytest.importorskip("rich")
     from rich.console import Console
+
     console = Console(width=200, record=True)
     console.print(report.table(rep))
     rich_text = console.export_text()
@@ -128,8 +166,8 @@ def test_timer_interleaves_and_rotates():
     cands = [timer.Candidate(n, (lambda n=n: log.append(n))) for n in "abc"]
     calib = timer.Candidate("cal", lambda: log.append("cal"), pool="other")
     res = timer.measure(cands, repeats=3, min_sample_s=0, cooldown_s=0, calibration=calib)
-    timed = log[16:]                    # after 4 warm-up calls per candidate (1 + 3 to size samples)
-    rounds = [timed[i:i + 4] for i in range(0, 12, 4)]
+    timed = log[16:]  # after 4 warm-up calls per candidate (1 + 3 to size samples)
+    rounds = [timed[i : i + 4] for i in range(0, 12, 4)]
     assert rounds == [["cal", "a", "b", "c"], ["cal", "b", "c", "a"], ["cal", "c", "a", "b"]]
     assert all(len(res[n].samples) == 3 and len(res[n].ratios) == 3 for n in "abc")
 
@@ -139,7 +177,7 @@ def test_timer_rests_then_wakes_up_when_the_pool_changes():
     cands = [timer.Candidate(n, (lambda n=n: log.append(n)), pool=n) for n in "ab"]
     timer.measure(cands, repeats=2, min_sample_s=0, cooldown_s=1e-4)
     # every switch of pool: a rest, one untimed call, then the timed one (1 call per sample here)
-    assert log[8:] == ["a", "b", "b", "b", "a", "a"]      # rounds: a | rest b b ; b | rest a a
+    assert log[8:] == ["a", "b", "b", "b", "a", "a"]  # rounds: a | rest b b ; b | rest a a
 
 
 def test_timing_statistics():
@@ -176,12 +214,17 @@ def test_parse_percent_rejects(text):
         compare.parse_percent(text)
 
 
-POOL_DEFAULTS = {"max": dict(stride=None, padding=0, dilation=1, ceil_mode=False),
-                 "avg": dict(stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None)}
+POOL_DEFAULTS = {
+    "max": dict(stride=None, padding=0, dilation=1, ceil_mode=False),
+    "avg": dict(stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None),
+}
 
 
-@pytest.mark.parametrize("kind,case", [("max", c) for c in MAX_POOL_CASES] + [("avg", c) for c in AVG_POOL_CASES],
-                         ids=[f"max-{c.name}" for c in MAX_POOL_CASES] + [f"avg-{c.name}" for c in AVG_POOL_CASES])
+@pytest.mark.parametrize(
+    "kind,case",
+    [("max", c) for c in MAX_POOL_CASES] + [("avg", c) for c in AVG_POOL_CASES],
+    ids=[f"max-{c.name}" for c in MAX_POOL_CASES] + [f"avg-{c.name}" for c in AVG_POOL_CASES],
+)
 def test_numpy_pool_baseline_follows_torch_rules(kind, case):
     """The NumPy pool is the gate's second reference for pools: it must compute the same pool."""
     x = np.random.default_rng(1).standard_normal(case.shape).astype(np.float32)
@@ -189,7 +232,7 @@ def test_numpy_pool_baseline_follows_torch_rules(kind, case):
     x4, p, _ = args(x, **{**POOL_DEFAULTS[kind], **case.kwargs})
     if x4.size:
         x4 = x4.copy()
-        x4.flat[::7] = np.nan if kind == "max" else x4.flat[::7]      # NaN propagates like torch's
+        x4.flat[::7] = np.nan if kind == "max" else x4.flat[::7]  # NaN propagates like torch's
     y = peers.make("numpy", p, x4, None, None, 1)()
     ref = reference.max_pool2d(x4, p) if kind == "max" else reference.avg_pool2d(x4, p)
     assert y.shape == ref.shape and y.dtype == x4.dtype
@@ -199,7 +242,8 @@ def test_numpy_pool_baseline_follows_torch_rules(kind, case):
 def test_numpy_global_average_baseline():
     x = np.random.default_rng(2).standard_normal((2, 5, 7, 7)).astype(np.float32)
     p = PoolParams("adaptive_avg", 2, 5, 7, 7, output_size=(1, 1))
-    np.testing.assert_allclose(peers.make("numpy", p, x, None, None, 1)(), x.mean(axis=(2, 3), keepdims=True),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        peers.make("numpy", p, x, None, None, 1)(), x.mean(axis=(2, 3), keepdims=True), rtol=1e-5, atol=1e-7
+    )
     with pytest.raises(peers.Skip, match="more than 1x1"):
         peers.make("numpy", PoolParams("adaptive_avg", 2, 5, 7, 7, output_size=(2, 3)), x, None, None, 1)

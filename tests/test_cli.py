@@ -1,4 +1,5 @@
 """The ``fastconv`` command: user errors are one line and exit 2; info, --json and --plot work."""
+
 from __future__ import annotations
 
 import json
@@ -19,33 +20,36 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["bench", "--suite", "no_such_suite"], "unknown suite 'no_such_suite'"),
-    (["bench", "--layer", "1,2,3"], "7 or 8 numbers"),
-    (["bench", "--layer", "1,64,x,64,3,1,1"], "comma-separated integers"),
-    (["bench", "--layer", "1,64,28,64,3,1,1:g=5"], "groups=5 must divide"),
-    (["bench", "--layer", "1,3,4,8,7,1,0"], "does not fit"),
-    (["bench", "--layer", "max:1,3,4,4"], "N,C,H,W,k,s,p"),
-    (["bench", "--suite", "smoke", "--layer", "1,8,12,8,3,1,1"], "either --suite or --layer"),
-    (["bench", "--json", "/no/such/dir/out.json"], "does not exist"),
-    (["bench", "--plot", "/no/such/dir/out.png"], "does not exist"),
-    (["bench", "--save-baseline", "/"], "is a directory"),
-    (["bench", "--plot", "chart.txt"], "must end in .png"),
-    (["bench", "--threads", "0"], "--threads must be a positive integer"),
-    (["bench", "--threads", "two"], "invalid int value"),
-    (["bench", "--peers", "tensorflow"], "unknown peer 'tensorflow'"),
-    (["bench", "--algo", "fft"], "unknown algorithm 'fft'"),
-    (["bench", "--compare", "/no/such/baseline.json"], "cannot read"),
-    (["bench", "--bogus"], "unrecognized arguments: --bogus"),
-    (["bench", "--batch", "0"], "batch sizes must be positive"),
-    (["bench", "--batch", "1,x"], "expected positive integers"),
-    (["bench", "--suite", "nets:resnet1000"], "unknown network 'resnet1000'"),
-    (["bench", "--ours", "layer", "--save-baseline", "b.json"], "times the kernels only"),
-    (["tune", "--layer", "max:1,8,16,16,3,2,1"], "no conv layer to tune"),
-    (["tune", "--accuracy", "loose"], "invalid choice"),
-    (["tune", "--threads", "0"], "--threads must be a positive integer"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["bench", "--suite", "no_such_suite"], "unknown suite 'no_such_suite'"),
+        (["bench", "--layer", "1,2,3"], "7 or 8 numbers"),
+        (["bench", "--layer", "1,64,x,64,3,1,1"], "comma-separated integers"),
+        (["bench", "--layer", "1,64,28,64,3,1,1:g=5"], "groups=5 must divide"),
+        (["bench", "--layer", "1,3,4,8,7,1,0"], "does not fit"),
+        (["bench", "--layer", "max:1,3,4,4"], "N,C,H,W,k,s,p"),
+        (["bench", "--suite", "smoke", "--layer", "1,8,12,8,3,1,1"], "either --suite or --layer"),
+        (["bench", "--json", "/no/such/dir/out.json"], "does not exist"),
+        (["bench", "--plot", "/no/such/dir/out.png"], "does not exist"),
+        (["bench", "--save-baseline", "/"], "is a directory"),
+        (["bench", "--plot", "chart.txt"], "must end in .png"),
+        (["bench", "--threads", "0"], "--threads must be a positive integer"),
+        (["bench", "--threads", "two"], "invalid int value"),
+        (["bench", "--peers", "tensorflow"], "unknown peer 'tensorflow'"),
+        (["bench", "--algo", "fft"], "unknown algorithm 'fft'"),
+        (["bench", "--compare", "/no/such/baseline.json"], "cannot read"),
+        (["bench", "--bogus"], "unrecognized arguments: --bogus"),
+        (["bench", "--batch", "0"], "batch sizes must be positive"),
+        (["bench", "--batch", "1,x"], "expected positive integers"),
+        (["bench", "--suite", "nets:resnet1000"], "unknown network 'resnet1000'"),
+        (["bench", "--ours", "layer", "--save-baseline", "b.json"], "times the kernels only"),
+        (["tune", "--layer", "max:1,8,16,16,3,2,1"], "no conv layer to tune"),
+        (["tune", "--accuracy", "loose"], "invalid choice"),
+        (["tune", "--threads", "0"], "--threads must be a positive integer"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_usage_errors_are_one_line_exit_2(capsys, argv, needle):
     rc, out, err = run_cli(capsys, *argv)
     assert rc == 2
@@ -70,8 +74,9 @@ def test_bad_baseline_and_threshold(capsys, tmp_path):
 
 def test_console_script_error_has_no_traceback():
     """The installed entry point, in a fresh process: exit status 2 and a single stderr line."""
-    r = subprocess.run([sys.executable, "-m", "fastconv.cli", "bench", "--layer", "1,2,3"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "fastconv.cli", "bench", "--layer", "1,2,3"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
@@ -79,9 +84,24 @@ def test_console_script_error_has_no_traceback():
 def test_info(capsys):
     rc, out, _ = run_cli(capsys, "info")
     assert rc == 0
-    for needle in ("fastconv", "CPU:", "cores", "caches: L1d", "L2", "L3", "FMA:", "-bit vectors", "threads:",
-                   "OpenMP: openmp", "libgomp", "BLAS", "compiled extensions", "JIT: none", "tune cache",
-                   "algorithms:"):
+    for needle in (
+        "fastconv",
+        "CPU:",
+        "cores",
+        "caches: L1d",
+        "L2",
+        "L3",
+        "FMA:",
+        "-bit vectors",
+        "threads:",
+        "OpenMP: openmp",
+        "libgomp",
+        "BLAS",
+        "compiled extensions",
+        "JIT: none",
+        "tune cache",
+        "algorithms:",
+    ):
         assert needle in out
     rc, out, _ = run_cli(capsys, "info", "--json")
     d = json.loads(out)
@@ -89,30 +109,61 @@ def test_info(capsys):
     assert set(d["algorithms"]) == set(__import__("fastconv").algorithms())
     from fastconv import tune
     from fastconv.bench import machine
+
     assert d["caches"] == machine.cache_sizes() and d["fma"]["cpu_lanes"] in (4, 8, 16)
     assert d["tune_cache"]["path"] == str(tune.cache_path())
 
 
 def test_cache_sizes_from_sysfs(tmp_path):
     from fastconv.bench import machine
-    for i, (level, kind, size, shared) in enumerate([(1, "Data", "48K", "0"), (1, "Instruction", "32K", "0"),
-                                                     (2, "Unified", "2048K", "0-1"), (3, "Unified", "32M", "0-7,16")]):
+
+    for i, (level, kind, size, shared) in enumerate(
+        [
+            (1, "Data", "48K", "0"),
+            (1, "Instruction", "32K", "0"),
+            (2, "Unified", "2048K", "0-1"),
+            (3, "Unified", "32M", "0-7,16"),
+        ]
+    ):
         d = tmp_path / "cpu0" / "cache" / f"index{i}"
         d.mkdir(parents=True)
-        for name, text in (("level", level), ("type", kind), ("size", size), ("shared_cpu_list", shared),
-                           ("coherency_line_size", 64)):
+        for name, text in (
+            ("level", level),
+            ("type", kind),
+            ("size", size),
+            ("shared_cpu_list", shared),
+            ("coherency_line_size", 64),
+        ):
             (d / name).write_text(f"{text}\n")
     c = machine.cache_sizes(sysfs=tmp_path)
-    assert c == {"L1d": 48 << 10, "L1i": 32 << 10, "L2": 2 << 20, "L3": 32 << 20, "line_bytes": 64,
-                 "L2_shared_cpus": 2, "L3_shared_cpus": 9}
+    assert c == {
+        "L1d": 48 << 10,
+        "L1i": 32 << 10,
+        "L2": 2 << 20,
+        "L3": 32 << 20,
+        "line_bytes": 64,
+        "L2_shared_cpus": 2,
+        "L3_shared_cpus": 9,
+    }
     real = machine.cache_sizes()
     assert real["L1d"] is None or 4 << 10 <= real["L1d"] <= real["L2"] or real["L2"] is None
 
 
 def test_bench_json_and_plot(capsys, tmp_path):
     js, png = tmp_path / "r.json", tmp_path / "r.png"
-    rc, out, _ = run_cli(capsys, "bench", *TINY, "--layer", "max:1,8,16,16,3,2,1", "--threads", "1",
-                         "--json", str(js), "--plot", str(png))
+    rc, out, _ = run_cli(
+        capsys,
+        "bench",
+        *TINY,
+        "--layer",
+        "max:1,8,16,16,3,2,1",
+        "--threads",
+        "1",
+        "--json",
+        str(js),
+        "--plot",
+        str(png),
+    )
     assert rc == 0
     assert "layer:1,8,12,8,3,1,1" in out and "vs numpy" in out
     rep = json.loads(js.read_text())
@@ -122,12 +173,13 @@ def test_bench_json_and_plot(capsys, tmp_path):
     conv, pool = rep["layers"]
     names = {e["name"] for e in conv["entries"]}
     from fastconv import registry, rules
+
     p = suites.parse_layer_arg("1,8,12,8,3,1,1").params
     expected = {a.name for a in registry.REGISTRY if a.supports(p) is None} | {"auto", "conv2d()", "Conv2d", "numpy"}
     assert names == expected
-    one = next(e for e in conv["entries"] if e["name"] == "conv2d()")   # the drop-in function's row
+    one = next(e for e in conv["entries"] if e["name"] == "conv2d()")  # the drop-in function's row
     assert one["role"] == "one-shot" and one["chosen"] == rules.select(p, one_shot=True).name
-    obj = next(e for e in conv["entries"] if e["name"] == "Conv2d")     # the prepared layer object
+    obj = next(e for e in conv["entries"] if e["name"] == "Conv2d")  # the prepared layer object
     assert obj["role"] == "layer" and obj["chosen"] == rules.select(p).name
     assert {e["name"] for e in pool["entries"]} == {"max", "MaxPool2d", "numpy"}
     for e in conv["entries"]:
@@ -144,11 +196,13 @@ def test_list_suites(capsys):
 def test_bench_model_times_original_and_converted(capsys, tmp_path):
     pytest.importorskip("torch", reason="--model compares with the torch original: pip install '.[peers]'")
     out = tmp_path / "models.json"
-    code, stdout, _ = run_cli(capsys, "bench", "--model", "lenet", "--batch", "1", "--batch", "0",
-                              "--repeats", "2", "--json", str(out))
+    code, stdout, _ = run_cli(
+        capsys, "bench", "--model", "lenet", "--batch", "1", "--batch", "0", "--repeats", "2", "--json", str(out)
+    )
     assert code == 2  # batch 0 is refused up front, in one line
-    code, stdout, _ = run_cli(capsys, "bench", "--model", "lenet", "--batch", "2", "--repeats", "2",
-                              "--threads", "1", "--json", str(out))
+    code, stdout, _ = run_cli(
+        capsys, "bench", "--model", "lenet", "--batch", "2", "--repeats", "2", "--threads", "1", "--json", str(out)
+    )
     assert code == 0
     assert "lenet batch 2 (2x1x28x28), 1 threads: torch" in stdout
     row = json.loads(out.read_text())["models"][0]
@@ -170,7 +224,7 @@ def test_dtype_float64_runs_every_row_in_float64(tmp_path, capsys):
     (layer,) = rep["layers"]
     assert layer["params"]["dtype"] == "float64"
     ours = [e for e in layer["entries"] if e["role"] != "peer"]
-    assert ours and all(e["max_rel_err"] < 1e-11 for e in layer["entries"])   # float64 accuracy, not float32's
+    assert ours and all(e["max_rel_err"] < 1e-11 for e in layer["entries"])  # float64 accuracy, not float32's
     # a float64 run cannot be gated against a float32 baseline
     base = tmp_path / "b32.json"
     assert run_cli(capsys, "bench", *TINY, "--quiet", "--save-baseline", str(base))[0] == 0
@@ -182,6 +236,7 @@ def test_one_shot_row_skipped_with_reason_when_torch_cannot_express_the_padding(
     import numpy as np
 
     from fastconv.params import ConvParams
+
     p = ConvParams(1, 4, 9, 9, 4, 3, 3, (1, 1), (1, 0, 2, 1), (1, 1), 1, "float32")
     x, w, b = np.ones(p.input_shape, np.float32), np.ones(p.weight_shape, np.float32), None
     skipped = []
@@ -214,7 +269,7 @@ def test_bench_without_rich_prints_a_plain_table(capsys, monkeypatch, tmp_path):
     assert any(line.startswith("layer:1,8,12,8,3,1,1") for line in lines) and "auto → " in out
     assert any("MaxPool2d" in line for line in lines) and "[dim]" not in out and "┃" not in out
     assert lines[-1].startswith("summary: ")
-    assert "[1/2] layer:1,8,12,8,3,1,1" in err and "[2/2] max:" in err    # plain progress on stderr
+    assert "[1/2] layer:1,8,12,8,3,1,1" in err and "[2/2] max:" in err  # plain progress on stderr
 
 
 def test_plot_without_matplotlib_is_one_line_before_the_run(capsys, monkeypatch, tmp_path):
@@ -224,14 +279,17 @@ def test_plot_without_matplotlib_is_one_line_before_the_run(capsys, monkeypatch,
     assert err.strip() == 'fastconv: error: --plot needs matplotlib: pip install "fastconv[bench]"'
     assert not (tmp_path / "r.png").exists()
     from fastconv.bench import report
+
     with pytest.raises(report.MissingExtra, match="fastconv\\[bench\\]"):
         report.plot({"layers": []}, tmp_path / "x.png")
 
 
 def test_bench_in_a_fresh_process_without_the_extra(tmp_path):
     """As after ``pip install .``: rich and matplotlib cannot be imported at all."""
-    code = ("import sys\nfor m in ('rich', 'matplotlib'):\n    sys.modules[m] = None\n"
-            "from fastconv.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    code = (
+        "import sys\nfor m in ('rich', 'matplotlib'):\n    sys.modules[m] = None\n"
+        "from fastconv.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
     r = subprocess.run([sys.executable, "-c", code, "bench", *TINY], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "auto → " in r.stdout
@@ -254,18 +312,36 @@ def test_network_suite_summary(capsys, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     js = tmp_path / "n.json"
-    rc, out, err = run_cli(capsys, "bench", "--suite", "shufflenetv2", "--batch", "1", "--repeats", "1",
-                           "--cooldown", "0", "--no-check", "--threads", "1", "--json", str(js))
+    rc, out, err = run_cli(
+        capsys,
+        "bench",
+        "--suite",
+        "shufflenetv2",
+        "--batch",
+        "1",
+        "--repeats",
+        "1",
+        "--cooldown",
+        "0",
+        "--no-check",
+        "--threads",
+        "1",
+        "--json",
+        str(js),
+    )
     assert rc == 0, err
     last = out.strip().splitlines()[-1]
     assert last.startswith("summary: geomean ") and "faster of torch and ONNX Runtime" in last and "below 1.0x" in last
     rep = json.loads(js.read_text())
     from fastconv import zoo
+
     assert len(rep["layers"]) == len(zoo.distinct_layers("shufflenetv2", 1))
     for L in rep["layers"]:
-        assert {e["name"] for e in L["entries"]} in ({"Conv2d", "torch", "onnxruntime"},
-                                                     {"MaxPool2d", "torch", "onnxruntime"},
-                                                     {"AdaptiveAvgPool2d", "torch", "onnxruntime"})
+        assert {e["name"] for e in L["entries"]} in (
+            {"Conv2d", "torch", "onnxruntime"},
+            {"MaxPool2d", "torch", "onnxruntime"},
+            {"AdaptiveAvgPool2d", "torch", "onnxruntime"},
+        )
         s = L["summary"]
         assert s["ours_s"] > 0 and s["torch_s"] > 0 and s["onnxruntime_s"] > 0
         assert s["ratio"] == pytest.approx(min(s["torch_s"], s["onnxruntime_s"]) / s["ours_s"])
@@ -275,6 +351,7 @@ def test_network_suite_summary(capsys, tmp_path):
     ratios = [L["summary"]["ratio"] for L in rep["layers"]]
     assert summ["layers"] == len(ratios) and summ["below_1"] == sum(r < 1 for r in ratios)
     import numpy as np
+
     assert summ["geomean"] == pytest.approx(float(np.exp(np.mean(np.log(ratios)))))
     (net,) = summ["nets"]
     assert net["net"] == "shufflenetv2" and net["complete"]
@@ -288,10 +365,12 @@ def test_summary_line_without_peers():
 def test_tune_command_fills_the_cache(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
     from fastconv import tune
+
     tune._memory.clear()
     js = tmp_path / "t.json"
-    rc, out, err = run_cli(capsys, "tune", "--layer", "1,8,12,8,3,1,1", "--batch", "1,2", "--repeats", "1",
-                           "--json", str(js))
+    rc, out, err = run_cli(
+        capsys, "tune", "--layer", "1,8,12,8,3,1,1", "--batch", "1,2", "--repeats", "1", "--json", str(js)
+    )
     assert rc == 0, err
     assert "tuned 2 conv layers (2 measured now)" in out and str(tune.cache_path()) in out
     rows = json.loads(js.read_text())["layers"]

@@ -15,6 +15,7 @@ Every allocation stays under ~1 GiB (a shared machine): the child caps fastconv'
 and output budgets at 1 GiB, so sizes whose index arithmetic would pass 2**31 elements must be
 refused with MemoryError by the budget check, before anything is allocated.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,15 @@ def run_batch(cases, timeout=300):
     Fails if the child died from a signal (or did not finish)."""
     payload = json.dumps([(s, c) for s, c, _ in cases])
     env = dict(os.environ, FASTCONV_NUM_THREADS="2")
-    proc = subprocess.run([sys.executable, "-c", HARNESS], input=payload, capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=tempfile.gettempdir())
+    proc = subprocess.run(
+        [sys.executable, "-c", HARNESS],
+        input=payload,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=tempfile.gettempdir(),
+    )
     started, results = None, {}
     for line in proc.stdout.splitlines():
         tag, _, rest = line.partition(" ")
@@ -110,83 +118,136 @@ def _conv_cases():
     x, w = "x = A((1, 3, 7, 7)); w = A((4, 3, 3, 3))", "F.conv2d(x, w, **kw)"
     small = [  # bad geometry arguments: negative, zero, huge (past int32 / int64), wrong types
         (f"{x}; kw = dict({k}={v!r})", "F.conv2d(x, w, **kw)", "error")
-        for k, vals in dict(stride=[0, -1, (1, 0), 2 ** 31, 2 ** 63, 2 ** 64, -2 ** 63, 1.5, "2", None, (1, 2, 3)],
-                            padding=[-1, (0, -3), 2 ** 63, 2 ** 64, "bogus", 1.0, (1, 2, 3)],
-                            dilation=[0, -2, 2 ** 31, 2 ** 63, 2 ** 64, 2.0],
-                            groups=[0, -1, 2, 2 ** 63, 2 ** 64, 1.0, True]).items() for v in vals
+        for k, vals in dict(
+            stride=[0, -1, (1, 0), 2**31, 2**63, 2**64, -(2**63), 1.5, "2", None, (1, 2, 3)],
+            padding=[-1, (0, -3), 2**63, 2**64, "bogus", 1.0, (1, 2, 3)],
+            dilation=[0, -2, 2**31, 2**63, 2**64, 2.0],
+            groups=[0, -1, 2, 2**63, 2**64, 1.0, True],
+        ).items()
+        for v in vals
     ]
-    return small + [
-        # documented range: integer arguments up to 2**31 - 1 (a 1-pixel output must run, not overflow)
-        (x, "F.conv2d(x, w, stride=2 ** 31 - 1)", [[1, 4, 1, 1]]),
-        (x, "F.conv2d(x, w, stride=(2 ** 40, 1))", "ValueError"),
-        (x, "F.conv2d(x, w, stride=2 ** 31 - 1, padding=2 ** 20, dilation=2 ** 31 - 1)", "ValueError"),
-        # zero and negative sizes, mismatched arrays
-        ("x = A((0, 3, 7, 7)); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", [[0, 4, 5, 5]]),
-        ("x = A((1, 0, 7, 7)); w = A((4, 0, 3, 3))", "F.conv2d(x, w)", "error"),
-        ("x = A((1, 3, 0, 7)); w = A((4, 3, 1, 1))", "F.conv2d(x, w)", "error"),
-        ("x = A((1, 3, 0, 7)); w = A((4, 3, 1, 1))", "F.conv2d(x, w, padding=1)", "error"),
-        ("x = A((1, 3, 7, 0)); w = A((4, 3, 3, 3))", "F.conv2d(x, w, padding=2)", "error"),
-        ("x = A((1, 3, 7, 7)); w = A((0, 3, 3, 3))", "F.conv2d(x, w)", "error"),
-        ("x = A((1, 3, 7, 7)); w = A((4, 3, 0, 3))", "F.conv2d(x, w)", "error"),
-        ("x = A((1, 3, 2, 2)); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", "error"),
-        ("x = A((1, 3, 7, 7)); w = A((4, 2, 3, 3))", "F.conv2d(x, w)", "error"),
-        ("x = A((1, 4, 7, 7)); w = A((3, 2, 3, 3))", "F.conv2d(x, w, groups=2)", "error"),
-        ("x = A((1, 3, 7, 7)); w = A((4, 3, 3))", "F.conv2d(x, w)", "error"),
-        ("x = A((3, 7, 7)); w = A((4, 3, 3, 3, 1))", "F.conv2d(x, w)", "error"),
-        ("x = A((1, 1, 3, 7, 7)); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", "error"),
-        ("x = A((7, 7)); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", "error"),
-        ("x = A(()); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", "error"),
-        (f"{x}; b = A((5,))", "F.conv2d(x, w, b)", "error"),
-        (f"{x}; b = A((4, 1))", "F.conv2d(x, w, b)", "error"),
-        (f"{x}; b = A((4,), np.float64)", "F.conv2d(x, w, b)", "error"),
-        ("x = A((1, 3, 7, 7), np.float64); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", "error"),
-        ("x = A((1, 3, 7, 7), np.int32); w = A((4, 3, 3, 3), np.int32)", "F.conv2d(x, w)", "error"),
-        ("x = A((1, 3, 7, 7), np.float16); w = A((4, 3, 3, 3), np.float16)", "F.conv2d(x, w)", "error"),
-        ("x = A((1, 3, 7, 7), np.complex64); w = A((4, 3, 3, 3), np.complex64)", "F.conv2d(x, w)", "error"),
-        ("x = np.empty((1, 3, 7, 7), dtype=object); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", "error"),
-        ("w = A((4, 3, 3, 3))", "F.conv2d(None, w)", "error"),
-        ("w = A((4, 3, 3, 3))", "F.conv2d('abc', w)", "error"),
-        ("w = A((4, 3, 3, 3))", "F.conv2d([[[1.0], [2.0, 3.0]]], w)", "error"),
-        (x, "F.conv2d(x, w, algo='nope')", "error"),
-        (x, "F.conv2d(x, w, algo=None)", "error"),
-        (x, "F.conv2d(x, w, padding='same', stride=2)", "error"),
-        # extreme values: overflow, NaN, Inf, subnormals must compute, not crash
-        ("x = A((1, 3, 7, 7), fill=3e38); w = A((4, 3, 3, 3), fill=3e38)", "F.conv2d(x, w)", [[1, 4, 5, 5]]),
-        ("x = A((1, 3, 7, 7), fill=nan); w = A((4, 3, 3, 3))", "F.conv2d(x, w, padding=1)", [[1, 4, 7, 7]]),
-        ("x = A((1, 3, 7, 7), fill=-inf); w = A((4, 3, 3, 3), fill=inf)", "F.conv2d(x, w)", [[1, 4, 5, 5]]),
-        ("x = A((1, 3, 7, 7), fill=1e-45); w = A((4, 3, 3, 3), fill=1e-45)", "F.conv2d(x, w)", [[1, 4, 5, 5]]),
-        # outputs whose element count passes 2**31 (and bytes pass any budget): MemoryError up front
-        ("x = A((1, 1, 1, 1)); w = A((1, 1, 1, 1))", "F.conv2d(x, w, padding=40000)", "MemoryError"),
-        ("x = A((1, 1, 1, 1)); w = A((1, 1, 1, 1))", "F.conv2d(x, w, padding=2 ** 31 - 1)", "MemoryError"),
-        ("x = A((1, 1, 1, 1)); w = A((1, 1, 1, 1))", "F.conv2d(x, w, padding=(2 ** 31 - 1, 0))", "MemoryError"),
-        ("x = A((1, 1, 4, 4)); w = A((70000, 1, 1, 1))", "F.conv2d(x, w, padding=30)", "MemoryError"),
-        # large H*W with one channel (~144 MB each way): offsets near 2**31 bytes must not wrap
-        ("x = A((1, 1, 6000, 6000)); w = A((1, 1, 3, 3), fill=1.0)", "F.conv2d(x, w, padding=1)", [[1, 1, 6000, 6000]]),
-        ("x = A((1, 1, 2, 2 ** 26)); w = A((2, 1, 1, 3), fill=1.0)", "F.conv2d(x, w, stride=(1, 4096))",
-         [[1, 2, 2, 16384]]),
-    ] + [
-        (f"x = A((1, 1, 2000, 3000)); w = A((1, 1, 3, 3), fill=1.0)",
-         f"F.conv2d(x, w, padding=1, algo='{a.name}')", [[1, 1, 2000, 3000]])
-        for a in registry.REGISTRY if a.supports(_params(1, 1, 2000, 3000, 1, 3, 3, 1)) is None
-    ]
+    return (
+        small
+        + [
+            # documented range: integer arguments up to 2**31 - 1 (a 1-pixel output must run, not overflow)
+            (x, "F.conv2d(x, w, stride=2 ** 31 - 1)", [[1, 4, 1, 1]]),
+            (x, "F.conv2d(x, w, stride=(2 ** 40, 1))", "ValueError"),
+            (x, "F.conv2d(x, w, stride=2 ** 31 - 1, padding=2 ** 20, dilation=2 ** 31 - 1)", "ValueError"),
+            # zero and negative sizes, mismatched arrays
+            ("x = A((0, 3, 7, 7)); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", [[0, 4, 5, 5]]),
+            ("x = A((1, 0, 7, 7)); w = A((4, 0, 3, 3))", "F.conv2d(x, w)", "error"),
+            ("x = A((1, 3, 0, 7)); w = A((4, 3, 1, 1))", "F.conv2d(x, w)", "error"),
+            ("x = A((1, 3, 0, 7)); w = A((4, 3, 1, 1))", "F.conv2d(x, w, padding=1)", "error"),
+            ("x = A((1, 3, 7, 0)); w = A((4, 3, 3, 3))", "F.conv2d(x, w, padding=2)", "error"),
+            ("x = A((1, 3, 7, 7)); w = A((0, 3, 3, 3))", "F.conv2d(x, w)", "error"),
+            ("x = A((1, 3, 7, 7)); w = A((4, 3, 0, 3))", "F.conv2d(x, w)", "error"),
+            ("x = A((1, 3, 2, 2)); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", "error"),
+            ("x = A((1, 3, 7, 7)); w = A((4, 2, 3, 3))", "F.conv2d(x, w)", "error"),
+            ("x = A((1, 4, 7, 7)); w = A((3, 2, 3, 3))", "F.conv2d(x, w, groups=2)", "error"),
+            ("x = A((1, 3, 7, 7)); w = A((4, 3, 3))", "F.conv2d(x, w)", "error"),
+            ("x = A((3, 7, 7)); w = A((4, 3, 3, 3, 1))", "F.conv2d(x, w)", "error"),
+            ("x = A((1, 1, 3, 7, 7)); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", "error"),
+            ("x = A((7, 7)); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", "error"),
+            ("x = A(()); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", "error"),
+            (f"{x}; b = A((5,))", "F.conv2d(x, w, b)", "error"),
+            (f"{x}; b = A((4, 1))", "F.conv2d(x, w, b)", "error"),
+            (f"{x}; b = A((4,), np.float64)", "F.conv2d(x, w, b)", "error"),
+            ("x = A((1, 3, 7, 7), np.float64); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", "error"),
+            ("x = A((1, 3, 7, 7), np.int32); w = A((4, 3, 3, 3), np.int32)", "F.conv2d(x, w)", "error"),
+            ("x = A((1, 3, 7, 7), np.float16); w = A((4, 3, 3, 3), np.float16)", "F.conv2d(x, w)", "error"),
+            ("x = A((1, 3, 7, 7), np.complex64); w = A((4, 3, 3, 3), np.complex64)", "F.conv2d(x, w)", "error"),
+            ("x = np.empty((1, 3, 7, 7), dtype=object); w = A((4, 3, 3, 3))", "F.conv2d(x, w)", "error"),
+            ("w = A((4, 3, 3, 3))", "F.conv2d(None, w)", "error"),
+            ("w = A((4, 3, 3, 3))", "F.conv2d('abc', w)", "error"),
+            ("w = A((4, 3, 3, 3))", "F.conv2d([[[1.0], [2.0, 3.0]]], w)", "error"),
+            (x, "F.conv2d(x, w, algo='nope')", "error"),
+            (x, "F.conv2d(x, w, algo=None)", "error"),
+            (x, "F.conv2d(x, w, padding='same', stride=2)", "error"),
+            # extreme values: overflow, NaN, Inf, subnormals must compute, not crash
+            ("x = A((1, 3, 7, 7), fill=3e38); w = A((4, 3, 3, 3), fill=3e38)", "F.conv2d(x, w)", [[1, 4, 5, 5]]),
+            ("x = A((1, 3, 7, 7), fill=nan); w = A((4, 3, 3, 3))", "F.conv2d(x, w, padding=1)", [[1, 4, 7, 7]]),
+            ("x = A((1, 3, 7, 7), fill=-inf); w = A((4, 3, 3, 3), fill=inf)", "F.conv2d(x, w)", [[1, 4, 5, 5]]),
+            ("x = A((1, 3, 7, 7), fill=1e-45); w = A((4, 3, 3, 3), fill=1e-45)", "F.conv2d(x, w)", [[1, 4, 5, 5]]),
+            # outputs whose element count passes 2**31 (and bytes pass any budget): MemoryError up front
+            ("x = A((1, 1, 1, 1)); w = A((1, 1, 1, 1))", "F.conv2d(x, w, padding=40000)", "MemoryError"),
+            ("x = A((1, 1, 1, 1)); w = A((1, 1, 1, 1))", "F.conv2d(x, w, padding=2 ** 31 - 1)", "MemoryError"),
+            ("x = A((1, 1, 1, 1)); w = A((1, 1, 1, 1))", "F.conv2d(x, w, padding=(2 ** 31 - 1, 0))", "MemoryError"),
+            ("x = A((1, 1, 4, 4)); w = A((70000, 1, 1, 1))", "F.conv2d(x, w, padding=30)", "MemoryError"),
+            # large H*W with one channel (~144 MB each way): offsets near 2**31 bytes must not wrap
+            (
+                "x = A((1, 1, 6000, 6000)); w = A((1, 1, 3, 3), fill=1.0)",
+                "F.conv2d(x, w, padding=1)",
+                [[1, 1, 6000, 6000]],
+            ),
+            (
+                "x = A((1, 1, 2, 2 ** 26)); w = A((2, 1, 1, 3), fill=1.0)",
+                "F.conv2d(x, w, stride=(1, 4096))",
+                [[1, 2, 2, 16384]],
+            ),
+        ]
+        + [
+            (
+                f"x = A((1, 1, 2000, 3000)); w = A((1, 1, 3, 3), fill=1.0)",
+                f"F.conv2d(x, w, padding=1, algo='{a.name}')",
+                [[1, 1, 2000, 3000]],
+            )
+            for a in registry.REGISTRY
+            if a.supports(_params(1, 1, 2000, 3000, 1, 3, 3, 1)) is None
+        ]
+    )
 
 
 def _params(n, c, h, w, co, kh, kw, pad):
     from fastconv.params import ConvParams
+
     return ConvParams(n, c, h, w, co, kh, kw, (1, 1), (pad,) * 4)
 
 
 def _pool_cases():
     x = "x = A((1, 2, 9, 9))"
-    bad = [(x, f"F.max_pool2d(x, {a})", "error") for a in (
-        "0", "-1", "2 ** 31", "2 ** 63", "2 ** 64", "(2, 0)", "3, stride=0", "3, stride=-1", "3, stride=2 ** 63",
-        "3, padding=2", "3, padding=-1", "3, dilation=0", "3, dilation=2 ** 31", "2.5", "None", "'2'",
-        "3, ceil_mode=None", "(1, 2, 3)", "20")]
-    bad += [(x, f"F.avg_pool2d(x, {a})", "error") for a in (
-        "0", "-1", "2 ** 63", "3, stride=0", "3, padding=2", "3, divisor_override=0", "3, divisor_override=2 ** 64",
-        "3, divisor_override=1.5", "3, count_include_pad=None", "20")]
-    bad += [(x, f"F.adaptive_avg_pool2d(x, {a})", "error") for a in (
-        "0", "-1", "(0, 2)", "None", "'a'", "(1, 2, 3)", "2.5", "2 ** 64")]
+    bad = [
+        (x, f"F.max_pool2d(x, {a})", "error")
+        for a in (
+            "0",
+            "-1",
+            "2 ** 31",
+            "2 ** 63",
+            "2 ** 64",
+            "(2, 0)",
+            "3, stride=0",
+            "3, stride=-1",
+            "3, stride=2 ** 63",
+            "3, padding=2",
+            "3, padding=-1",
+            "3, dilation=0",
+            "3, dilation=2 ** 31",
+            "2.5",
+            "None",
+            "'2'",
+            "3, ceil_mode=None",
+            "(1, 2, 3)",
+            "20",
+        )
+    ]
+    bad += [
+        (x, f"F.avg_pool2d(x, {a})", "error")
+        for a in (
+            "0",
+            "-1",
+            "2 ** 63",
+            "3, stride=0",
+            "3, padding=2",
+            "3, divisor_override=0",
+            "3, divisor_override=2 ** 64",
+            "3, divisor_override=1.5",
+            "3, count_include_pad=None",
+            "20",
+        )
+    ]
+    bad += [
+        (x, f"F.adaptive_avg_pool2d(x, {a})", "error")
+        for a in ("0", "-1", "(0, 2)", "None", "'a'", "(1, 2, 3)", "2.5", "2 ** 64")
+    ]
     return bad + [
         # documented range: every integer argument fits a C int (the Cython kernels take C ints)
         (x, "F.max_pool2d(x, 3, stride=2 ** 31 - 1)", [[1, 2, 1, 1]]),
@@ -216,12 +277,18 @@ def _pool_cases():
         ("x = A((1, 2, 9, 9), fill=3e38)", "F.avg_pool2d(x, 3, divisor_override=-1)", [[1, 2, 3, 3]]),
         ("x = A((1, 2, 9, 9), fill=inf)", "F.adaptive_avg_pool2d(x, 4)", [[1, 2, 4, 4]]),
         # large planes with one channel; windows as big as the plane
-        ("x = A((1, 1, 6000, 6000))", "F.max_pool2d(x, 3, stride=1, padding=1, return_indices=True)",
-         [[1, 1, 6000, 6000], [1, 1, 6000, 6000]]),
+        (
+            "x = A((1, 1, 6000, 6000))",
+            "F.max_pool2d(x, 3, stride=1, padding=1, return_indices=True)",
+            [[1, 1, 6000, 6000], [1, 1, 6000, 6000]],
+        ),
         ("x = A((1, 1, 6000, 6000))", "F.avg_pool2d(x, (6000, 6000))", [[1, 1, 1, 1]]),
         ("x = A((1, 1, 6000, 6000))", "F.adaptive_avg_pool2d(x, 7)", [[1, 1, 7, 7]]),
-        ("x = A((1, 1, 1, 2 ** 27))", "F.max_pool2d(x, (1, 2 ** 26), dilation=(1, 2), ceil_mode=True)",
-         [[1, 1, 1, 2]]),  # ceil_mode: the second window starts inside and hangs past the edge
+        (
+            "x = A((1, 1, 1, 2 ** 27))",
+            "F.max_pool2d(x, (1, 2 ** 26), dilation=(1, 2), ceil_mode=True)",
+            [[1, 1, 1, 2]],
+        ),  # ceil_mode: the second window starts inside and hangs past the edge
     ]
 
 
@@ -322,20 +389,24 @@ GUARD = textwrap.dedent(r'''
 def test_guarded_buffers():
     """Kernels never touch a byte outside their arrays (guard pages turn that into a segfault)."""
     env = dict(os.environ, FASTCONV_NUM_THREADS="2")
-    proc = subprocess.run([sys.executable, "-c", GUARD], capture_output=True, text=True, timeout=600, env=env, cwd=tempfile.gettempdir())
+    proc = subprocess.run(
+        [sys.executable, "-c", GUARD], capture_output=True, text=True, timeout=600, env=env, cwd=tempfile.gettempdir()
+    )
     last = [ln for ln in proc.stdout.splitlines() if ln.startswith(("CASE", "POOL"))][-1:] or ["(none)"]
     assert proc.returncode >= 0, f"killed by signal {-proc.returncode} during {last[0]}\n{proc.stderr[-2000:]}"
-    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("DONE"), \
+    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("DONE"), (
         f"failed during {last[0]}:\n{proc.stderr[-3000:]}"
+    )
 
 
 def test_guard_pages_do_catch_an_overread():
     """The proof above is only as good as its guards: one element past a guarded array faults."""
-    probe = GUARD.split("# (n, c_in")[0] + textwrap.dedent('''
+    probe = GUARD.split("# (n, c_in")[0] + textwrap.dedent("""
         a = guarded((5, 7), np.float32, "tail")
         ctypes.c_float.from_address(a.ctypes.data + a.nbytes).value
         print("NOT CAUGHT", flush=True)
-    ''')
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
-                          cwd=tempfile.gettempdir())
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir()
+    )
     assert proc.returncode < 0 and "NOT CAUGHT" not in proc.stdout, (proc.returncode, proc.stderr[-500:])

@@ -1,5 +1,6 @@
 """The documentation runs: every ```python block of the README, as written, and the Examples
 sections of the public docstrings (doctest)."""
+
 from __future__ import annotations
 
 import doctest
@@ -26,8 +27,16 @@ def test_readme_block_runs_as_written(i):
     exec(compile(code, f"README.md python block {i + 1}", "exec"), {"__name__": f"readme_{i}"})
 
 
-MODULES = ["fastconv", "fastconv.functional", "fastconv.layers", "fastconv.memory", "fastconv.rules",
-           "fastconv.threads", "fastconv.params", "fastconv.grad"]
+MODULES = [
+    "fastconv",
+    "fastconv.functional",
+    "fastconv.layers",
+    "fastconv.memory",
+    "fastconv.rules",
+    "fastconv.threads",
+    "fastconv.params",
+    "fastconv.grad",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -6,6 +6,7 @@ exist in the parent) fails the test instead of hanging CI, and the stuck childre
 The parents set 2 threads and run every op before forking, so that libgomp's pool exists on any
 machine (on 1 core the default would never create it and nothing would be tested).
 """
+
 from __future__ import annotations
 
 import json
@@ -60,9 +61,15 @@ OPS = textwrap.dedent("""
 
 def _run(code: str, env: dict | None = None) -> dict:
     """Run ``OPS + code`` in a fresh interpreter; it prints one JSON line last, returned here."""
-    proc = subprocess.Popen([sys.executable, "-c", OPS + textwrap.dedent(code)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(),
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OPS + textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tempfile.gettempdir(),
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -136,7 +143,8 @@ def test_forked_child_thread_settings():
     # after the parent ran 2-thread regions, a child's request for more warns and stays at 1 (a
     # 2-thread region there would wait forever for the parent's pool threads); a child forked
     # before any region ran has no stale pool: it defaults to 1 but may use more
-    r = _run("""
+    r = _run(
+        """
         def in_child(fn):
             rd, wr = os.pipe()
             pid = os.fork()
@@ -170,7 +178,9 @@ def test_forked_child_thread_settings():
         ops()
         stale = in_child(ask_for_two)
         print(json.dumps({"fresh": fresh, "stale": stale}))
-    """, env={"FASTCONV_NUM_THREADS": "", "OMP_NUM_THREADS": ""})
+    """,
+        env={"FASTCONV_NUM_THREADS": "", "OMP_NUM_THREADS": ""},
+    )
     assert r["fresh"] == {"default": 1, "after_set": 2, "warned": []}, r
     assert r["stale"] == {"default": 1, "after_set": 1, "warned": ["RuntimeWarning"]}, r
 
@@ -203,8 +213,16 @@ def test_precedence():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     unset = {"FASTCONV_NUM_THREADS": "", "OMP_NUM_THREADS": ""}
     r = _run(code, env=unset)
-    assert r == {"default": cores, "limit1": 1, "limit1_op": True, "limit1_other_thread": cores,
-                 "limit64": cores, "after": cores, "reset": cores, "explicit_in_limit": 3}, r
+    assert r == {
+        "default": cores,
+        "limit1": 1,
+        "limit1_op": True,
+        "limit1_other_thread": cores,
+        "limit64": cores,
+        "after": cores,
+        "reset": cores,
+        "explicit_in_limit": 3,
+    }, r
     r = _run(code, env={**unset, "OMP_NUM_THREADS": "3,1"})
     assert (r["default"], r["limit1"], r["after"]) == (3, 1, 3), r
     r = _run(code, env={"FASTCONV_NUM_THREADS": "5", "OMP_NUM_THREADS": "3"})

@@ -13,6 +13,7 @@ that lands is fuzzed with no edit here. Shapes are small on purpose: the oracle 
 Profiles (tests/conftest.py): ``ci`` (default, >= 500 examples per test), ``long``
 (>= 10,000 per algorithm): ``pytest tests/test_fuzz.py --hypothesis-profile=long``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -109,7 +110,7 @@ class Untouched:
 def values(draw, shape, dtype, nonfinite: bool = False):
     """Random values of several kinds. Finite draws keep products in the normal range of the
     dtype (the accuracy contract is relative, and subnormal products have no relative accuracy)."""
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     kind = draw(st.sampled_from(["normal", "normal", "scaled", "integers", "ties", "zeros", "mixed"]))
     if kind == "scaled":
         a = rng.standard_normal(shape) * 2.0 ** draw(st.integers(-30, 30))
@@ -168,9 +169,18 @@ def templates_for(name: str) -> list[str]:
     for t, spec in TEMPLATES.items():
         # fields a template leaves free get deliberately unspecial values in the representative
         c = 8
-        p = ConvParams(1, c, 12, 12, c, *spec.get("k", (5, 4)), spec.get("stride", (2, 1)),
-                       (0, 0, 0, 0) if "padding" in spec else (1, 1, 1, 1), spec.get("dilation", (1, 2)),
-                       c if spec.get("depthwise") else 1)
+        p = ConvParams(
+            1,
+            c,
+            12,
+            12,
+            c,
+            *spec.get("k", (5, 4)),
+            spec.get("stride", (2, 1)),
+            (0, 0, 0, 0) if "padding" in spec else (1, 1, 1, 1),
+            spec.get("dilation", (1, 2)),
+            c if spec.get("depthwise") else 1,
+        )
         if alg.supports(p) is None:
             ok.append(t)
     return ok or ["general"]
@@ -226,8 +236,7 @@ def conv_cases(draw, algo: str, nonfinite: str | None = None, min_n: int = 0):
     valid = valid and eff_h <= h + pad4[0] + pad4[1] and eff_w <= w + pad4[2] + pad4[3]
     expect = "ValueError"
     if valid:
-        p = ConvParams(n, c_in, h, w, c_out, kh, kw, stride, pad4, dilation, groups,
-                       np.dtype(dtype).name, bias)
+        p = ConvParams(n, c_in, h, w, c_out, kh, kw, stride, pad4, dilation, groups, np.dtype(dtype).name, bias)
         why = None if algo == "auto" else registry.get(algo).supports(p)
         if why is None:
             expect = p
@@ -239,8 +248,9 @@ def conv_cases(draw, algo: str, nonfinite: str | None = None, min_n: int = 0):
     x = draw(values((n, c_in, h, w), dtype, nonfinite == "input"))
     wt = draw(values((c_out, cig, kh, kw), dtype, nonfinite == "weight"))
     b = draw(values((c_out,), dtype)) if bias else None
-    kwargs = dict(stride=draw(spelled(stride)), padding=padding, dilation=draw(spelled(dilation)),
-                  groups=groups, algo=algo)
+    kwargs = dict(
+        stride=draw(spelled(stride)), padding=padding, dilation=draw(spelled(dilation)), groups=groups, algo=algo
+    )
     layouts = [draw(st.sampled_from(LAYOUTS)) for _ in range(3)]
     return x, wt, b, kwargs, layouts, unbatched, expect
 
@@ -274,8 +284,9 @@ def weight_meets_padding(w: np.ndarray, p: ConvParams) -> np.ndarray:
     return reference.conv2d(padded, (~np.isfinite(w)).astype(np.float64), None, p0) > 0
 
 
-@pytest.mark.skipif(torch is None, reason="torch not installed: NaN/Inf semantics are defined as torch's "
-                                          "(pip install '.[peers]')")
+@pytest.mark.skipif(
+    torch is None, reason="torch not installed: NaN/Inf semantics are defined as torch's (pip install '.[peers]')"
+)
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NaN arithmetic is the point here
 @pytest.mark.parametrize("where", ["input", "weight"])
 @pytest.mark.parametrize("algo", CONV_ALGOS)
@@ -291,8 +302,9 @@ def test_conv2d_nonfinite_matches_torch(algo, where, data):
         y = fastconv.conv2d(x, w, b, **kwargs)
     untouched.check()
     tkw = {k: v for k, v in kwargs.items() if k != "algo"}
-    t = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
-                                   None if b is None else torch.from_numpy(b), **tkw).numpy()
+    t = torch.nn.functional.conv2d(
+        torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b), **tkw
+    ).numpy()
     alg = rules.select(p, algo)
     # A non-finite weight on a zero-padded tap has no single torch answer: its im2col path
     # multiplies the padding (0·Inf = NaN), its oneDNN path (float32, batch > 1) skips it.
@@ -304,8 +316,9 @@ def test_conv2d_nonfinite_matches_torch(algo, where, data):
     # the finite outputs still meet the accuracy contract
     with np.errstate(all="ignore"):
         ref = reference.conv2d(x, w, b, p)
-        scale = conv_error_bound(np.nan_to_num(x, posinf=0, neginf=0), np.nan_to_num(w, posinf=0, neginf=0), b, p,
-                                 alg.error_tile)
+        scale = conv_error_bound(
+            np.nan_to_num(x, posinf=0, neginf=0), np.nan_to_num(w, posinf=0, neginf=0), b, p, alg.error_tile
+        )
     fin = np.isfinite(ref)
     err = np.abs(y.astype(np.float64) - ref)[fin]
     assert np.all(err <= alg.tolerance_for(p) * scale[fin] + np.finfo(np.float64).tiny), "finite outputs"
@@ -376,9 +389,14 @@ def test_max_pool2d_fuzz(data):
     k, stride, pad = window(data)
     dil = data.draw(pairs(1, 3))
     ceil, want_idx = data.draw(st.booleans()), data.draw(st.booleans())
-    kwargs = dict(kernel_size=data.draw(spelled(k)), stride=None if stride is None else data.draw(spelled(stride)),
-                  padding=data.draw(spelled(pad)), dilation=data.draw(spelled(dil)), ceil_mode=ceil,
-                  return_indices=want_idx)
+    kwargs = dict(
+        kernel_size=data.draw(spelled(k)),
+        stride=None if stride is None else data.draw(spelled(stride)),
+        padding=data.draw(spelled(pad)),
+        dilation=data.draw(spelled(dil)),
+        ceil_mode=ceil,
+        return_indices=want_idx,
+    )
     note(repr(kwargs))
     untouched = Untouched(xo)
     out = pool_valid(x.shape[2], x.shape[3], k, stride, pad, dil, ceil)
@@ -390,8 +408,9 @@ def test_max_pool2d_fuzz(data):
     y, idx = res if want_idx else (res, None)
     shape = (*x.shape[:2], *out)
     y = check_result(y, xp, x.dtype, shape[1:] if unbatched else shape).reshape(shape)
-    p = PoolParams("max", *x.shape, kernel=k, stride=stride or k, padding=pad, dilation=dil, ceil_mode=ceil,
-                   dtype=x.dtype.name)
+    p = PoolParams(
+        "max", *x.shape, kernel=k, stride=stride or k, padding=pad, dilation=dil, ceil_mode=ceil, dtype=x.dtype.name
+    )
     ref, ref_idx = reference.max_pool2d(x, p, return_indices=True)
     # max is exact: equal values (NaN where the reference has NaN) and the same argmax
     np.testing.assert_array_equal(y.astype(np.float64), ref)
@@ -418,9 +437,14 @@ def test_avg_pool2d_fuzz(data):
     k, stride, pad = window(data)
     ceil, include = data.draw(st.booleans()), data.draw(st.booleans())
     div = data.draw(st.none() | st.integers(-3, 6))
-    kwargs = dict(kernel_size=data.draw(spelled(k)), stride=None if stride is None else data.draw(spelled(stride)),
-                  padding=data.draw(spelled(pad)), ceil_mode=ceil, count_include_pad=include,
-                  divisor_override=div)
+    kwargs = dict(
+        kernel_size=data.draw(spelled(k)),
+        stride=None if stride is None else data.draw(spelled(stride)),
+        padding=data.draw(spelled(pad)),
+        ceil_mode=ceil,
+        count_include_pad=include,
+        divisor_override=div,
+    )
     note(repr(kwargs))
     untouched = Untouched(xo)
     out = pool_valid(x.shape[2], x.shape[3], k, stride, pad, (1, 1), ceil)
@@ -429,8 +453,17 @@ def test_avg_pool2d_fuzz(data):
         return
     shape = (*x.shape[:2], *out)
     y = check_result(y, xp, x.dtype, shape[1:] if unbatched else shape).reshape(shape)
-    p = PoolParams("avg", *x.shape, kernel=k, stride=stride or k, padding=pad, ceil_mode=ceil,
-                   count_include_pad=include, divisor_override=div, dtype=x.dtype.name)
+    p = PoolParams(
+        "avg",
+        *x.shape,
+        kernel=k,
+        stride=stride or k,
+        padding=pad,
+        ceil_mode=ceil,
+        count_include_pad=include,
+        divisor_override=div,
+        dtype=x.dtype.name,
+    )
     with np.errstate(invalid="ignore", over="ignore"):
         ref = reference.avg_pool2d(x, p)
         scale = np.abs(reference.avg_pool2d(np.abs(x), p))

@@ -4,6 +4,7 @@
 get results bit-identical to serial calls; a shared layer builds each plan exactly once even
 when every thread's first call races for it. (Needs the layers branch: fastconv.Conv2d.)
 """
+
 from __future__ import annotations
 
 import threading
@@ -37,9 +38,12 @@ def plan_count(monkeypatch):
 def _geometry(algo: str) -> tuple[int, int]:
     """(kernel, padding) of a layer ``algo`` runs: 3x3 pad 1, else 1x1 pad 0 (e.g. pointwise)."""
     from fastconv.params import ConvParams
+
     for k, pad in ((3, 1), (1, 0)):
-        if algo == "auto" or registry.get(algo).supports(ConvParams.from_layer(2, 16, 17, 24, k, padding=pad,
-                                                                               w=15)) is None:
+        if (
+            algo == "auto"
+            or registry.get(algo).supports(ConvParams.from_layer(2, 16, 17, 24, k, padding=pad, w=15)) is None
+        ):
             return k, pad
     raise AssertionError(f"{algo} runs neither a 3x3 nor a 1x1 layer")
 
@@ -103,8 +107,11 @@ def test_shared_layer_new_shapes_race(plan_count):
 
 def test_pool_layers_match_serial():
     xs = _inputs()
-    layers = [fastconv.MaxPool2d(3, 2, 1), fastconv.AvgPool2d(3, 2, 1, ceil_mode=True),
-              fastconv.AdaptiveAvgPool2d((5, 4))]
+    layers = [
+        fastconv.MaxPool2d(3, 2, 1),
+        fastconv.AvgPool2d(3, 2, 1, ceil_mode=True),
+        fastconv.AdaptiveAvgPool2d((5, 4)),
+    ]
     serial = [[np.array(layer(x)) for layer in layers] for x in xs]
 
     def work(i):

@@ -1,5 +1,6 @@
 """Layer objects: torch's constructor arguments, results against the float64 oracle, plans built
 once per shape (and once under concurrent first calls), weights that invalidate the plans."""
+
 from __future__ import annotations
 
 import copy
@@ -24,8 +25,9 @@ def rand(*shape, dtype=np.float32):
 
 def check_conv(layer: fastconv.Conv2d, x: np.ndarray, y: np.ndarray) -> None:
     """The registry's accuracy contract for the algorithm the layer's plan uses."""
-    _, w, b, p, _ = validate.conv2d_args(x, layer.weight, layer.bias, layer.stride, layer.padding,
-                                         layer.dilation, layer.groups)
+    _, w, b, p, _ = validate.conv2d_args(
+        x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups
+    )
     x4 = x if x.ndim == 4 else x[None]
     assert y.shape == (p.out_shape if x.ndim == 4 else p.out_shape[1:])
     assert y.dtype == x.dtype
@@ -64,19 +66,22 @@ def test_conv2d_attributes_and_init_follow_torch():
     assert repr(layer) == "Conv2d(4, 6, kernel_size=(3, 3), stride=(2, 2), groups=2)"
 
 
-@pytest.mark.parametrize("args,kwargs,exc", [
-    ((0, 4, 3), {}, ValueError),
-    ((3, 4, 0), {}, ValueError),
-    ((3, 4, 3), dict(groups=2), ValueError),
-    ((4, 6, 3), dict(groups=4), ValueError),
-    ((3, 4, 3), dict(padding="same", stride=2), ValueError),
-    ((3, 4, 3), dict(padding=-1), ValueError),
-    ((3, 4, 3), dict(padding="full"), ValueError),
-    ((3, 4, 3), dict(padding_mode="reflect"), ValueError),
-    ((3, 4, 3), dict(bias="yes"), TypeError),
-    ((3, 4, 2.5), {}, TypeError),
-    ((3, 4, 3), dict(algo="fft"), ValueError),
-])
+@pytest.mark.parametrize(
+    "args,kwargs,exc",
+    [
+        ((0, 4, 3), {}, ValueError),
+        ((3, 4, 0), {}, ValueError),
+        ((3, 4, 3), dict(groups=2), ValueError),
+        ((4, 6, 3), dict(groups=4), ValueError),
+        ((3, 4, 3), dict(padding="same", stride=2), ValueError),
+        ((3, 4, 3), dict(padding=-1), ValueError),
+        ((3, 4, 3), dict(padding="full"), ValueError),
+        ((3, 4, 3), dict(padding_mode="reflect"), ValueError),
+        ((3, 4, 3), dict(bias="yes"), TypeError),
+        ((3, 4, 2.5), {}, TypeError),
+        ((3, 4, 3), dict(algo="fft"), ValueError),
+    ],
+)
 def test_conv2d_constructor_validation(args, kwargs, exc):
     with pytest.raises(exc):
         fastconv.Conv2d(*args, **kwargs)
@@ -202,24 +207,26 @@ def test_pool_layers_match_functional_and_torch_defaults():
     assert fastconv.AdaptiveAvgPool2d(1)(x[:0]).shape == (0, 3, 1, 1)
 
 
-@pytest.mark.parametrize("make,exc", [
-    (lambda: fastconv.MaxPool2d(2, padding=2), ValueError),
-    (lambda: fastconv.MaxPool2d(0), ValueError),
-    (lambda: fastconv.MaxPool2d(2, ceil_mode=1), TypeError),
-    (lambda: fastconv.AvgPool2d(2, divisor_override=0), ValueError),
-    (lambda: fastconv.AvgPool2d(3, count_include_pad="no"), TypeError),
-    (lambda: fastconv.AdaptiveAvgPool2d(0), ValueError),
-    (lambda: fastconv.AdaptiveAvgPool2d("1"), TypeError),
-    (lambda: fastconv.AdaptiveAvgPool2d((1, 2, 3)), ValueError),
-])
+@pytest.mark.parametrize(
+    "make,exc",
+    [
+        (lambda: fastconv.MaxPool2d(2, padding=2), ValueError),
+        (lambda: fastconv.MaxPool2d(0), ValueError),
+        (lambda: fastconv.MaxPool2d(2, ceil_mode=1), TypeError),
+        (lambda: fastconv.AvgPool2d(2, divisor_override=0), ValueError),
+        (lambda: fastconv.AvgPool2d(3, count_include_pad="no"), TypeError),
+        (lambda: fastconv.AdaptiveAvgPool2d(0), ValueError),
+        (lambda: fastconv.AdaptiveAvgPool2d("1"), TypeError),
+        (lambda: fastconv.AdaptiveAvgPool2d((1, 2, 3)), ValueError),
+    ],
+)
 def test_pool_constructor_validation(make, exc):
     with pytest.raises(exc):
         make()
 
 
 def test_import_fastconv_does_not_import_torch():
-    code = ("import sys, fastconv; fastconv.Conv2d(1, 1, 3); "
-            "print(sorted(m for m in ('torch',) if m in sys.modules))")
+    code = "import sys, fastconv; fastconv.Conv2d(1, 1, 3); print(sorted(m for m in ('torch',) if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -240,9 +247,9 @@ def test_configuration_is_read_only_and_repeated_shapes_skip_validation(monkeypa
     np.testing.assert_array_equal(pool(x), z)
     assert calls == []  # same contiguous shape: remembered
     layer(x[:, :, ::2])  # a strided view is validated (and copied) every time
-    pool(x[0])           # so is an unbatched input
+    pool(x[0])  # so is an unbatched input
     assert len(calls) == 2
-    layer.bias = None    # the remembered ConvParams said has_bias=True: forgotten
+    layer.bias = None  # the remembered ConvParams said has_bias=True: forgotten
     y = layer(x)
     assert len(calls) == 3
     check_conv(layer, x, y)
@@ -259,6 +266,7 @@ def test_layers_respect_the_output_budget(monkeypatch):
 def test_algo_tune_asks_the_tuner(monkeypatch, tmp_path):
     """``algo="tune"`` and ``FASTCONV_TUNE=1`` take the tuner's choice; plain auto never asks it."""
     from fastconv import tune
+
     asked = []
     monkeypatch.setattr(tune, "tune_layer", lambda p, *a, **k: asked.append(p) or "im2col")
     x = rand(1, 8, 12, 12)

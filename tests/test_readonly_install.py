@@ -4,6 +4,7 @@ Every kernel is compiled ahead of time and fastconv keeps no on-disk cache next 
 an install location nobody can write to must work. The child process calls every registered
 algorithm and pool and checks them against the float64 reference.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import fastconv
 
-CHILD = textwrap.dedent(r'''
+CHILD = textwrap.dedent(r"""
     import numpy as np
     import fastconv
     from fastconv import plan, reference, registry, rules, validate
@@ -38,7 +39,7 @@ CHILD = textwrap.dedent(r'''
     p = validate.max_pool2d_args(x, 3, 2, 1, 1, False)[1]
     np.testing.assert_array_equal(fastconv.max_pool2d(x, 3, 2, 1), reference.max_pool2d(x, p))
     print("OK", fastconv.__file__, flush=True)
-''')
+""")
 
 
 def test_read_only_install(tmp_path):
@@ -52,11 +53,17 @@ def test_read_only_install(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), FASTCONV_NUM_THREADS="1",
-               PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="0")
+    env.update(
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        FASTCONV_NUM_THREADS="1",
+        PYTHONPATH=str(site),
+        PYTHONDONTWRITEBYTECODE="0",
+    )
     try:
-        proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=600,
-                              env=env, cwd=tmp_path)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
+        )
     finally:
         for d in (site / "fastconv").rglob("*"):
             if d.is_dir():

@@ -1,4 +1,5 @@
 """The oracle itself, against values computed by hand — and the seeds' worked examples."""
+
 import numpy as np
 import pytest
 
@@ -31,17 +32,13 @@ def test_seed003_4x4_input_3x3_kernel_bias1_pad1():
     y = conv_all(x[None, None], w[None, None], np.array([1.0]), padding=1)
     # worked by hand (entries checked one by one): top-left sees x[0:2, 0:2] under w[1:, 1:]:
     # 1·1 + 2·0 + 0·1 + 1·0 ... = 1, plus the bias → 2; top-right = (3·1) + (2·2 + 3·1) + 1 = 11
-    expected = np.array([[2, 4, 5, 11],
-                         [6, 11, 13, 12],
-                         [8, 19, 17, 16],
-                         [10, 9, 8, 3]], dtype=np.float64)
+    expected = np.array([[2, 4, 5, 11], [6, 11, 13, 12], [8, 19, 17, 16], [10, 9, 8, 3]], dtype=np.float64)
     np.testing.assert_array_equal(y[0, 0], expected)
 
 
 def test_seed003_two_channel_sum_is_56():
     """Two input channels, one output: (1·1+2·2+4·3+5·4) + (0·0+1·1+3·2+4·3) = 56."""
-    x = np.array([[[0, 1, 2], [3, 4, 5], [6, 7, 8]],
-                  [[1, 2, 3], [4, 5, 6], [7, 8, 9]]], dtype=np.float64)
+    x = np.array([[[0, 1, 2], [3, 4, 5], [6, 7, 8]], [[1, 2, 3], [4, 5, 6], [7, 8, 9]]], dtype=np.float64)
     k = np.array([[[0, 1], [2, 3]], [[1, 2], [3, 4]]], dtype=np.float64)
     y = conv_all(x[None], k[None])
     np.testing.assert_array_equal(y[0, 0], [[56, 72], [104, 120]])
@@ -70,16 +67,19 @@ def test_seed003_max_of_window():
     assert fastconv.max_pool2d(x, 2)[0, 0, 0, 0] == 4
 
 
-@pytest.mark.parametrize("m,k,p,s,expected", [
-    (10, 5, 1, 2, 4),     # seed 003 exercise: ⌊(10 + 2 − 5)/2⌋ + 1 = 4
-    (32, 3, 1, 2, 16),    # seed 003: 32x32 input, 3x3 kernel, P=1, S=2
-    (32, 5, 2, 1, 32),    # seed 004: (32 + 2·2 − 5)/1 + 1 = 32
-    (6, 3, 0, 1, 4),      # seed 001: a 6x6 image under a 3x3 filter gives a 4x4 map
-    (4, 3, 0, 1, 2),      # seed 001: then 4x4 → 2x2
-    (28, 5, 0, 1, 24),    # seed 001 LeNet conv1
-    (12, 5, 0, 1, 8),     # seed 001 LeNet conv2
-    (227, 11, 0, 4, 55),  # AlexNet conv1 on 227x227
-])
+@pytest.mark.parametrize(
+    "m,k,p,s,expected",
+    [
+        (10, 5, 1, 2, 4),  # seed 003 exercise: ⌊(10 + 2 − 5)/2⌋ + 1 = 4
+        (32, 3, 1, 2, 16),  # seed 003: 32x32 input, 3x3 kernel, P=1, S=2
+        (32, 5, 2, 1, 32),  # seed 004: (32 + 2·2 − 5)/1 + 1 = 32
+        (6, 3, 0, 1, 4),  # seed 001: a 6x6 image under a 3x3 filter gives a 4x4 map
+        (4, 3, 0, 1, 2),  # seed 001: then 4x4 → 2x2
+        (28, 5, 0, 1, 24),  # seed 001 LeNet conv1
+        (12, 5, 0, 1, 8),  # seed 001 LeNet conv2
+        (227, 11, 0, 4, 55),  # AlexNet conv1 on 227x227
+    ],
+)
 def test_output_size_exercises(m, k, p, s, expected):
     assert params.conv_output_size(m, k, s, p) == expected
 

@@ -1,4 +1,5 @@
 """The registry and kernel contract, the auto rules, the thread knob and the workspace budget."""
+
 import dataclasses
 
 import numpy as np
@@ -47,8 +48,7 @@ ONE_SHOT = {  # fastconv.conv2d prepares the weights for one call: 3x3 Winograd 
     "U 25.9 MB (> 24 MiB)": (ConvParams.from_layer(1, 424, 28, 424, 3, padding=1), "winograd_f2"),
     "float64, U 18.9 MB": (ConvParams.from_layer(1, 256, 28, 256, 3, padding=1, dtype="float64"), "winograd"),
     "float64, U 42.5 MB": (ConvParams.from_layer(1, 384, 28, 384, 3, padding=1, dtype="float64"), "winograd_f2"),
-    "2 groups of 512, U 75.5 MB": (ConvParams.from_layer(1, 1024, 28, 1024, 3, padding=1, groups=2),
-                                   "winograd_f2"),
+    "2 groups of 512, U 75.5 MB": (ConvParams.from_layer(1, 1024, 28, 1024, 3, padding=1, groups=2), "winograd_f2"),
     "2 groups of 128, U 4.7 MB": (ConvParams.from_layer(1, 256, 28, 256, 3, padding=1, groups=2), "winograd"),
     "alexnet.conv3": SUITE["alexnet.conv3"],
     "5x5 on 13x13 (169)": (ConvParams.from_layer(1, 48, 13, 128, 5, padding=2), "winograd"),
@@ -93,13 +93,18 @@ def test_registry_names_unique_and_contract_complete():
 
 
 CONV = ConvParams.from_layer(1, 16, 9, 16, 3, padding=1)
-POOL_OF = {"max": PoolParams("max", 1, 4, 8, 8, (2, 2), (2, 2)),
-           "avg": PoolParams("avg", 1, 4, 8, 8, (2, 2), (2, 2)),
-           "adaptive_avg": PoolParams("adaptive_avg", 1, 4, 8, 8, output_size=(1, 1))}
+POOL_OF = {
+    "max": PoolParams("max", 1, 4, 8, 8, (2, 2), (2, 2)),
+    "avg": PoolParams("avg", 1, 4, 8, 8, (2, 2), (2, 2)),
+    "adaptive_avg": PoolParams("adaptive_avg", 1, 4, 8, 8, output_size=(1, 1)),
+}
 
 
-@pytest.mark.parametrize("kernel", registry.REGISTRY + registry.POOL_REGISTRY,
-                         ids=[k.op + "." + k.name for k in registry.REGISTRY + registry.POOL_REGISTRY])
+@pytest.mark.parametrize(
+    "kernel",
+    registry.REGISTRY + registry.POOL_REGISTRY,
+    ids=[k.op + "." + k.name for k in registry.REGISTRY + registry.POOL_REGISTRY],
+)
 def test_every_kernel_answers_for_every_contract_field(kernel):
     """A pass, layout or epilogue a kernel does not run is refused with its name, never run."""
     base = CONV if kernel.op == "conv2d" else POOL_OF[kernel.name]
@@ -120,8 +125,11 @@ def test_every_kernel_answers_for_every_contract_field(kernel):
 
 
 def test_contract_refuses_unknown_names():
-    for bad, word in (({"pass_": "backward"}, "backward"), ({"layout": "NHWC"}, "NHWC"),
-                      ({"post_ops": ("gelu",)}, "gelu")):
+    for bad, word in (
+        ({"pass_": "backward"}, "backward"),
+        ({"layout": "NHWC"}, "NHWC"),
+        ({"post_ops": ("gelu",)}, "gelu"),
+    ):
         with pytest.raises(ValueError, match=word):
             dataclasses.replace(CONV, **bad)
 
@@ -152,6 +160,7 @@ def test_workspace_budget_raises_before_allocating():
 
 def test_one_thread_knob():
     from threadpoolctl import threadpool_info
+
     old = fastconv.get_num_threads()
     try:
         fastconv.set_num_threads(1)
@@ -173,6 +182,7 @@ def test_one_thread_knob():
 def test_import_does_not_load_torch():
     import subprocess
     import sys
+
     code = "import sys, fastconv; print('torch' in sys.modules, 'fastconv.kernels.direct' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -7,6 +7,7 @@
 * Leaks: 10,000 calls of each op (plus 10,000 refused calls) in a fresh child process leave its
   resident memory flat.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,9 @@ def _peak_during(fn) -> int:
 @pytest.mark.parametrize("alg", registry.REGISTRY, ids=registry.names())
 def test_workspace_over_budget_raises_before_allocating(alg, limits):
     # a layer every algorithm runs, with a non-trivial workspace where the algorithm has one
-    p = ConvParams.from_layer(1, 32, 40, 32, 3 if alg.supports(ConvParams.from_layer(1, 8, 8, 8, 3)) is None else 1,
-                              padding=0)
+    p = ConvParams.from_layer(
+        1, 32, 40, 32, 3 if alg.supports(ConvParams.from_layer(1, 8, 8, 8, 3)) is None else 1, padding=0
+    )
     if alg.supports(p) is not None:
         p = ConvParams.from_layer(1, 32, 40, 32, 1)
     assert alg.supports(p) is None
@@ -76,8 +78,11 @@ def test_workspace_over_budget_raises_before_allocating(alg, limits):
 def test_pool_outputs_over_budget_raise_before_allocating(limits):
     x = np.ones((1, 4, 64, 64), np.float32)
     memory.set_output_limit(4 * 64 * 64 * 4 - 1)
-    for call in (lambda: fastconv.max_pool2d(x, 1), lambda: fastconv.avg_pool2d(x, 1),
-                 lambda: fastconv.adaptive_avg_pool2d(x, 64)):
+    for call in (
+        lambda: fastconv.max_pool2d(x, 1),
+        lambda: fastconv.avg_pool2d(x, 1),
+        lambda: fastconv.adaptive_avg_pool2d(x, 64),
+    ):
         peak = _peak_during(lambda: pytest.raises(MemoryError, call))
         assert peak < 4 * 64 * 64 * 4 // 2
         with pytest.raises(MemoryError, match=r"needs 65,536 bytes, over the limit of 65,535"):
@@ -118,10 +123,16 @@ def _workload(seed: int):
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
     w1 = rng.standard_normal((24, 16, 1, 1)).astype(np.float32)
     b = rng.standard_normal(16).astype(np.float32)
-    calls = [(f"conv2d[{a}]", lambda a=a: fastconv.conv2d(x, w, b, padding=1, algo=a))
-             for a in registry.names() if registry.get(a).supports(validate.conv2d_args(x, w, b, 1, 1, 1, 1)[3]) is None]
-    calls += [(f"conv2d_1x1[{a}]", lambda a=a: fastconv.conv2d(x, w1, stride=2, algo=a))
-              for a in registry.names() if registry.get(a).supports(validate.conv2d_args(x, w1, None, 2, 0, 1, 1)[3]) is None]
+    calls = [
+        (f"conv2d[{a}]", lambda a=a: fastconv.conv2d(x, w, b, padding=1, algo=a))
+        for a in registry.names()
+        if registry.get(a).supports(validate.conv2d_args(x, w, b, 1, 1, 1, 1)[3]) is None
+    ]
+    calls += [
+        (f"conv2d_1x1[{a}]", lambda a=a: fastconv.conv2d(x, w1, stride=2, algo=a))
+        for a in registry.names()
+        if registry.get(a).supports(validate.conv2d_args(x, w1, None, 2, 0, 1, 1)[3]) is None
+    ]
     calls += [
         ("conv2d_dw", lambda: fastconv.conv2d(x, w[:, :1], padding=2, dilation=2, groups=16)),
         ("max_pool2d", lambda: fastconv.max_pool2d(x, 3, 2, 1, return_indices=True)),
@@ -180,7 +191,7 @@ def test_threads_plans_match_serial(shared):
 
 # --- leaks --------------------------------------------------------------------------------------
 LEAK_MARGIN_MB = 20
-LEAKS = textwrap.dedent(r'''
+LEAKS = textwrap.dedent(r"""
     import os, sys
     import numpy as np
     import fastconv
@@ -234,14 +245,20 @@ LEAKS = textwrap.dedent(r'''
         for i in range(calls):
             op(i)
         print(name, f"{before:.1f}", f"{rss_mb():.1f}", flush=True)
-''')
+""")
 
 
 def test_no_leaks_10000_calls_each():
     # One thread: this measures memory, and on a shared 2-core machine waking an OpenMP team
     # for each tiny call costs milliseconds (60k calls: ~14 s with 1 thread, ~55 s with 2).
-    proc = subprocess.run([sys.executable, "-c", LEAKS, "10000"], capture_output=True, text=True, timeout=600,
-                          cwd=tempfile.gettempdir(), env=dict(os.environ, FASTCONV_NUM_THREADS="1"))
+    proc = subprocess.run(
+        [sys.executable, "-c", LEAKS, "10000"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tempfile.gettempdir(),
+        env=dict(os.environ, FASTCONV_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split() for line in proc.stdout.splitlines()]
     assert len(rows) >= 5, proc.stdout

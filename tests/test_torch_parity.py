@@ -1,4 +1,5 @@
 """Each op against torch.nn.functional on random cases (torch is a test peer, never a dependency)."""
+
 import numpy as np
 import pytest
 
@@ -13,15 +14,17 @@ F = torch.nn.functional
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c.name for c in CONV_CASES])
 def test_conv2d_matches_torch(case):
     x, w, b = case.arrays(np.float64, seed=7)
-    expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b),
-                        **case.kwargs()).numpy()
+    expected = F.conv2d(
+        torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b), **case.kwargs()
+    ).numpy()
     for alg in registry.REGISTRY:
         if alg.supports(describe(x, w, b, **case.kwargs())) is not None:
             continue
         y = fastconv.conv2d(x, w, b, **case.kwargs(), algo=alg.name)
         assert y.shape == expected.shape
-        np.testing.assert_allclose(y, expected, rtol=1e-9, atol=1e-9 * max(1, np.abs(expected).max(initial=0)),
-                                   err_msg=alg.name)
+        np.testing.assert_allclose(
+            y, expected, rtol=1e-9, atol=1e-9 * max(1, np.abs(expected).max(initial=0)), err_msg=alg.name
+        )
 
 
 @pytest.mark.parametrize("case", MAX_POOL_CASES, ids=[c.name for c in MAX_POOL_CASES])
@@ -36,15 +39,23 @@ def test_max_pool_matches_torch(case):
 @pytest.mark.parametrize("case", AVG_POOL_CASES, ids=[c.name for c in AVG_POOL_CASES])
 def test_avg_pool_matches_torch(case):
     x = np.random.default_rng(2).standard_normal(case.shape).astype(np.float64)
-    np.testing.assert_allclose(fastconv.avg_pool2d(x, **case.kwargs),
-                               F.avg_pool2d(torch.from_numpy(x), **case.kwargs).numpy(), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(
+        fastconv.avg_pool2d(x, **case.kwargs),
+        F.avg_pool2d(torch.from_numpy(x), **case.kwargs).numpy(),
+        rtol=1e-13,
+        atol=1e-14,
+    )
 
 
 @pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=[c.name for c in ADAPTIVE_CASES])
 def test_adaptive_matches_torch(case):
     x = np.random.default_rng(3).standard_normal(case.shape).astype(np.float64)
-    np.testing.assert_allclose(fastconv.adaptive_avg_pool2d(x, **case.kwargs),
-                               F.adaptive_avg_pool2d(torch.from_numpy(x), **case.kwargs).numpy(), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(
+        fastconv.adaptive_avg_pool2d(x, **case.kwargs),
+        F.adaptive_avg_pool2d(torch.from_numpy(x), **case.kwargs).numpy(),
+        rtol=1e-13,
+        atol=1e-14,
+    )
 
 
 def test_random_conv_cases_match_torch():
@@ -62,7 +73,9 @@ def test_random_conv_cases_match_torch():
         b = rng.standard_normal(cout).astype(np.float32)
         expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), s, pad, d, g).numpy()
         y = fastconv.conv2d(x, w, b, s, pad, d, g)
-        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4, err_msg=f"{x.shape} {w.shape} s{s} p{pad} d{d} g{g}")
+        np.testing.assert_allclose(
+            y, expected, rtol=1e-4, atol=1e-4, err_msg=f"{x.shape} {w.shape} s{s} p{pad} d{d} g{g}"
+        )
 
 
 def test_torch_tensors_in_torch_tensors_out():

@@ -1,5 +1,6 @@
 """fastconv.tune: the accuracy policies, the choice rule, the cache file and its key; one real
 measurement of a tiny layer. Every test uses its own cache directory."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,17 @@ import fastconv
 from fastconv import registry, rules, tune
 from fastconv.params import ConvParams
 
-TINY = ConvParams.from_layer(1, 8, 12, 8, 3, padding=1)          # auto: direct (too few channels)
-WINO = ConvParams.from_layer(1, 32, 14, 32, 3, padding=1)        # auto: winograd
-LAYERS = [TINY, WINO, ConvParams.from_layer(2, 16, 12, 24, 5, padding=2),
-          ConvParams.from_layer(1, 64, 14, 128, 1), ConvParams.from_layer(1, 3, 32, 16, 7, 2, 3),
-          ConvParams.from_layer(1, 32, 14, 32, 3, 1, 1, groups=32),
-          ConvParams.from_layer(1, 32, 14, 32, 3, 1, 1, dtype="float64")]
+TINY = ConvParams.from_layer(1, 8, 12, 8, 3, padding=1)  # auto: direct (too few channels)
+WINO = ConvParams.from_layer(1, 32, 14, 32, 3, padding=1)  # auto: winograd
+LAYERS = [
+    TINY,
+    WINO,
+    ConvParams.from_layer(2, 16, 12, 24, 5, padding=2),
+    ConvParams.from_layer(1, 64, 14, 128, 1),
+    ConvParams.from_layer(1, 3, 32, 16, 7, 2, 3),
+    ConvParams.from_layer(1, 32, 14, 32, 3, 1, 1, groups=32),
+    ConvParams.from_layer(1, 32, 14, 32, 3, 1, 1, dtype="float64"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +39,9 @@ def test_cache_path(tmp_path, monkeypatch):
     path = tune.cache_path()
     assert path.parent == tmp_path
     assert path.name.startswith("tune-") and path.name.endswith(f"-t{fastconv.get_num_threads()}.json")
-    slug_hash = path.name[len("tune-"):-len(f"-t{fastconv.get_num_threads()}.json")]
+    slug_hash = path.name[len("tune-") : -len(f"-t{fastconv.get_num_threads()}.json")]
     from fastconv.bench import machine
+
     assert slug_hash.endswith(machine.cpu()["flags_hash"]) and slug_hash == slug_hash.lower()
     assert tune.cache_path(3).name.endswith("-t3.json")
     monkeypatch.delenv("FASTCONV_CACHE_DIR")
@@ -59,8 +66,11 @@ def test_policies_are_defined_by_the_contract(p):
     runs = {a.name for a in registry.REGISTRY if a.supports(p) is None}
     for accuracy, ref in (("contract", auto), ("strict", registry.get("direct"))):
         got = tune.candidates(p, accuracy)
-        assert names(got) == {a.name for a in registry.REGISTRY if a.name in runs
-                              and a.error_tile <= ref.error_tile and a.tolerance_for(p) <= ref.tolerance_for(p)}
+        assert names(got) == {
+            a.name
+            for a in registry.REGISTRY
+            if a.name in runs and a.error_tile <= ref.error_tile and a.tolerance_for(p) <= ref.tolerance_for(p)
+        }
     assert auto.name in names(tune.candidates(p))
     assert names(tune.candidates(p, "any")) == runs
     with pytest.raises(ValueError, match="accuracy must be one of"):
@@ -73,6 +83,7 @@ def fake_measure(times):
     def measure(p, algos, repeats=7, min_sample_s=0.01, seed=0):
         calls.append([a.name for a in algos])
         return {a.name: times[a.name] for a in algos}
+
     return measure, calls
 
 
@@ -81,19 +92,24 @@ def test_choice_rule_and_cache(monkeypatch):
     measure, calls = fake_measure(times)
     monkeypatch.setattr(tune, "measure", measure)
     assert tune.lookup(TINY) is None
-    assert tune.tune_layer(TINY) == "direct"        # im2col 1% faster: within MARGIN, auto's stays
+    assert tune.tune_layer(TINY) == "direct"  # im2col 1% faster: within MARGIN, auto's stays
     assert calls == [["direct", "im2col"]]
     assert tune.lookup(TINY) == "direct"
-    assert tune.tune_layer(TINY) == "direct" and len(calls) == 1      # answered by the cache
-    assert tune.lookup(TINY, "any") is None         # F(4x4) was never timed: not an answer for "any"
+    assert tune.tune_layer(TINY) == "direct" and len(calls) == 1  # answered by the cache
+    assert tune.lookup(TINY, "any") is None  # F(4x4) was never timed: not an answer for "any"
     assert tune.tune_layer(TINY, "any") == "winograd_f4"
-    assert tune.lookup(TINY) == "direct"            # the looser winner is still not "contract"'s
+    assert tune.lookup(TINY) == "direct"  # the looser winner is still not "contract"'s
     times["im2col"] = 0.9
     assert tune.tune_layer(TINY, force=True) == "im2col" and tune.lookup(TINY) == "im2col"
     data = json.loads(tune.cache_path().read_text())
     assert data["schema"] == tune.SCHEMA and data["threads"] == fastconv.get_num_threads()
-    assert set(data["entries"][tune.layer_key(TINY)]["times"]) == {"direct", "im2col", "winograd", "winograd_f2",
-                                                                  "winograd_f4"}
+    assert set(data["entries"][tune.layer_key(TINY)]["times"]) == {
+        "direct",
+        "im2col",
+        "winograd",
+        "winograd_f2",
+        "winograd_f4",
+    }
 
 
 def test_key_distinguishes_batch_threads_and_dtype(monkeypatch):
@@ -103,11 +119,12 @@ def test_key_distinguishes_batch_threads_and_dtype(monkeypatch):
     assert tune.lookup(TINY) == "im2col"
     assert tune.lookup(TINY.with_batch(2)) is None
     from dataclasses import replace
+
     assert tune.lookup(replace(TINY, dtype="float64")) is None
     old = fastconv.get_num_threads()
     try:
         fastconv.set_num_threads(old + 1)
-        assert tune.lookup(TINY) is None            # another thread count: another file
+        assert tune.lookup(TINY) is None  # another thread count: another file
     finally:
         fastconv.set_num_threads(old)
     assert tune.lookup(TINY) == "im2col"
@@ -121,7 +138,7 @@ def test_damaged_or_foreign_cache_is_ignored(monkeypatch):
     assert tune.lookup(TINY) is None
     assert tune.tune_layer(TINY) == "im2col"
     data = json.loads(path.read_text())
-    data["fastconv"] = "0.0.0-other"                # measured with other kernels
+    data["fastconv"] = "0.0.0-other"  # measured with other kernels
     path.write_text(json.dumps(data))
     assert tune.lookup(TINY) is None
 

@@ -1,5 +1,6 @@
 """Bad input gets a clear ValueError/TypeError naming the argument; odd layouts just work;
 inputs are never modified."""
+
 import numpy as np
 import pytest
 
@@ -22,12 +23,24 @@ CONV_ERRORS = [
     ("input 2-D", dict(input=np.ones((4, 8), f32)), ValueError, r"input must be 3-D .* or 4-D .* got 2-D .*\(4, 8\)"),
     ("input 5-D", dict(input=np.ones((1, 2, 4, 8, 8), f32)), ValueError, r"input must be 3-D"),
     ("weight 3-D", dict(weight=np.ones((6, 4, 3), f32)), ValueError, r"weight must be 4-D .*\(6, 4, 3\)"),
-    ("channel mismatch", dict(weight=np.ones((6, 3, 3, 3), f32)), ValueError,
-     r"input has C_in=4 channels .* weight.shape\[1\] \* groups = 3 \* 1 = 3"),
-    ("groups not dividing C_in", dict(weight=np.ones((6, 1, 3, 3), f32), groups=3), ValueError,
-     r"C_in=4 must be divisible by groups=3"),
-    ("groups not dividing C_out", dict(weight=np.ones((5, 2, 3, 3), f32), groups=2), ValueError,
-     r"C_out=5\) must be divisible by groups=2"),
+    (
+        "channel mismatch",
+        dict(weight=np.ones((6, 3, 3, 3), f32)),
+        ValueError,
+        r"input has C_in=4 channels .* weight.shape\[1\] \* groups = 3 \* 1 = 3",
+    ),
+    (
+        "groups not dividing C_in",
+        dict(weight=np.ones((6, 1, 3, 3), f32), groups=3),
+        ValueError,
+        r"C_in=4 must be divisible by groups=3",
+    ),
+    (
+        "groups not dividing C_out",
+        dict(weight=np.ones((5, 2, 3, 3), f32), groups=2),
+        ValueError,
+        r"C_out=5\) must be divisible by groups=2",
+    ),
     ("groups zero", dict(groups=0), ValueError, r"groups must be a positive int, got 0"),
     ("groups float", dict(groups=1.5), TypeError, r"groups must be an int"),
     ("stride zero", dict(stride=0), ValueError, r"stride must be positive, got 0"),
@@ -37,24 +50,68 @@ CONV_ERRORS = [
     ("dilation zero", dict(dilation=0), ValueError, r"dilation must be positive"),
     ("padding negative", dict(padding=-1), ValueError, r"padding must be non-negative, got -1"),
     ("padding bad string", dict(padding="full"), ValueError, r"padding must be .*'valid' or 'same', got 'full'"),
-    ("same with stride 2", dict(padding="same", stride=2), ValueError, r"padding='same' is only supported with stride 1"),
-    ("kernel larger than padded input", dict(weight=np.ones((6, 4, 11, 3), f32)), ValueError,
-     r"kernel height .* = 11\) is larger than the padded input height \(8 \+ 0 \+ 0 = 8\)"),
-    ("dilated kernel too large", dict(dilation=(1, 5), padding=1), ValueError, r"kernel width .* = 11\) is larger .*\(8 \+ 1 \+ 1 = 10\)"),
+    (
+        "same with stride 2",
+        dict(padding="same", stride=2),
+        ValueError,
+        r"padding='same' is only supported with stride 1",
+    ),
+    (
+        "kernel larger than padded input",
+        dict(weight=np.ones((6, 4, 11, 3), f32)),
+        ValueError,
+        r"kernel height .* = 11\) is larger than the padded input height \(8 \+ 0 \+ 0 = 8\)",
+    ),
+    (
+        "dilated kernel too large",
+        dict(dilation=(1, 5), padding=1),
+        ValueError,
+        r"kernel width .* = 11\) is larger .*\(8 \+ 1 \+ 1 = 10\)",
+    ),
     ("zero-size kernel", dict(weight=np.ones((6, 4, 0, 3), f32)), ValueError, r"weight must have positive sizes"),
-    ("bias wrong length", dict(bias=np.ones(5, f32)), ValueError, r"bias must be 1-D of length C_out=6, got shape \(5,\)"),
+    (
+        "bias wrong length",
+        dict(bias=np.ones(5, f32)),
+        ValueError,
+        r"bias must be 1-D of length C_out=6, got shape \(5,\)",
+    ),
     ("bias 2-D", dict(bias=np.ones((6, 1), f32)), ValueError, r"bias must be 1-D"),
-    ("int input", dict(input=np.ones((2, 4, 8, 8), np.int32)), TypeError, r"input must have dtype float32 or float64, got dtype int32"),
-    ("complex weight", dict(weight=np.ones((6, 4, 3, 3), np.complex64)), TypeError, r"weight must have dtype .* complex64"),
+    (
+        "int input",
+        dict(input=np.ones((2, 4, 8, 8), np.int32)),
+        TypeError,
+        r"input must have dtype float32 or float64, got dtype int32",
+    ),
+    (
+        "complex weight",
+        dict(weight=np.ones((6, 4, 3, 3), np.complex64)),
+        TypeError,
+        r"weight must have dtype .* complex64",
+    ),
     ("bool input", dict(input=np.ones((2, 4, 8, 8), bool)), TypeError, r"got dtype bool"),
     ("object input", dict(input=np.empty((2, 4, 8, 8), object)), TypeError, r"got dtype object"),
     ("float16 input", dict(input=np.ones((2, 4, 8, 8), np.float16)), TypeError, r"got dtype float16"),
     ("None input", dict(input=None), TypeError, r"input must be an array, got None"),
-    ("mixed dtypes", dict(weight=W.astype(np.float64)), TypeError, r"weight dtype float64 does not match input dtype float32"),
-    ("bias dtype", dict(bias=B.astype(np.float64)), TypeError, r"bias dtype float64 does not match input dtype float32"),
+    (
+        "mixed dtypes",
+        dict(weight=W.astype(np.float64)),
+        TypeError,
+        r"weight dtype float64 does not match input dtype float32",
+    ),
+    (
+        "bias dtype",
+        dict(bias=B.astype(np.float64)),
+        TypeError,
+        r"bias dtype float64 does not match input dtype float32",
+    ),
     ("unknown algo", dict(algo="fft"), ValueError, r"algo must be 'auto' or one of 'direct'.*got 'fft'"),
     ("algo cannot run", dict(algo="winograd", stride=2), ValueError, r"algo='winograd' cannot run .*needs stride 1"),
-    ("pointwise on 3x3", dict(algo="pointwise"), ValueError, r"algo='pointwise' cannot run .*needs a 1x1 kernel, got 3x3"),
+    (
+        "pointwise on 3x3",
+        dict(algo="pointwise"),
+        ValueError,
+        r"algo='pointwise' cannot run .*needs a 1x1 kernel, got 3x3",
+    ),
 ]
 
 
@@ -68,19 +125,78 @@ P = np.ones((2, 3, 8, 8), f32)
 POOL_ERRORS = [
     ("max kernel zero", fastconv.max_pool2d, dict(kernel_size=0), ValueError, r"kernel_size must be positive"),
     ("max stride zero", fastconv.max_pool2d, dict(kernel_size=2, stride=0), ValueError, r"stride must be positive"),
-    ("max pad over half", fastconv.max_pool2d, dict(kernel_size=3, padding=2), ValueError,
-     r"padding must be at most half of kernel_size along height \(3 // 2 = 1\)"),
-    ("max pad over half dilated", fastconv.max_pool2d, dict(kernel_size=3, padding=2, dilation=2), ValueError, r"at most half"),
-    ("max negative pad", fastconv.max_pool2d, dict(kernel_size=3, padding=-1), ValueError, r"padding must be non-negative"),
+    (
+        "max pad over half",
+        fastconv.max_pool2d,
+        dict(kernel_size=3, padding=2),
+        ValueError,
+        r"padding must be at most half of kernel_size along height \(3 // 2 = 1\)",
+    ),
+    (
+        "max pad over half dilated",
+        fastconv.max_pool2d,
+        dict(kernel_size=3, padding=2, dilation=2),
+        ValueError,
+        r"at most half",
+    ),
+    (
+        "max negative pad",
+        fastconv.max_pool2d,
+        dict(kernel_size=3, padding=-1),
+        ValueError,
+        r"padding must be non-negative",
+    ),
     ("max kernel too large", fastconv.max_pool2d, dict(kernel_size=9), ValueError, r"output size .* is too small"),
-    ("max dilation zero", fastconv.max_pool2d, dict(kernel_size=2, dilation=0), ValueError, r"dilation must be positive"),
-    ("max ceil_mode not bool", fastconv.max_pool2d, dict(kernel_size=2, ceil_mode="yes"), TypeError, r"ceil_mode must be a bool"),
-    ("avg pad over half", fastconv.avg_pool2d, dict(kernel_size=2, padding=2), ValueError, r"at most half of kernel_size"),
-    ("avg divisor zero", fastconv.avg_pool2d, dict(kernel_size=2, divisor_override=0), ValueError, r"divisor_override must be a non-zero int"),
-    ("avg count_include_pad", fastconv.avg_pool2d, dict(kernel_size=2, count_include_pad=None), TypeError, r"count_include_pad must be a bool"),
-    ("adaptive zero", fastconv.adaptive_avg_pool2d, dict(output_size=0), ValueError, r"output_size must be a positive int, got 0"),
+    (
+        "max dilation zero",
+        fastconv.max_pool2d,
+        dict(kernel_size=2, dilation=0),
+        ValueError,
+        r"dilation must be positive",
+    ),
+    (
+        "max ceil_mode not bool",
+        fastconv.max_pool2d,
+        dict(kernel_size=2, ceil_mode="yes"),
+        TypeError,
+        r"ceil_mode must be a bool",
+    ),
+    (
+        "avg pad over half",
+        fastconv.avg_pool2d,
+        dict(kernel_size=2, padding=2),
+        ValueError,
+        r"at most half of kernel_size",
+    ),
+    (
+        "avg divisor zero",
+        fastconv.avg_pool2d,
+        dict(kernel_size=2, divisor_override=0),
+        ValueError,
+        r"divisor_override must be a non-zero int",
+    ),
+    (
+        "avg count_include_pad",
+        fastconv.avg_pool2d,
+        dict(kernel_size=2, count_include_pad=None),
+        TypeError,
+        r"count_include_pad must be a bool",
+    ),
+    (
+        "adaptive zero",
+        fastconv.adaptive_avg_pool2d,
+        dict(output_size=0),
+        ValueError,
+        r"output_size must be a positive int, got 0",
+    ),
     ("adaptive None", fastconv.adaptive_avg_pool2d, dict(output_size=None), TypeError, r"output_size must be an int"),
-    ("adaptive triple", fastconv.adaptive_avg_pool2d, dict(output_size=(1, 2, 3)), ValueError, r"output_size must be an int or a pair"),
+    (
+        "adaptive triple",
+        fastconv.adaptive_avg_pool2d,
+        dict(output_size=(1, 2, 3)),
+        ValueError,
+        r"output_size must be an int or a pair",
+    ),
 ]
 
 
@@ -90,9 +206,14 @@ def test_pool_bad_input(desc, op, kw, exc, pattern):
         op(P, **kw)
 
 
-@pytest.mark.parametrize("op,kw", [(fastconv.max_pool2d, dict(kernel_size=2)),
-                                   (fastconv.avg_pool2d, dict(kernel_size=2)),
-                                   (fastconv.adaptive_avg_pool2d, dict(output_size=2))])
+@pytest.mark.parametrize(
+    "op,kw",
+    [
+        (fastconv.max_pool2d, dict(kernel_size=2)),
+        (fastconv.avg_pool2d, dict(kernel_size=2)),
+        (fastconv.adaptive_avg_pool2d, dict(output_size=2)),
+    ],
+)
 def test_pool_bad_arrays(op, kw):
     with pytest.raises(ValueError, match=r"input must be 3-D .* got 2-D"):
         op(np.ones((8, 8), f32), **kw)
@@ -130,9 +251,14 @@ def test_conv2d_layouts_and_no_mutation(algo):
             np.testing.assert_array_equal(wl, before_w)
 
 
-@pytest.mark.parametrize("op,kw", [(fastconv.max_pool2d, dict(kernel_size=3, stride=2, padding=1)),
-                                   (fastconv.avg_pool2d, dict(kernel_size=3, stride=2, padding=1)),
-                                   (fastconv.adaptive_avg_pool2d, dict(output_size=(3, 2)))])
+@pytest.mark.parametrize(
+    "op,kw",
+    [
+        (fastconv.max_pool2d, dict(kernel_size=3, stride=2, padding=1)),
+        (fastconv.avg_pool2d, dict(kernel_size=3, stride=2, padding=1)),
+        (fastconv.adaptive_avg_pool2d, dict(output_size=(3, 2))),
+    ],
+)
 def test_pool_layouts_and_no_mutation(op, kw):
     x = np.random.default_rng(4).standard_normal((2, 3, 9, 10)).astype(f32)
     expected = op(x, **kw)
@@ -167,7 +293,7 @@ def test_nan_and_inf_propagate_in_conv():
         except ValueError:
             continue
         if algo != "pointwise":
-            assert np.isnan(y[0, 0, 1, 1]), algo            # a window holding the NaN
+            assert np.isnan(y[0, 0, 1, 1]), algo  # a window holding the NaN
             assert np.isnan(y[0, 0, 0, 2]) or np.isinf(y[0, 0, 0, 2]), algo
         else:
             assert np.isnan(y[0, 0, 2, 2]) and y[0, 0, 0, 4] == np.inf

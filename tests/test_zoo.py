@@ -1,6 +1,7 @@
 """fastconv.zoo's networks as layer shapes: known layers of each paper, layer counts, and total
 multiply-accumulates against the published figures (no torch needed, except the cross-check with
 the seed ResNet-18 torch model)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -40,9 +41,18 @@ def test_at_least_eight_networks_from_papers():
 
 # published multiply-accumulates per 224x224 image (299 for Inception-v3), in billions; the
 # brief's figures where it gives one, otherwise each Net's own source
-PUBLISHED = {"resnet18": 1.8, "resnet50": 4.1, "vgg16": 15.5, "mobilenetv2": 0.30, "densenet121": 2.83,
-             "googlenet": 1.586, "inceptionv3": 5.71, "squeezenet": 0.82, "shufflenetv2": 0.146,
-             "efficientnetb0": 0.39}
+PUBLISHED = {
+    "resnet18": 1.8,
+    "resnet50": 4.1,
+    "vgg16": 15.5,
+    "mobilenetv2": 0.30,
+    "densenet121": 2.83,
+    "googlenet": 1.586,
+    "inceptionv3": 5.71,
+    "squeezenet": 0.82,
+    "shufflenetv2": 0.146,
+    "efficientnetb0": 0.39,
+}
 
 
 @pytest.mark.parametrize("name", zoo.net_names())
@@ -58,11 +68,11 @@ def test_resnet50():
     assert L["conv1"] == conv(1, 3, 224, 64, 7, 2, 3)
     assert L["maxpool"] == PoolParams("max", 1, 64, 112, 112, (3, 3), (2, 2), (1, 1))
     assert L["layer4.0.conv1"] == conv(1, 1024, 14, 512, 1)
-    assert L["layer4.1.conv1"] == conv(1, 2048, 7, 512, 1)           # 1x1 2048 -> 512
-    assert L["layer4.0.conv2"] == conv(1, 512, 14, 512, 3, 2, 1)     # v1.5: stride on the 3x3
+    assert L["layer4.1.conv1"] == conv(1, 2048, 7, 512, 1)  # 1x1 2048 -> 512
+    assert L["layer4.0.conv2"] == conv(1, 512, 14, 512, 3, 2, 1)  # v1.5: stride on the 3x3
     assert L["layer2.0.downsample"] == conv(1, 256, 56, 512, 1, 2)
     assert L["avgpool"].kind == "adaptive_avg" and L["avgpool"].input_shape == (1, 2048, 7, 7)
-    assert kinds("resnet50")["conv"] == 53 and kinds("resnet50")["fc"] == 1   # 49 + 4 projections
+    assert kinds("resnet50")["conv"] == 53 and kinds("resnet50")["fc"] == 1  # 49 + 4 projections
 
 
 def test_resnet18():
@@ -89,7 +99,7 @@ def test_mobilenetv2():
     assert L["features.1.dw"] == conv(1, 32, 112, 32, 3, 1, 1, g=32) and "features.1.expand" not in L
     assert L["features.2.dw"] == conv(1, 96, 112, 96, 3, 2, 1, g=96)
     dw = [p for p in params_of("mobilenetv2") if isinstance(p, ConvParams) and p.is_depthwise]
-    assert conv(1, 960, 7, 960, 3, 1, 1, g=960) in dw                 # depthwise 960 on 7x7
+    assert conv(1, 960, 7, 960, 3, 1, 1, g=960) in dw  # depthwise 960 on 7x7
     assert len(dw) == 17 and L["features.18"] == conv(1, 320, 7, 1280, 1)
     assert kinds("mobilenetv2")["conv"] == 52
 
@@ -118,7 +128,7 @@ def test_inceptionv3_at_299():
     assert L["Conv2d_1a_3x3"] == conv(1, 3, 299, 32, 3, 2)
     assert L["Conv2d_2a_3x3"].out_shape == (1, 32, 147, 147)
     assert L["Mixed_5b.branch1x1"].input_shape == (1, 192, 35, 35)
-    p = L["Mixed_6b.branch7x7_2"]                                    # factorised 1x7
+    p = L["Mixed_6b.branch7x7_2"]  # factorised 1x7
     assert (p.kh, p.kw, p.pad, p.h) == (1, 7, (0, 0, 3, 3), 17)
     assert L["Mixed_7c.branch1x1"] == conv(1, 2048, 8, 320, 1)
     assert L["Mixed_5b.avg_pool"] == PoolParams("avg", 1, 192, 35, 35, (3, 3), (1, 1), (1, 1))
@@ -149,9 +159,10 @@ def test_distinct_layers_count_every_use(name):
     assert len({L.params for L, _ in uses}) == len(uses)
     assert all(L.params.n == 8 for L, _ in uses)
     pools = {L.params.kind for L, _ in uses if isinstance(L.params, PoolParams)}
-    assert pools                                    # every network pools somewhere
+    assert pools  # every network pools somewhere
     from fastconv.bench.runner import make_layer
-    for L, _ in uses:                               # every shape is one the layer objects can express
+
+    for L, _ in uses:  # every shape is one the layer objects can express
         if isinstance(L.params, PoolParams):
             make_layer(L.params)
         else:
@@ -184,10 +195,12 @@ def test_trace_refuses_what_does_not_fit():
 
 
 def test_layer_shapes_need_no_torch():
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from fastconv import zoo\n"
-            "print(zoo.net_macs('resnet50'))\n"
-            "try:\n    zoo.build('lenet')\nexcept ImportError as e:\n    print('ImportError', e)\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from fastconv import zoo\n"
+        "print(zoo.net_macs('resnet50'))\n"
+        "try:\n    zoo.build('lenet')\nexcept ImportError as e:\n    print('ImportError', e)\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     macs, err = r.stdout.strip().splitlines()
@@ -199,10 +212,17 @@ def test_resnet18_matches_the_seed_torch_model():
     torch = pytest.importorskip("torch")
     model = zoo.build("resnet18")
     seen = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(
-        ConvParams.from_layer(1, m.in_channels, i[0].shape[2], m.out_channels, m.kernel_size[0], m.stride[0],
-                              m.padding[0])))
-             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(
+            lambda m, i, o: seen.append(
+                ConvParams.from_layer(
+                    1, m.in_channels, i[0].shape[2], m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0]
+                )
+            )
+        )
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
     with torch.no_grad():
         model(torch.zeros(1, 3, 224, 224))
     for h in hooks:

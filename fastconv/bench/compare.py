@@ -26,6 +26,7 @@ the FMA-only gate read it as a +30% regression of an unchanged tree).
 A kernel over the threshold is re-measured (``retries``): load can make a run slower, never
 faster, so a regression must show in every attempt and the best attempt is kept.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,15 @@ SECOND_KEY = "norm_peer"
 # threads must be on the cores at once); many short samples, because the fastest of 40 calls
 # of ~1 ms each is one that no other process interrupted. No cool-down: one thread leaves no
 # pool workers spinning.
-GATE_PROFILE = {"threads": 1, "repeats": 40, "min_sample_s": 0.0005, "max_time_s": 1.0, "cooldown_s": 0.0,
-                "peers": ["numpy"], "burst": 3}
+GATE_PROFILE = {
+    "threads": 1,
+    "repeats": 40,
+    "min_sample_s": 0.0005,
+    "max_time_s": 1.0,
+    "cooldown_s": 0.0,
+    "peers": ["numpy"],
+    "burst": 3,
+}
 
 
 class BaselineError(ValueError):
@@ -51,7 +59,7 @@ class Change:
     name: str
     base: float
     now: float
-    base2: float | None = None      # SECOND_KEY, where both runs have it
+    base2: float | None = None  # SECOND_KEY, where both runs have it
     now2: float | None = None
 
     @property
@@ -92,9 +100,11 @@ def gate_values(report: dict, key: str = GATE_KEY) -> dict[tuple[str, str], floa
 
 def check_baseline(base: dict) -> None:
     from .runner import SCHEMA
+
     if base.get("schema") != SCHEMA:
-        raise BaselineError(f"baseline schema is {base.get('schema')!r}, expected {SCHEMA!r}: regenerate it "
-                            f"with --save-baseline")
+        raise BaselineError(
+            f"baseline schema is {base.get('schema')!r}, expected {SCHEMA!r}: regenerate it with --save-baseline"
+        )
     if not gate_values(base):
         raise BaselineError("baseline has no calibrated timings (it was run without calibration)")
 

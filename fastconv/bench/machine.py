@@ -12,6 +12,7 @@
 * `calibration(threads)`: the fixed workload the regression gate divides every kernel's time
   by (see `fastconv.bench.compare`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,10 +52,15 @@ def cpu() -> dict:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count() or 1
-    return {"model": ci.get("model name", platform.processor() or platform.machine()),
-            "machine": platform.machine(), "logical_cpus": os.cpu_count(), "usable_cpus": usable,
-            "physical_cores": physical_cores(),
-            "simd_flags": simd, "flags_hash": hashlib.sha1(" ".join(flags).encode()).hexdigest()[:12]}
+    return {
+        "model": ci.get("model name", platform.processor() or platform.machine()),
+        "machine": platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "physical_cores": physical_cores(),
+        "simd_flags": simd,
+        "flags_hash": hashlib.sha1(" ".join(flags).encode()).hexdigest()[:12],
+    }
 
 
 def physical_cores() -> int | None:
@@ -90,8 +96,13 @@ def _cpu_count(cpu_list: str) -> int:
     return n
 
 
-_SYSCONF = {"L1d": "SC_LEVEL1_DCACHE_SIZE", "L1i": "SC_LEVEL1_ICACHE_SIZE", "L2": "SC_LEVEL2_CACHE_SIZE",
-            "L3": "SC_LEVEL3_CACHE_SIZE", "line_bytes": "SC_LEVEL1_DCACHE_LINESIZE"}
+_SYSCONF = {
+    "L1d": "SC_LEVEL1_DCACHE_SIZE",
+    "L1i": "SC_LEVEL1_ICACHE_SIZE",
+    "L2": "SC_LEVEL2_CACHE_SIZE",
+    "L3": "SC_LEVEL3_CACHE_SIZE",
+    "line_bytes": "SC_LEVEL1_DCACHE_LINESIZE",
+}
 
 
 def cache_sizes(cpu: int = 0, sysfs: str | Path = "/sys/devices/system/cpu") -> dict[str, int | None]:
@@ -118,8 +129,9 @@ def cache_sizes(cpu: int = 0, sysfs: str | Path = "/sys/devices/system/cpu") -> 
     >>> c["L1d"] is None or c["L1d"] >= 4096
     True
     """
-    out: dict[str, int | None] = {k: None for k in ("L1d", "L1i", "L2", "L3", "line_bytes",
-                                                    "L2_shared_cpus", "L3_shared_cpus")}
+    out: dict[str, int | None] = {
+        k: None for k in ("L1d", "L1i", "L2", "L3", "line_bytes", "L2_shared_cpus", "L3_shared_cpus")
+    }
     root = Path(sysfs) / f"cpu{cpu}" / "cache"
     from_sysfs = root.is_dir()
     for idx in sorted(root.glob("index*")) if from_sysfs else []:
@@ -139,7 +151,7 @@ def cache_sizes(cpu: int = 0, sysfs: str | Path = "/sys/devices/system/cpu") -> 
                 out[f"L{level}_shared_cpus"] = _cpu_count((idx / "shared_cpu_list").read_text())
         except (OSError, ValueError):
             pass
-    for key, name in _SYSCONF.items():      # glibc's view where sysfs has none (containers, non-Linux)
+    for key, name in _SYSCONF.items():  # glibc's view where sysfs has none (containers, non-Linux)
         if out[key] is None and not from_sysfs:
             try:
                 v = os.sysconf(name)
@@ -186,6 +198,7 @@ def fma(peak_gflops: float | None = None, threads: int | None = None) -> dict:
     lanes = 16 if "avx512f" in flags else 8 if "fma" in flags else 4
     try:
         from fastconv.kernels import _peak
+
         kl = int(_peak.lanes())
     except ImportError:
         kl = None
@@ -212,17 +225,24 @@ def _version(dist: str) -> str | None:
 
 def blas() -> list[dict]:
     from threadpoolctl import threadpool_info
-    return [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
-                                   "architecture", "filepath")}
-            for d in threadpool_info() if d.get("user_api") == "blas"]
+
+    return [
+        {k: d.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer", "architecture", "filepath")}
+        for d in threadpool_info()
+        if d.get("user_api") == "blas"
+    ]
 
 
 def openmp() -> list[dict]:
     """The OpenMP runtimes loaded (our Cython kernels' prange), with their thread counts."""
     from threadpoolctl import threadpool_info
     import fastconv.kernels.pool  # noqa: F401  (loads the OpenMP runtime our kernels use)
-    return [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "filepath")}
-            for d in threadpool_info() if d.get("user_api") == "openmp"]
+
+    return [
+        {k: d.get(k) for k in ("internal_api", "version", "num_threads", "filepath")}
+        for d in threadpool_info()
+        if d.get("user_api") == "openmp"
+    ]
 
 
 def extensions() -> dict[str, str]:
@@ -231,6 +251,7 @@ def extensions() -> dict[str, str]:
     import pkgutil
 
     import fastconv.kernels as k
+
     status = {}
     for m in pkgutil.iter_modules(k.__path__):
         spec = importlib.util.find_spec(f"fastconv.kernels.{m.name}")
@@ -246,12 +267,25 @@ def extensions() -> dict[str, str]:
 
 def info() -> dict:
     import fastconv
-    libs = {d: _version(d) for d in ("numpy", "Cython", "scipy", "threadpoolctl", "torch",
-                                     "onnxruntime", "onnx", "rich", "matplotlib")}
-    return {"fastconv": fastconv.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "host": platform.node(), "machine_key": machine_key(),
-            "cpu": cpu(), "caches": cache_sizes(), "fma": fma(), "threads": _threads.get_num_threads(),
-            "libraries": libs, "blas": blas(), "openmp": openmp()}
+
+    libs = {
+        d: _version(d)
+        for d in ("numpy", "Cython", "scipy", "threadpoolctl", "torch", "onnxruntime", "onnx", "rich", "matplotlib")
+    }
+    return {
+        "fastconv": fastconv.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": platform.node(),
+        "machine_key": machine_key(),
+        "cpu": cpu(),
+        "caches": cache_sizes(),
+        "fma": fma(),
+        "threads": _threads.get_num_threads(),
+        "libraries": libs,
+        "blas": blas(),
+        "openmp": openmp(),
+    }
 
 
 # --- peaks -----------------------------------------------------------------------------------
@@ -278,6 +312,7 @@ def cached_peaks() -> dict[str, dict]:
 def measure_fma_peak(threads: int, seconds: float = 0.05, tries: int = 7) -> float:
     """GFLOP/s of independent register FMAs on ``threads`` threads: the best of ``tries``."""
     from fastconv.kernels import _peak
+
     iters = 100_000
     t0 = time.perf_counter()
     _peak.run(iters, threads)
@@ -293,6 +328,7 @@ def measure_fma_peak(threads: int, seconds: float = 0.05, tries: int = 7) -> flo
 def measure_sgemm(threads: int, n: int = SGEMM_N, tries: int = 5) -> float:
     """GFLOP/s of NumPy's BLAS on an ``n``² float32 matrix product: the best of ``tries``."""
     from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(0)
     a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
     c = np.empty((n, n), dtype=np.float32)
@@ -303,7 +339,7 @@ def measure_sgemm(threads: int, n: int = SGEMM_N, tries: int = 5) -> float:
             t0 = time.perf_counter()
             np.matmul(a, b, out=c)
             best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def peaks(threads: int, refresh: bool = False) -> dict:
@@ -318,9 +354,11 @@ def peaks(threads: int, refresh: bool = False) -> dict:
     key = str(threads)
     if not refresh and key in cache.get("peaks", {}):
         return {**cache["peaks"][key], "cached": str(path)}
-    entry = {"fma_gflops": round(measure_fma_peak(threads), 1),
-             "sgemm_gflops": round(measure_sgemm(threads), 1),
-             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    entry = {
+        "fma_gflops": round(measure_fma_peak(threads), 1),
+        "sgemm_gflops": round(measure_sgemm(threads), 1),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     cache.setdefault("peaks", {})[key] = entry
     cache["cpu"] = cpu()
     try:
@@ -347,6 +385,7 @@ def calibration(kind: str = "sgemm", threads: int | None = None) -> Callable[[],
     nt = threads or _threads.get_num_threads()
     if kind == "fma":
         from fastconv.kernels import _peak
+
         return lambda: _peak.run(20_000, nt)
     if kind != "sgemm":
         raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {kind!r}")

@@ -5,6 +5,7 @@ or raises `Skip` with the reason (not installed, cannot run this layer), which t
 shows. Setup work (ONNX session creation, tensor wrapping) happens here, outside the timed
 call, and is reported as the peer's prepare time.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,16 +34,24 @@ def _torch(p, x, w, b, threads: int) -> Callable[[], object]:
     _need("torch", "pip install 'fastconv[peers]'")
     import torch
     import torch.nn.functional as F
+
     torch.set_num_threads(threads)
     tx = torch.from_numpy(x)
     if isinstance(p, PoolParams):
         if p.kind == "max":
-            args = dict(kernel_size=p.kernel, stride=p.stride, padding=p.padding, dilation=p.dilation,
-                        ceil_mode=p.ceil_mode)
+            args = dict(
+                kernel_size=p.kernel, stride=p.stride, padding=p.padding, dilation=p.dilation, ceil_mode=p.ceil_mode
+            )
             op = lambda: F.max_pool2d(tx, **args)
         elif p.kind == "avg":
-            args = dict(kernel_size=p.kernel, stride=p.stride, padding=p.padding, ceil_mode=p.ceil_mode,
-                        count_include_pad=p.count_include_pad, divisor_override=p.divisor_override)
+            args = dict(
+                kernel_size=p.kernel,
+                stride=p.stride,
+                padding=p.padding,
+                ceil_mode=p.ceil_mode,
+                count_include_pad=p.count_include_pad,
+                divisor_override=p.divisor_override,
+            )
             op = lambda: F.avg_pool2d(tx, **args)
         else:
             op = lambda: F.adaptive_avg_pool2d(tx, p.output_size)
@@ -56,12 +65,14 @@ def _torch(p, x, w, b, threads: int) -> Callable[[], object]:
     def run():
         with torch.no_grad():
             return op().numpy()
+
     return run
 
 
 # --- ONNX Runtime ------------------------------------------------------------------------------
 def _onnx_model(p, w, b):
     from onnx import TensorProto, helper, numpy_helper
+
     dt = TensorProto.FLOAT if p.dtype == "float32" else TensorProto.DOUBLE
     inits, inputs = [], ["x"]
     if isinstance(p, PoolParams):
@@ -70,16 +81,21 @@ def _onnx_model(p, w, b):
                 raise Skip("adaptive pooling to more than 1x1 has no ONNX operator")
             node = helper.make_node("GlobalAveragePool", ["x"], ["y"])
         else:
-            attrs = dict(kernel_shape=list(p.kernel), strides=list(p.stride), pads=[*p.padding, *p.padding],
-                         ceil_mode=int(p.ceil_mode))
+            attrs = dict(
+                kernel_shape=list(p.kernel),
+                strides=list(p.stride),
+                pads=[*p.padding, *p.padding],
+                ceil_mode=int(p.ceil_mode),
+            )
             if p.kind == "max":
                 attrs["dilations"] = list(p.dilation)
                 node = helper.make_node("MaxPool", ["x"], ["y"], **attrs)
             else:
                 if p.divisor_override:
                     raise Skip("divisor_override has no ONNX equivalent")
-                node = helper.make_node("AveragePool", ["x"], ["y"], count_include_pad=int(p.count_include_pad),
-                                        **attrs)
+                node = helper.make_node(
+                    "AveragePool", ["x"], ["y"], count_include_pad=int(p.count_include_pad), **attrs
+                )
     else:
         inits.append(numpy_helper.from_array(w, "w"))
         inputs.append("w")
@@ -87,10 +103,23 @@ def _onnx_model(p, w, b):
             inits.append(numpy_helper.from_array(b, "b"))
             inputs.append("b")
         t, bo, l, r = p.pad
-        node = helper.make_node("Conv", inputs, ["y"], kernel_shape=[p.kh, p.kw], strides=list(p.stride),
-                                pads=[t, l, bo, r], dilations=list(p.dilation), group=p.groups)
-    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", dt, list(p.input_shape))],
-                              [helper.make_tensor_value_info("y", dt, list(p.out_shape))], inits)
+        node = helper.make_node(
+            "Conv",
+            inputs,
+            ["y"],
+            kernel_shape=[p.kh, p.kw],
+            strides=list(p.stride),
+            pads=[t, l, bo, r],
+            dilations=list(p.dilation),
+            group=p.groups,
+        )
+    graph = helper.make_graph(
+        [node],
+        "layer",
+        [helper.make_tensor_value_info("x", dt, list(p.input_shape))],
+        [helper.make_tensor_value_info("y", dt, list(p.out_shape))],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # the newest onnx writes an IR version older runtimes refuse; 8 carries opset 17
     return model
@@ -100,13 +129,13 @@ def _onnxruntime(p, x, w, b, threads: int) -> Callable[[], object]:
     _need("onnxruntime", "pip install 'fastconv[peers]'")
     _need("onnx", "pip install onnx (builds the one-node model)")
     import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(_onnx_model(p, w, b).SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(_onnx_model(p, w, b).SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feed = {"x": x}
     return lambda: sess.run(None, feed)[0]
 
@@ -117,6 +146,7 @@ def _numpy(p, x, w, b, threads: int) -> Callable[[], object]:
     if isinstance(p, PoolParams):
         return _numpy_pool(p, x)
     from numpy.lib.stride_tricks import sliding_window_view
+
     t, bo, l, r = p.pad
     sh, sw = p.stride
     dh, dw = p.dilation
@@ -127,13 +157,14 @@ def _numpy(p, x, w, b, threads: int) -> Callable[[], object]:
     def run():
         xp = np.pad(x, ((0, 0), (0, 0), (t, bo), (l, r))) if any(p.pad) else x
         win = sliding_window_view(xp, ((p.kh - 1) * dh + 1, (p.kw - 1) * dw + 1), axis=(2, 3))
-        win = win[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :p.out_h, :p.out_w]     # N, C, OH, OW, kh, kw
+        win = win[:, :, ::sh, ::sw, ::dh, ::dw][:, :, : p.out_h, : p.out_w]  # N, C, OH, OW, kh, kw
         if g == 1:
             y = np.tensordot(w, win, axes=([1, 2, 3], [1, 4, 5])).transpose(1, 0, 2, 3)
         else:
             win = win.reshape(p.n, g, cig, p.out_h, p.out_w, p.kh, p.kw)
             y = np.einsum("ngcijuv,gocuv->ngoij", win, wg, optimize=True).reshape(p.out_shape)
         return y + bias if bias is not None else y
+
     return run
 
 
@@ -155,28 +186,34 @@ def _numpy_pool(p: PoolParams, x: np.ndarray) -> Callable[[], object]:
     taps = [(u * dh, v * dw) for u in range(kh) for v in range(kw)]
 
     def windows(a):
-        return [a[:, :, r:r + (oh - 1) * sh + 1:sh, c:c + (ow - 1) * sw + 1:sw] for r, c in taps]
+        return [a[:, :, r : r + (oh - 1) * sh + 1 : sh, c : c + (ow - 1) * sw + 1 : sw] for r, c in taps]
 
     if p.kind == "max":
+
         def run_max():
             first, *rest = windows(np.pad(x, pads, constant_values=-np.inf))
             y = first.copy()
             for t in rest:
                 np.maximum(y, t, out=y)
             return y
+
         return run_max
     # divisor: divisor_override, else the taps over input (and padding, if counted) — never the overhang
     if p.divisor_override:
         div = np.asarray(float(p.divisor_override))
     else:
-        inside = np.ones((1, 1, p.h + 2 * ph, p.w + 2 * pw)) if p.count_include_pad else \
-            np.pad(np.ones((1, 1, p.h, p.w)), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        inside = (
+            np.ones((1, 1, p.h + 2 * ph, p.w + 2 * pw))
+            if p.count_include_pad
+            else np.pad(np.ones((1, 1, p.h, p.w)), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        )
         inside = np.pad(inside, ((0, 0), (0, 0), (0, hh - inside.shape[2]), (0, ww - inside.shape[3])))
         div = sum(windows(inside))
 
     def run_avg():
         acc = sum(t.astype(np.float64) for t in windows(np.pad(x, pads)))
         return (acc / div).astype(x.dtype)
+
     return run_avg
 
 
@@ -192,7 +229,8 @@ def _sgemm(p, x, w, b, threads: int) -> Callable[[], object]:
 
     def run():
         np.matmul(w2, x3, out=out)
-        return out.reshape(p.out_shape) + (0 if b is None else b[None, :, None, None])   # for the error column
+        return out.reshape(p.out_shape) + (0 if b is None else b[None, :, None, None])  # for the error column
+
     run.timed = lambda: np.matmul(w2, x3, out=out)
     return run
 
@@ -206,13 +244,15 @@ _MODULES = {"torch": ("torch",), "onnxruntime": ("onnxruntime", "onnx"), "numpy"
 def load(name: str) -> None:
     """Import a peer's libraries (slow for torch) before its setup is timed; `Skip` if missing."""
     import importlib
+
     for mod in _MODULES[name]:
         _need(mod, "pip install 'fastconv[peers]'")
         importlib.import_module(mod)
 
 
-def make(name: str, p: ConvParams | PoolParams, x: np.ndarray, w: np.ndarray | None,
-         b: np.ndarray | None, threads: int) -> Callable[[], object]:
+def make(
+    name: str, p: ConvParams | PoolParams, x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, threads: int
+) -> Callable[[], object]:
     """A callable running peer ``name`` on this layer, or `Skip` with the reason."""
     try:
         return _MAKERS[name](p, x, w, b, threads)

@@ -11,6 +11,7 @@ direct algorithm whatever ran, so a Winograd rate is *effective* (marked ``*``) 
 the machine's SGEMM rate. ``vs X`` is X's time divided by ours: above 1 we are faster. Pools
 report GB/s of input read.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,7 +31,7 @@ def have(module: str) -> bool:
     """Whether ``module`` can be imported (None in ``sys.modules`` counts as missing)."""
     try:
         return importlib.util.find_spec(module) is not None
-    except (ValueError, ImportError):   # a module in sys.modules without a spec
+    except (ValueError, ImportError):  # a module in sys.modules without a spec
         return False
 
 
@@ -38,6 +39,7 @@ def need_matplotlib() -> None:
     """Raise `MissingExtra` unless matplotlib can be imported (the chart needs it)."""
     if not have("matplotlib"):
         raise MissingExtra(f"--plot needs matplotlib: {BENCH_EXTRA}")
+
 
 PEER_LABEL = {"torch": "torch", "onnxruntime": "onnxrt", "numpy": "numpy", "sgemm": "sgemm"}
 
@@ -67,8 +69,10 @@ def _dtype_note(report: dict) -> str:
     return "; float64 (%SGEMM and %peak against half those rates)" if kinds == {"float64"} else ""
 
 
-CAPTION = ("GFLOP/s = 2·MACs of direct conv / time (* = effective: Winograd does fewer); pools: GB/s "
-           "of input. vs X = X's time / ours (>1: fastconv faster). err = max|y−ref64| / max|ref64|.")
+CAPTION = (
+    "GFLOP/s = 2·MACs of direct conv / time (* = effective: Winograd does fewer); pools: GB/s "
+    "of input. vs X = X's time / ours (>1: fastconv faster). err = max|y−ref64| / max|ref64|."
+)
 
 
 def cells(report: dict) -> tuple[str, list[tuple[str, str]], list[list[tuple[str, str | None]]], list[int]]:
@@ -78,13 +82,21 @@ def cells(report: dict) -> tuple[str, list[tuple[str, str]], list[list[tuple[str
     (style: a rich style name or None); ``section_ends`` are the indices of each layer's last row.
     Both renderers (`table`, `plain_table`) draw this, so they show the same numbers.
     """
-    peers = [p for p in PEER_LABEL
-             if any(e["name"] == p for L in report["layers"] for e in L["entries"])]
+    peers = [p for p in PEER_LABEL if any(e["name"] == p for L in report["layers"] for e in L["entries"])]
     pk = report["peaks"]
-    title = (f"fastconv bench — suite {report['suite'] or '(layers)'}, {report['threads']} threads; "
-             f"SGEMM {pk['sgemm_gflops']:.0f}, FMA peak {pk['fma_gflops']:.0f} GFLOP/s" + _dtype_note(report))
-    columns = [("layer", "left"), ("algorithm", "left"), ("ms", "right"), ("±", "right"),
-               ("GFLOP/s", "right"), ("%SGEMM", "right"), ("%peak", "right")]
+    title = (
+        f"fastconv bench — suite {report['suite'] or '(layers)'}, {report['threads']} threads; "
+        f"SGEMM {pk['sgemm_gflops']:.0f}, FMA peak {pk['fma_gflops']:.0f} GFLOP/s" + _dtype_note(report)
+    )
+    columns = [
+        ("layer", "left"),
+        ("algorithm", "left"),
+        ("ms", "right"),
+        ("±", "right"),
+        ("GFLOP/s", "right"),
+        ("%SGEMM", "right"),
+        ("%peak", "right"),
+    ]
     columns += [(f"vs {PEER_LABEL[p]}", "right") for p in peers]
     columns += [("err", "right"), ("workspace", "right"), ("prep ms", "right")]
     rows, ends = [], []
@@ -95,14 +107,22 @@ def cells(report: dict) -> tuple[str, list[tuple[str, str]], list[list[tuple[str
             style = "dim" if e["role"] == "peer" else "bold" if e["median_s"] == best else None
             rate = e.get("gflops", e.get("gbps"))
             rate_s = f"{rate:.1f}" + ("*" if e.get("effective") else "") + (" GB/s" if "gbps" in e else "")
-            row = [(L["name"] if i == 0 else "", None), (name, style), (_ms(e["median_s"]), None),
-                   (f"{100 * e['spread']:.0f}%", None), (rate_s, None),
-                   (f"{e['pct_sgemm']:.0f}" if "pct_sgemm" in e else "", None),
-                   (f"{e['pct_peak']:.0f}" if "pct_peak" in e else "", None)]
+            row = [
+                (L["name"] if i == 0 else "", None),
+                (name, style),
+                (_ms(e["median_s"]), None),
+                (f"{100 * e['spread']:.0f}%", None),
+                (rate_s, None),
+                (f"{e['pct_sgemm']:.0f}" if "pct_sgemm" in e else "", None),
+                (f"{e['pct_peak']:.0f}" if "pct_peak" in e else "", None),
+            ]
             row += [_ratio(e.get("vs", {}).get(p)) for p in peers]
             err = e.get("max_rel_err")
-            row += [("" if err is None else f"{err:.1e}", None), (_bytes(e.get("workspace_bytes")), None),
-                    (_ms(e["prepare_s"]) if e["prepare_s"] else "", None)]
+            row += [
+                ("" if err is None else f"{err:.1e}", None),
+                (_bytes(e.get("workspace_bytes")), None),
+                (_ms(e["prepare_s"]) if e["prepare_s"] else "", None),
+            ]
             rows.append(row)
         ends.append(len(rows) - 1)
     return title, columns, rows, ends
@@ -112,10 +132,11 @@ def table(report: dict):
     """A rich Table of every layer in ``report`` (needs rich; see `plain_table`)."""
     from rich.table import Table
     from rich.text import Text
+
     title, columns, rows, ends = cells(report)
     t = Table(title=title, caption=CAPTION, show_lines=False, header_style="bold")
     for j, (col, just) in enumerate(columns):
-        t.add_column(col, justify=just, no_wrap=j < 7)   # name, time and rate columns stay on one line
+        t.add_column(col, justify=just, no_wrap=j < 7)  # name, time and rate columns stay on one line
     last = set(ends)
     for i, row in enumerate(rows):
         t.add_row(*(Text(text, style=style or "") for text, style in row), end_section=i in last)
@@ -129,8 +150,10 @@ def plain_table(report: dict) -> str:
     widths = [max(len(r[j]) for r in texts) for j in range(len(columns))]
 
     def line(r):
-        return "  ".join(v.ljust(w) if just == "left" else v.rjust(w)
-                         for v, w, (_, just) in zip(r, widths, columns)).rstrip()
+        return "  ".join(
+            v.ljust(w) if just == "left" else v.rjust(w) for v, w, (_, just) in zip(r, widths, columns)
+        ).rstrip()
+
     rule = "-" * len(line(texts[0]))
     out = [title, rule, line(texts[0]), rule]
     last = set(ends)
@@ -167,6 +190,7 @@ def plot(report: dict, path: str | Path) -> None:
     (`MissingExtra` otherwise)."""
     need_matplotlib()
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -177,12 +201,17 @@ def plot(report: dict, path: str | Path) -> None:
     if pools:
         panels.append((pools, "gbps", "GB/s of input read"))
     widths = [max(2, len(ls)) for ls, _, _ in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(min(24, 3 + 1.3 * sum(widths)), 6.5),
-                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(min(24, 3 + 1.3 * sum(widths)), 6.5),
+        gridspec_kw={"width_ratios": widths},
+        squeeze=False,
+    )
     cmap = plt.get_cmap("tab10")
     for ax, (layers, key, ylabel) in zip(axes[0], panels):
         # pools: our kernel of each kind is one series, "fastconv"
-        series_of = (lambda e: e["name"] if e["role"] == "peer" or key == "gflops" else "fastconv")
+        series_of = lambda e: e["name"] if e["role"] == "peer" or key == "gflops" else "fastconv"
         series = []
         for L in layers:
             for e in L["entries"]:
@@ -192,6 +221,7 @@ def plot(report: dict, path: str | Path) -> None:
         from fastconv.registry import names
 
         from .runner import LAYER_ROW
+
         rank = {n: i for i, n in enumerate(names() + ["auto", "conv2d()", *LAYER_ROW.values()] + list(PEER_LABEL))}
         series.sort(key=lambda s: rank.get(s, -1))
         peers = [s for s in series if s in PEER_LABEL]
@@ -202,16 +232,37 @@ def plot(report: dict, path: str | Path) -> None:
             vals = [next((e.get(key, 0) for e in L["entries"] if series_of(e) == s), 0) for L in layers]
             color = ("0.35", "0.6", "0.8", "0.1")[peers.index(s) % 4] if s in peers else cmap(j % 10)
             label = ("peer: " + s) if s in peers else s
-            ax.bar(xs - 0.4 + bw * (j + 0.5), [v if v > 0 else np.nan for v in vals], bw, label=label,
-                   color=color, edgecolor="black" if s == "auto" else None, hatch="//" if "winograd" in s else None)
+            ax.bar(
+                xs - 0.4 + bw * (j + 0.5),
+                [v if v > 0 else np.nan for v in vals],
+                bw,
+                label=label,
+                color=color,
+                edgecolor="black" if s == "auto" else None,
+                hatch="//" if "winograd" in s else None,
+            )
         if key == "gflops":
             pk = report["peaks"]
             ax.axhline(pk["sgemm_gflops"], color="tab:red", ls="--", lw=1)
-            ax.text(len(layers) - 0.5, pk["sgemm_gflops"], f" SGEMM {pk['sgemm_gflops']:.0f}", va="top",
-                    ha="right", color="tab:red", fontsize=8)
+            ax.text(
+                len(layers) - 0.5,
+                pk["sgemm_gflops"],
+                f" SGEMM {pk['sgemm_gflops']:.0f}",
+                va="top",
+                ha="right",
+                color="tab:red",
+                fontsize=8,
+            )
             ax.axhline(pk["fma_gflops"], color="tab:purple", ls=":", lw=1)
-            ax.text(len(layers) - 0.5, pk["fma_gflops"], f" FMA peak {pk['fma_gflops']:.0f}", va="bottom",
-                    ha="right", color="tab:purple", fontsize=8)
+            ax.text(
+                len(layers) - 0.5,
+                pk["fma_gflops"],
+                f" FMA peak {pk['fma_gflops']:.0f}",
+                va="bottom",
+                ha="right",
+                color="tab:purple",
+                fontsize=8,
+            )
             ax.set_title("convolution (hatched: Winograd, effective rate)")
         else:
             ax.set_title("pooling")
@@ -221,8 +272,11 @@ def plot(report: dict, path: str | Path) -> None:
         ax.grid(axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2 if n > 6 else 1, loc="upper left")
     m = report["machine"]
-    fig.suptitle(f"fastconv {m['fastconv']} — {m['cpu']['model']}, {report['threads']} threads "
-                 f"(suite {report['suite'] or 'layers'})", fontsize=11)
+    fig.suptitle(
+        f"fastconv {m['fastconv']} — {m['cpu']['model']}, {report['threads']} threads "
+        f"(suite {report['suite'] or 'layers'})",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -15,6 +15,7 @@ and ONNX Runtime.
 ``"kernels"`` (all but the layer object: the regression gate's rows) or ``"layer"`` (the layer
 object alone, plus any ``algorithms`` asked for: the network suites, hundreds of layers).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,15 +40,15 @@ SCHEMA = "fastconv-bench/1"
 class Options:
     repeats: int = 5
     min_sample_s: float = 0.02
-    max_time_s: float = 3.0          # per candidate and layer; slow ones get fewer (>= 3) samples
+    max_time_s: float = 3.0  # per candidate and layer; slow ones get fewer (>= 3) samples
     cooldown_s: float = 0.25
     peers: tuple[str, ...] = _peers.PEERS
-    check: bool = True               # errors vs the float64 reference
+    check: bool = True  # errors vs the float64 reference
     calibration: str | None = "fma"
-    algorithms: tuple[str, ...] | None = None   # None: every registered algorithm
+    algorithms: tuple[str, ...] | None = None  # None: every registered algorithm
     seed: int = 0
-    burst: int = 0                   # >0: a sample is the fastest of >= burst back-to-back calls
-    ours: str = "all"                # our rows: "all", "kernels" (no layer object) or "layer" (see module doc)
+    burst: int = 0  # >0: a sample is the fastest of >= burst back-to-back calls
+    ours: str = "all"  # our rows: "all", "kernels" (no layer object) or "layer" (see module doc)
 
 
 OURS = ("all", "kernels", "layer")
@@ -63,11 +64,11 @@ class Progress(Protocol):
 @dataclass
 class _Entry:
     name: str
-    role: str                        # "algorithm", "auto", "one-shot", "layer" or "peer"
+    role: str  # "algorithm", "auto", "one-shot", "layer" or "peer"
     fn: Callable[[], object]
     pool: str
     prepare_s: float = 0.0
-    chosen: str | None = None        # auto, one-shot: the algorithm it picked
+    chosen: str | None = None  # auto, one-shot: the algorithm it picked
     workspace_bytes: int | None = None
     output: Callable[[], np.ndarray] = field(default=lambda: None)
 
@@ -106,6 +107,7 @@ def _placements(x: np.ndarray, out_shape, dtype, copies: int) -> Callable[[], tu
     def next_pair():
         state["i"] = (state["i"] + 1) % copies
         return pairs[state["i"]]
+
     return next_pair
 
 
@@ -125,7 +127,7 @@ def _ours_conv(p: ConvParams, x, w, b, opts: Options, skipped: list) -> list[_En
         if reason is not None:
             skipped.append({"name": name, "reason": reason})
             continue
-        _plan.Plan(alg, w, b, p)                          # first prepare may compile: not timed
+        _plan.Plan(alg, w, b, p)  # first prepare may compile: not timed
         plan, prep = _timed(lambda: _plan.Plan(alg, w, b, p))
         pick = _placements(x, p.out_shape, p.dtype, 4 if opts.burst else 1)
         last = {}
@@ -134,14 +136,28 @@ def _ours_conv(p: ConvParams, x, w, b, opts: Options, skipped: list) -> list[_En
             xi, oi = pick()
             plan.run(xi, oi)
             last["out"] = oi
-        entries.append(_Entry(name, role, call, "fastconv", prep,
-                              alg.name if role == "auto" else None, alg.workspace_bytes(p, nt),
-                              output=(lambda last=last: last["out"])))
+
+        entries.append(
+            _Entry(
+                name,
+                role,
+                call,
+                "fastconv",
+                prep,
+                alg.name if role == "auto" else None,
+                alg.workspace_bytes(p, nt),
+                output=(lambda last=last: last["out"]),
+            )
+        )
     if opts.ours != "layer":
         one = rules.select(p, "auto", one_shot=True)  # the call fastconv.conv2d makes
         if not p.symmetric_padding:
-            skipped.append({"name": "conv2d()", "reason": f"padding {p.pad} is asymmetric; "
-                            "torch.nn.functional's signature cannot express it"})
+            skipped.append(
+                {
+                    "name": "conv2d()",
+                    "reason": f"padding {p.pad} is asymmetric; torch.nn.functional's signature cannot express it",
+                }
+            )
         elif one.workspace_bytes(p, nt) > memory.get_workspace_limit():
             skipped.append({"name": "conv2d()", "reason": f"workspace {one.workspace_bytes(p, nt):,} B over the limit"})
         else:
@@ -155,13 +171,23 @@ def _one_shot(p: ConvParams, x, w, b, alg: registry.Kernel) -> _Entry:
     """``fastconv.conv2d`` as a drop-in user calls it: validation, the one-shot auto choice (``alg``),
     prepare and run, a new output every call — the like-for-like row against torch's ``F.conv2d``."""
     from .. import functional
+
     kw = p.functional_kwargs()
     last = {}
 
     def call():
         last["out"] = functional.conv2d(x, w, b, **kw)
-    return _Entry("conv2d()", "one-shot", call, "fastconv", 0.0, alg.name,
-                  alg.workspace_bytes(p, threads.get_num_threads()), output=lambda: last["out"])
+
+    return _Entry(
+        "conv2d()",
+        "one-shot",
+        call,
+        "fastconv",
+        0.0,
+        alg.name,
+        alg.workspace_bytes(p, threads.get_num_threads()),
+        output=lambda: last["out"],
+    )
 
 
 LAYER_ROW = {"conv": "Conv2d", "max": "MaxPool2d", "avg": "AvgPool2d", "adaptive_avg": "AdaptiveAvgPool2d"}
@@ -171,16 +197,27 @@ def make_layer(p: ConvParams | PoolParams, w=None, b=None):
     """The `fastconv` layer object (``Conv2d``, ``MaxPool2d``, ...) that runs layer ``p``, with
     weights ``w`` and bias ``b`` for a conv; ValueError if its arguments cannot express ``p``."""
     import fastconv
+
     if isinstance(p, PoolParams):
         if p.kind == "max":
             return fastconv.MaxPool2d(p.kernel, p.stride, p.padding, p.dilation, ceil_mode=p.ceil_mode)
         if p.kind == "avg":
-            return fastconv.AvgPool2d(p.kernel, p.stride, p.padding, p.ceil_mode, p.count_include_pad,
-                                      p.divisor_override)
+            return fastconv.AvgPool2d(
+                p.kernel, p.stride, p.padding, p.ceil_mode, p.count_include_pad, p.divisor_override
+            )
         return fastconv.AdaptiveAvgPool2d(p.output_size)
-    kw = p.functional_kwargs()                  # raises for asymmetric padding
-    layer = fastconv.Conv2d(p.c_in, p.c_out, (p.kh, p.kw), kw["stride"], kw["padding"], kw["dilation"],
-                            kw["groups"], bias=b is not None, dtype=np.dtype(p.dtype))
+    kw = p.functional_kwargs()  # raises for asymmetric padding
+    layer = fastconv.Conv2d(
+        p.c_in,
+        p.c_out,
+        (p.kh, p.kw),
+        kw["stride"],
+        kw["padding"],
+        kw["dilation"],
+        kw["groups"],
+        bias=b is not None,
+        dtype=np.dtype(p.dtype),
+    )
     layer.weight = w
     if b is not None:
         layer.bias = b
@@ -197,13 +234,14 @@ def _layer_object(p, x, w, b, skipped: list) -> list[_Entry]:
         return []
     chosen, prep = None, 0.0
     if isinstance(p, ConvParams):
-        plan, prep = _timed(lambda: layer.plan(x.shape))   # prepare: the plan a first call builds
+        plan, prep = _timed(lambda: layer.plan(x.shape))  # prepare: the plan a first call builds
         chosen = plan.algorithm.name
-    layer(x)                                               # first call: validation memo
+    layer(x)  # first call: validation memo
     last = {}
 
     def call():
         last["out"] = layer(x)
+
     return [_Entry(name, "layer", call, "fastconv", prep, chosen, None, output=lambda: last["out"])]
 
 
@@ -217,6 +255,7 @@ def _ours_pool(p: PoolParams, x, opts: Options, skipped: list) -> list[_Entry]:
             xi, oi = pick()
             _plan.run_pool(xi, p, oi)
             last["out"] = oi
+
         entries.append(_Entry(p.kind, "algorithm", call, "fastconv", 0.0, None, 0, output=lambda: last["out"]))
     if opts.ours != "kernels":
         entries += _layer_object(p, x, None, None, skipped)
@@ -253,8 +292,9 @@ def params_dict(p) -> dict:
     return d
 
 
-def bench_layer(layer: Layer, opts: Options, peaks: dict, progress: Progress | None = None,
-                calib: Callable[[], None] | None = None) -> dict:
+def bench_layer(
+    layer: Layer, opts: Options, peaks: dict, progress: Progress | None = None, calib: Callable[[], None] | None = None
+) -> dict:
     p = layer.params
     is_pool = isinstance(p, PoolParams)
     x, w, b = _data(p, opts.seed)
@@ -263,26 +303,41 @@ def bench_layer(layer: Layer, opts: Options, peaks: dict, progress: Progress | N
     entries += _peer_entries(p, x, w, b, opts, skipped)
     if progress:
         progress.layer(layer.name, len(entries) * opts.repeats)
-    for e in entries:       # warm-up: JIT compile, first touch, and lazily loaded libraries ...
+    for e in entries:  # warm-up: JIT compile, first touch, and lazily loaded libraries ...
         e.fn()
-    threads.apply()         # ... such as a BLAS loaded lazily on a kernel's first call: knob it too
+    threads.apply()  # ... such as a BLAS loaded lazily on a kernel's first call: knob it too
     if calib:
         calib()
     cands = [Candidate(e.name, e.fn, e.pool) for e in entries]
     calibration = Candidate("calibration", calib, "calibration") if calib else None
-    timings = measure(cands, opts.repeats, opts.min_sample_s, opts.max_time_s, opts.cooldown_s, calibration,
-                      tick=progress.advance if progress else None, warmed=True,
-                      burst=opts.burst)
+    timings = measure(
+        cands,
+        opts.repeats,
+        opts.min_sample_s,
+        opts.max_time_s,
+        opts.cooldown_s,
+        calibration,
+        tick=progress.advance if progress else None,
+        warmed=True,
+        burst=opts.burst,
+    )
     ref = _reference(p, x, w, b) if opts.check else None
     work = p.input_bytes if is_pool else p.flops
     rows = []
     for e in entries:
         t = timings[e.name]
-        row = {"name": e.name, "role": e.role, "median_s": t.median, "min_s": t.min, "spread": t.spread,
-               "samples": len(t.samples), "prepare_s": e.prepare_s}
+        row = {
+            "name": e.name,
+            "role": e.role,
+            "median_s": t.median,
+            "min_s": t.min,
+            "spread": t.spread,
+            "samples": len(t.samples),
+            "prepare_s": e.prepare_s,
+        }
         if calib:
-            row["norm"] = t.norm                                        # median of per-round ratios
-            row["norm_min"] = t.min / timings["calibration"].min        # ratio of the fastest samples
+            row["norm"] = t.norm  # median of per-round ratios
+            row["norm_min"] = t.min / timings["calibration"].min  # ratio of the fastest samples
         if e.chosen:
             row["chosen"] = e.chosen
         if e.workspace_bytes is not None:
@@ -305,15 +360,22 @@ def bench_layer(layer: Layer, opts: Options, peaks: dict, progress: Progress | N
         rows.append(row)
     by_name = {r["name"]: r for r in rows}
     anchor = by_name.get("numpy")
-    if anchor is not None:      # second gate normalization: the NumPy conv of the same layer
+    if anchor is not None:  # second gate normalization: the NumPy conv of the same layer
         for r in rows:
             if r["role"] != "peer":
                 r["norm_peer"] = r["min_s"] / anchor["min_s"]
     for r in rows:
         if r["role"] != "peer":
             r["vs"] = {q: by_name[q]["median_s"] / r["median_s"] for q in by_name if by_name[q]["role"] == "peer"}
-    result = {"name": layer.name, "params": params_dict(p), "describe": p.describe(),
-              "unit": "GB/s" if is_pool else "GFLOP/s", "work": work, "entries": rows, "skipped": skipped}
+    result = {
+        "name": layer.name,
+        "params": params_dict(p),
+        "describe": p.describe(),
+        "unit": "GB/s" if is_pool else "GFLOP/s",
+        "work": work,
+        "entries": rows,
+        "skipped": skipped,
+    }
     if layer.uses:
         result["uses"] = [{"net": n, "batch": bt, "count": c} for n, bt, c in layer.uses]
     if calib:
@@ -357,18 +419,25 @@ def summarize(layers: list[dict]) -> dict:
     network suites, ``nets``: each network and batch as the sum over its layers of count x time
     (convs and pools only: a network's time in those, ours against the faster peer's per layer).
     """
+
     def part(ls):
         r = [L["summary"]["ratio"] for L in ls if L["summary"]["ratio"]]
         return {"layers": len(r), "geomean": _geomean(r), "below_1": sum(v < 1.0 for v in r)}
-    out = {"baseline": "faster of " + " and ".join(SUMMARY_PEERS), **part(layers),
-           "conv": part([L for L in layers if L["unit"] != "GB/s"]),
-           "pool": part([L for L in layers if L["unit"] == "GB/s"])}
+
+    out = {
+        "baseline": "faster of " + " and ".join(SUMMARY_PEERS),
+        **part(layers),
+        "conv": part([L for L in layers if L["unit"] != "GB/s"]),
+        "pool": part([L for L in layers if L["unit"] == "GB/s"]),
+    }
     nets: dict[tuple[str, int], dict] = {}
     for L in layers:
         s = L["summary"]
         for u in L.get("uses", ()):
-            t = nets.setdefault((u["net"], u["batch"]), {"net": u["net"], "batch": u["batch"], "layers": 0,
-                                                         "ours_s": 0.0, "peer_s": 0.0, "complete": True})
+            t = nets.setdefault(
+                (u["net"], u["batch"]),
+                {"net": u["net"], "batch": u["batch"], "layers": 0, "ours_s": 0.0, "peer_s": 0.0, "complete": True},
+            )
             t["layers"] += u["count"]
             if s["ratio"] is None:
                 t["complete"] = False
@@ -386,13 +455,14 @@ def summary_line(summary: dict) -> str:
     """The one-line verdict ``fastconv bench`` prints last."""
     if not summary.get("layers"):
         return "summary: no layer has a torch or ONNX Runtime time to compare with (see --peers)"
-    return (f"summary: geomean {summary['geomean']:.2f}x over {summary['layers']} layers against the faster of "
-            f"torch and ONNX Runtime per layer (their time / ours, >1: fastconv faster); "
-            f"{summary['below_1']} layers below 1.0x")
+    return (
+        f"summary: geomean {summary['geomean']:.2f}x over {summary['layers']} layers against the faster of "
+        f"torch and ONNX Runtime per layer (their time / ours, >1: fastconv faster); "
+        f"{summary['below_1']} layers below 1.0x"
+    )
 
 
-def run_suite(layers: list[Layer], opts: Options, progress: Progress | None = None,
-              suite_name: str = "") -> dict:
+def run_suite(layers: list[Layer], opts: Options, progress: Progress | None = None, suite_name: str = "") -> dict:
     """Benchmark ``layers``; returns the report (also the JSON schema, version `SCHEMA`)."""
     nt = threads.get_num_threads()
     threads.apply()
@@ -405,7 +475,17 @@ def run_suite(layers: list[Layer], opts: Options, progress: Progress | None = No
     opt = asdict(opts)
     # 1-minute load average before and after: a busy machine explains a wide spread
     load = [load0, os.getloadavg()[0] if load0 is not None else None]
-    return {"schema": SCHEMA, "suite": suite_name, "started": started, "load_average": load,
-            "elapsed_s": time.perf_counter() - t0, "threads": nt, "machine": machine.info(),
-            "peaks": peaks, "options": opt, "calibration": opts.calibration, "layers": results,
-            "summary": summarize(results)}
+    return {
+        "schema": SCHEMA,
+        "suite": suite_name,
+        "started": started,
+        "load_average": load,
+        "elapsed_s": time.perf_counter() - t0,
+        "threads": nt,
+        "machine": machine.info(),
+        "peaks": peaks,
+        "options": opt,
+        "calibration": opts.calibration,
+        "layers": results,
+        "summary": summarize(results),
+    }

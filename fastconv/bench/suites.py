@@ -20,6 +20,7 @@ how often each network runs it (`Layer.uses`).
 Malformed input raises `SuiteError` with the file, line and what was expected; the CLI
 prints it as one line.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -64,6 +65,7 @@ def net_suites() -> list[str]:
     """Names of the network suites: ``nets``, then one per network (its bare name where no
     shipped file has it, else ``nets:<net>``)."""
     from .. import zoo
+
     files = set(available())
     return [NETS_SUITE] + [n if n not in files else f"{NETS_SUITE}:{n}" for n in zoo.net_names()]
 
@@ -71,14 +73,16 @@ def net_suites() -> list[str]:
 def _net_list(suite: str) -> list[str] | None:
     """The networks a suite name stands for, or None if it is not a network suite."""
     from .. import zoo
+
     if suite == NETS_SUITE:
         return zoo.net_names()
     if suite.startswith(NETS_SUITE + ":"):
-        names = [n.strip() for n in suite[len(NETS_SUITE) + 1:].split(",") if n.strip()]
+        names = [n.strip() for n in suite[len(NETS_SUITE) + 1 :].split(",") if n.strip()]
         bad = [n for n in names if n not in zoo.NETS]
         if bad or not names:
-            raise SuiteError(f"unknown network {bad[0] if bad else ''!r} in suite {suite!r}; "
-                             f"networks: {', '.join(zoo.net_names())}")
+            raise SuiteError(
+                f"unknown network {bad[0] if bad else ''!r} in suite {suite!r}; networks: {', '.join(zoo.net_names())}"
+            )
         return names
     return [suite] if suite in zoo.NETS else None
 
@@ -108,6 +112,7 @@ def net_layers(nets: list[str], batches: tuple[int, ...] = NET_BATCHES) -> list[
         Batch sizes; each gives its own layers (suffix ``@b<N>``).
     """
     from .. import zoo
+
     layers: dict[ConvParams | PoolParams, list] = {}
     for batch in batches:
         for net in nets:
@@ -133,9 +138,10 @@ def _ints(text: str, where: str, counts: tuple[int, ...], what: str) -> list[int
     except ValueError:
         raise SuiteError(f"{where}: expected {what} (comma-separated integers), got {text!r}") from None
     if len(vals) not in counts:
-        raise SuiteError(f"{where}: expected {what} ({' or '.join(map(str, counts))} numbers), "
-                         f"got {len(vals)} in {text!r}")
-    if any(v < 0 for v in vals) or any(v == 0 for v in vals[:len(vals) - 1]):
+        raise SuiteError(
+            f"{where}: expected {what} ({' or '.join(map(str, counts))} numbers), got {len(vals)} in {text!r}"
+        )
+    if any(v < 0 for v in vals) or any(v == 0 for v in vals[: len(vals) - 1]):
         raise SuiteError(f"{where}: sizes must be positive (padding >= 0), got {text!r}")
     return vals
 
@@ -234,8 +240,11 @@ def load(suite: str, _seen: tuple[str, ...] = (), *, batches: tuple[int, ...] | 
         if not batches or min(batches) < 1:
             raise SuiteError(f"batch sizes must be positive, got {list(batches)}")
         batches = tuple(dict.fromkeys(batches))
-    nets = None if (Path(suite).suffix == ".txt" or Path(suite).exists()
-                    or (_suite_dir() / f"{suite}.txt").is_file()) else _net_list(suite)
+    nets = (
+        None
+        if (Path(suite).suffix == ".txt" or Path(suite).exists() or (_suite_dir() / f"{suite}.txt").is_file())
+        else _net_list(suite)
+    )
     if nets is not None:
         return net_layers(nets, batches or NET_BATCHES)
     layers = _load_file(suite, _seen)
@@ -254,6 +263,8 @@ def _load_file(suite: str, _seen: tuple[str, ...] = ()) -> list[Layer]:
         return _read(text, str(path), _seen)
     shipped = _suite_dir() / f"{suite}.txt"
     if not shipped.is_file():
-        raise SuiteError(f"unknown suite {suite!r}; choose one of {', '.join(available() + net_suites())} "
-                         f"or give a path to a suite file")
+        raise SuiteError(
+            f"unknown suite {suite!r}; choose one of {', '.join(available() + net_suites())} "
+            f"or give a path to a suite file"
+        )
     return _read(shipped.read_text(), suite, _seen)

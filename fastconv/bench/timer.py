@@ -17,6 +17,7 @@ alike instead of whichever happened to run then.
   When a calibration candidate is given, each sample is also divided by the calibration
   sample of the same round (`Timing.ratios`), the number the regression gate compares.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,11 +32,11 @@ import numpy as np
 class Candidate:
     name: str
     fn: Callable[[], object]
-    pool: str = "fastconv"          # thread pool family, for the cool-down rule
-    inner: int = 1                  # calls per sample (set by warm-up)
-    est: float = 0.0                # seconds per call measured at warm-up
-    samples: list[float] = field(default_factory=list)   # seconds per call
-    rounds: list[int] = field(default_factory=list)      # round of each sample
+    pool: str = "fastconv"  # thread pool family, for the cool-down rule
+    inner: int = 1  # calls per sample (set by warm-up)
+    est: float = 0.0  # seconds per call measured at warm-up
+    samples: list[float] = field(default_factory=list)  # seconds per call
+    rounds: list[int] = field(default_factory=list)  # round of each sample
 
 
 @dataclass(frozen=True)
@@ -79,24 +80,30 @@ def _sample(c: Candidate, burst: bool = False) -> float:
     return (time.perf_counter() - t0) / c.inner
 
 
-def measure(cands: list[Candidate], repeats: int = 5, min_sample_s: float = 0.02,
-            max_time_s: float = 3.0, cooldown_s: float = 0.1, calibration: Candidate | None = None,
-            tick: Callable[[], None] | None = None, warmed: bool = False,
-            burst: int = 0) -> dict[str, Timing]:
+def measure(
+    cands: list[Candidate],
+    repeats: int = 5,
+    min_sample_s: float = 0.02,
+    max_time_s: float = 3.0,
+    cooldown_s: float = 0.1,
+    calibration: Candidate | None = None,
+    tick: Callable[[], None] | None = None,
+    warmed: bool = False,
+    burst: int = 0,
+) -> dict[str, Timing]:
     """Time ``cands`` interleaved; returns ``{name: Timing}`` (the calibration under its name).
     ``warmed``: the caller already ran each candidate once (skip the untimed warm-up call).
     ``burst``: each sample is the fastest of at least ``burst`` back-to-back calls (the gate)."""
     everyone = cands + ([calibration] if calibration else [])
     for c in everyone:
         if not warmed:
-            c.fn()                                # warm-up (compile, first touch)
+            c.fn()  # warm-up (compile, first touch)
         # the fastest of 3: one slow call (a core still waking up) would size every sample too small
         c.est = max(min(_sample(c) for _ in range(3)), 1e-7)
         c.inner = max(1, burst, math.ceil(min_sample_s / c.est))
         c.samples, c.rounds = [], []
     # calls allowed per candidate: `repeats`, fewer (>= 3) when one call is slow
-    quota = {c.name: max(min(3, repeats), min(repeats, int(max_time_s / (c.inner * c.est))))
-             for c in cands}
+    quota = {c.name: max(min(3, repeats), min(repeats, int(max_time_s / (c.inner * c.est)))) for c in cands}
     prev_pool = None
     for r in range(repeats):
         todo = [c for c in cands if len(c.samples) < quota[c.name]]
@@ -107,7 +114,7 @@ def measure(cands: list[Candidate], repeats: int = 5, min_sample_s: float = 0.02
         for c in order:
             if cooldown_s and prev_pool is not None and c.pool != prev_pool:
                 time.sleep(cooldown_s)
-                c.fn()      # untimed: the first call after a rest also pays for waking the cores
+                c.fn()  # untimed: the first call after a rest also pays for waking the cores
             c.samples.append(_sample(c, burst > 0))
             c.rounds.append(r)
             prev_pool = c.pool
@@ -120,4 +127,3 @@ def measure(cands: list[Candidate], repeats: int = 5, min_sample_s: float = 0.02
     if calibration:
         out[calibration.name] = Timing(tuple(calibration.samples))
     return out
-
