@@ -163,7 +163,14 @@ class _PreparedConv:
 
     def layer_for(self, weight: Tensor, bias: Tensor | None) -> layers.Conv2d:
         """The layer, with its weights re-copied first if ``weight``/``bias`` changed since the last call."""
-        key = _key(weight, bias)
+        try:  # (inlined: this runs on every inference call)
+            key = (
+                (weight.data_ptr(), weight._version)
+                if bias is None
+                else (weight.data_ptr(), weight._version, bias.data_ptr(), bias._version)
+            )
+        except RuntimeError:  # an inference tensor: no version counter
+            key = _key(weight, bias)
         if key != self._key:
             with self._lock:
                 if key != self._key:
