@@ -70,15 +70,14 @@ extraction pass) was 5–60% slower than flat positions + extraction on all five
 each image's taps (valid positions only, no wasted columns) for narrow outputs made lenet.conv2
 1.5× slower (1.02 vs 0.69 ms): its 8-element row copies cost more than the 4 dropped columns of 12.
 """
-from cython.parallel cimport prange, parallel
-from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange, parallel, threadid
 import numpy as np
 
-from fastconv import threads
+from fastconv import contract, threads
+
+include "_shared.pxi"
 
 cdef extern from "direct_impl.h" nogil:
-    Py_ssize_t fc_direct_chunk_f(int cb)
-    Py_ssize_t fc_direct_chunk_d(int cb)
     void fc_direct_pack_f(const float *x, float *dst, Py_ssize_t H, Py_ssize_t W, Py_ssize_t Hq,
                           Py_ssize_t Wq, int sh, int sw, int pt, int pl, const Py_ssize_t *aph, int na,
                           const Py_ssize_t *bph, int nb)
@@ -106,11 +105,25 @@ ctypedef fused floating:
 
 MAX_CB = 8
 TILE_ELEMS = 8192  # accumulator elements per thread (CB × tile): 32 KiB in float32, L1/L2-resident
-ROW_TILES = True  # output widths of whole vectors take row tiles written straight into y
-#                   (an A/B switch: clear _CONFIGS after changing it)
+_INT_MAX = 2 ** 31 - 1
 
 
-def supports(p) -> str | None:
+def supports(p, **options) -> str | None:
+    why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=("bias",))
+    if why is not None:
+        return why
+    if options:
+        return f"takes no options, got {sorted(options)}"
+    if p.dtype not in ("float32", "float64"):
+        return f"dtype must be float32 or float64, got {p.dtype}"
+    if p.groups < 1 or p.c_in % p.groups or p.c_out % p.groups:
+        return f"groups ({p.groups}) must divide both channel counts ({p.c_in}, {p.c_out})"
+    if min(p.kh, p.kw, *p.stride, *p.dilation) < 1 or min(p.pad) < 0:
+        return "kernel, stride and dilation must be >= 1 and padding >= 0"
+    if max(*p.stride, *p.pad, p.groups) > _INT_MAX:
+        return "stride, padding and groups must fit a C int"
+    if p.out_h < 1 or p.out_w < 1:
+        return f"output size {p.out_h}x{p.out_w} is empty"
     return None
 
 
@@ -132,7 +145,7 @@ def _geometry(p):
 def _row_tiles(p) -> bool:
     """Whole rows of whole vectors: tiles of whole output rows, which the micro-kernel writes
     straight into the output (fc_direct_rows_*: no accumulator tile, no extraction)."""
-    return ROW_TILES and p.out_w % (64 // p.itemsize) == 0
+    return p.out_w % (64 // p.itemsize) == 0
 
 
 def _blocking(p):
@@ -158,53 +171,68 @@ def _tail(p) -> int:
     return wq + 2 * _blocking(p)[3]
 
 
-def _packed_len(p) -> int:
-    hq, wq, ph = _geometry(p)
-    return p.n * p.c_in * ph * hq * wq + _tail(p)
-
-
 def _local_pack(p, nthreads: int) -> bool:
     """Pack per (image, group) inside each thread when there are enough pairs to share out."""
     return p.n * p.groups >= 4 * nthreads
 
 
+cdef class _Config:
+    """What run() derives from the layer and the thread count, computed once per (p, nthreads)
+    (ConvParams is frozen, so hashable): saves ~10 us of Python per call on LeNet-sized calls.
+
+    The workspace holds, each part starting on a cache line: the packed input (shared: all
+    images; local: one (image, group) per thread) and, for flat tiles, one CB x (tile + chunk)
+    accumulator per thread. Depthwise 3x3/s1/p1 float32 planes (dw3) need none of it."""
+    cdef readonly Py_ssize_t hq, wq, tile, chunk, tail
+    cdef readonly int nblk, cb
+    cdef readonly bint local, dw3, rows
+    cdef readonly Py_ssize_t pack_bytes   # packed input: all of it (shared) or per thread (local)
+    cdef readonly Py_ssize_t acc_bytes    # accumulator per thread (0 for row tiles)
+    cdef readonly Py_ssize_t need         # bytes carved from the aligned workspace
+    cdef readonly Py_ssize_t workspace    # workspace_bytes: need + alignment slack
+
+    def __init__(self, p, int nt):
+        nblk, cb, tile, chunk = _blocking(p)
+        hq, wq, ph = _geometry(p)
+        self.hq, self.wq, self.nblk, self.cb, self.tile, self.chunk = hq, wq, nblk, cb, tile, chunk
+        self.tail = _tail(p)
+        self.local = _local_pack(p, nt)
+        self.rows = _row_tiles(p)
+        # depthwise 3x3/s1/p1 "same" float32 planes >= 16 wide, packed per thread: no pack at all
+        self.dw3 = bool(FC_HAS_DW3X3 and self.local and p.itemsize == 4 and p.c_in_per_group == 1
+                        and p.c_out_per_group == 1 and (p.kh, p.kw) == (3, 3) and p.stride == (1, 1)
+                        and p.dilation == (1, 1) and p.pad == (1, 1, 1, 1) and p.w >= 16)
+        cdef Py_ssize_t plane_q = ph * hq * wq
+        if self.dw3:
+            self.pack_bytes = self.acc_bytes = self.need = self.workspace = 0
+            return
+        if self.local:
+            self.pack_bytes = ws_round((p.c_in_per_group * plane_q + self.tail) * p.itemsize)
+        else:
+            self.pack_bytes = ws_round((p.n * p.c_in * plane_q + self.tail) * p.itemsize)
+        self.acc_bytes = 0 if self.rows else ws_round(cb * (tile + chunk) * p.itemsize)
+        self.need = (nt if self.local else 1) * self.pack_bytes + nt * self.acc_bytes
+        self.workspace = self.need + WS_ALIGN - 1
+
+
 _CONFIGS = {}
 
 
-def _config(p, nt):
-    """Everything run() derives from the layer and thread count, computed once per shape
-    (ConvParams is frozen, so hashable): saves ~10 us of Python per call on LeNet-sized calls.
-    Returns (hq, wq, nblk, cb, tile, chunk, tail, local, shared buffer length, workspace bytes,
-    dw3: every plane runs fc_dw3x3s1p1_f, rows: the tiles are whole rows (_row_tiles))."""
+def _config(p, nt) -> _Config:
     key = (p, nt)
     cfg = _CONFIGS.get(key)
     if cfg is None:
         if len(_CONFIGS) > 256:
             _CONFIGS.clear()
-        cfg = _CONFIGS[key] = _compute_config(p, nt)
+        cfg = _CONFIGS[key] = _Config(p, nt)
     return cfg
 
 
-def _compute_config(p, nt):
-    nblk, cb, tile, chunk = _blocking(p)
-    hq, wq, ph = _geometry(p)
-    tail, local = _tail(p), _local_pack(p, nt)
-    shared = 1 if local else _packed_len(p)  # local packing needs no shared buffer
-    packed = nt * (p.c_in_per_group * ph * hq * wq + tail) if local else shared
-    rows = _row_tiles(p)  # (decided once here with the tiles: _run trusts it)
-    ws = (packed + (0 if rows else nt * cb * (tile + chunk))) * p.itemsize
-    # depthwise 3x3/s1/p1 "same" float32 planes >= 16 wide, packed per thread: no pack at all
-    dw3 = bool(FC_HAS_DW3X3 and local and p.itemsize == 4 and p.c_in_per_group == 1
-               and p.c_out_per_group == 1 and (p.kh, p.kw) == (3, 3) and p.stride == (1, 1)
-               and p.dilation == (1, 1) and p.pad == (1, 1, 1, 1) and p.w >= 16)
-    return hq, wq, nblk, cb, tile, chunk, tail, local, shared, 0 if dw3 else ws, dw3, rows
+def workspace_bytes(p, nthreads, **options) -> int:
+    return _config(p, nthreads).workspace
 
 
-def workspace_bytes(p) -> int:
-    return _config(p, threads.get_num_threads())[9]  # (no negative indices: wraparound=False)
-
-
-def prepare(w, b, p):
+def prepare(w, b, p, **options):
     """Weights → ``[group][block][tap][CB]`` (zero-padded channels), bias → ``[group][block][CB]``,
     tap offsets into the packed input (they depend on H, W, never on the batch size)."""
     g, cog, cig = p.groups, p.c_out_per_group, p.c_in_per_group
@@ -237,7 +265,8 @@ def _pack_weights(const floating[:, ::1] w, floating[:, :, :, ::1] wp, Py_ssize_
     every ``fastconv.conv2d`` on a 512x512 3x3 layer, as long as the run itself on a 7x7 map.)"""
     cdef Py_ssize_t nblk = wp.shape[1], ntap = wp.shape[2], cb = wp.shape[3]
     cdef Py_ssize_t task, g, blk, t, c, co
-    cdef int nt = <int>max(1, min(<Py_ssize_t>nthreads, wp.shape[0] * nblk))
+    cdef int nt = nthreads if wp.shape[0] * nblk > 1 else 1  # 1 or all (kernels/_common.h)
+    team(nt)
     for task in prange(wp.shape[0] * nblk, nogil=True, schedule="static", num_threads=nt):
         g = task // nblk
         blk = task % nblk
@@ -247,24 +276,24 @@ def _pack_weights(const floating[:, ::1] w, floating[:, :, :, ::1] wp, Py_ssize_
                 wp[g, blk, t, c] = w[g * cog + co, t] if co < cog else 0
 
 
-def run(x, packed, p, out) -> None:
+def run(x, packed, p, out, workspace, nthreads, **options) -> None:
     wp, bp, toff, aph, bph = packed
-    nt = threads.get_num_threads()
-    hq, wq, nblk, cb, tile, chunk, tail, local, shared, _, dw3, rows = _config(p, nt)
-    xs = np.empty(shared, dtype=x.dtype)
-    _run(x, xs, wp, bp, toff, aph, bph, out, hq, wq, p.stride[0], p.stride[1], p.pad[0], p.pad[2],
-         p.groups, nblk, cb, tile, chunk, nt, local, tail, dw3, rows)
+    cfg = _config(p, nthreads)
+    team(nthreads)
+    _run(x, workspace, wp, bp, toff, aph, bph, out, cfg, p.stride[0], p.stride[1], p.pad[0], p.pad[2],
+         p.groups, nthreads)
 
 
-def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, :, ::1] wp,
+def _run(const floating[:, :, :, ::1] x, const unsigned char[::1] workspace, const floating[:, :, :, ::1] wp,
          const floating[:, :, ::1] bp, const Py_ssize_t[::1] toff, const Py_ssize_t[::1] aph,
-         const Py_ssize_t[::1] bph, floating[:, :, :, ::1] out,
-         Py_ssize_t Hq, Py_ssize_t Wq, int sh, int sw, int pt, int pl, int groups, int nblk, int cb,
-         Py_ssize_t tile, Py_ssize_t chunk, int nthreads, bint local_pack, Py_ssize_t tail, bint dw3,
-         bint rows):
+         const Py_ssize_t[::1] bph, floating[:, :, :, ::1] out, _Config cfg,
+         int sh, int sw, int pt, int pl, int groups, int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t CO = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t ntap = toff.shape[0], cog = CO // groups, cig = C // groups
+    cdef Py_ssize_t Hq = cfg.hq, Wq = cfg.wq, tile = cfg.tile, chunk = cfg.chunk, tail = cfg.tail
+    cdef int nblk = cfg.nblk, cb = cfg.cb
+    cdef bint dw3 = cfg.dw3, rows = cfg.rows
     cdef int na = <int>aph.shape[0], nb = <int>bph.shape[0]
     cdef Py_ssize_t plane_q = na * nb * Hq * Wq            # one packed input channel
     cdef const Py_ssize_t *ap = &aph[0]
@@ -272,42 +301,47 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
     cdef Py_ssize_t total = OH * Wq                       # flat positions per output channel
     cdef Py_ssize_t ntile = (total + tile - 1) // tile
     cdef Py_ssize_t ntask = N * groups * ntile * nblk
-    # rows (_config): the tiles are whole output rows, which the task writes straight into y
+    # rows (_Config): the tiles are whole output rows, which the task writes straight into y
     # when it gets no accumulator (lda 0)
     cdef Py_ssize_t lda = 0 if rows else tile + chunk
     cdef Py_ssize_t q, qq, c, task, img, g, blk, t, p0, p1
     cdef int cvalid, ia, ib
     if N == 0 or CO == 0 or OH * OW == 0:
         return
+    # the workspace (_Config): packed input (one buffer, or one per thread), then the threads'
+    # accumulators
+    cdef char *ws = ws_base(workspace, cfg.need)
+    cdef Py_ssize_t pack_bytes = cfg.pack_bytes, acc_bytes = cfg.acc_bytes
+    cdef char *accs = ws + (nthreads if cfg.local else 1) * pack_bytes
     cdef const floating *xp = &x[0, 0, 0, 0]
-    cdef floating *xsp = &xs[0]
+    cdef floating *xsp = <floating *>ws
     cdef const floating *wpp = &wp[0, 0, 0, 0]
     cdef const floating *bpp = &bp[0, 0, 0]
     cdef const Py_ssize_t *top = &toff[0]
     cdef floating *yp = &out[0, 0, 0, 0]
     cdef floating *acc
-    cdef int nt = <int>min(<Py_ssize_t>nthreads, ntask)
+    # a region runs on 1 or nthreads threads, never in between (kernels/_common.h)
+    cdef int nt = nthreads if ntask > 1 else 1
     cdef floating *local
     cdef Py_ssize_t gsize = cig * plane_q                  # one group's packed input
     cdef int s1k3 = ntap == 9          # taps at u*Wq + v, u, v < 3: 3x3 at stride 1 (dilation 1)
     for q in range(ntap):
         if toff[q] != (q // 3) * Wq + q % 3:
             s1k3 = 0
-    # dw3 (_compute_config): depthwise 3x3/s1/p1 float32 planes straight from x (fc_dw3x3s1p1_f),
-    # with no pack buffers
-    if not local_pack:
-        for q in range(tail):  # read (into dropped lanes only) by the last chunks: keep it finite
-            xsp[N * C * plane_q + q] = 0
-    if local_pack:
-        # many (image, group) pairs: each thread packs one pair into its own buffer and runs all of
-        # its tiles and blocks while that input is hot in L1/L2 (depthwise, LeNet's batch of 64)
-        with nogil, parallel(num_threads=<int>min(<Py_ssize_t>nthreads, N * groups)):
+    # dw3 (_Config): depthwise 3x3/s1/p1 float32 planes straight from x (fc_dw3x3s1p1_f), with no
+    # pack buffers
+    if cfg.local:
+        # many (image, group) pairs (N * groups >= 4 * nthreads): each thread packs one pair into
+        # its own buffer and runs all of its tiles and blocks while that input is hot in L1/L2
+        # (depthwise, LeNet's batch of 64)
+        acc, local, qq = NULL, NULL, 0  # (Cython makes them firstprivate: start them defined)
+        with nogil, parallel(num_threads=nthreads):
             acc = NULL
             local = NULL
             if not dw3:
                 if not rows:
-                    acc = <floating *> malloc(cb * lda * sizeof(floating))
-                local = <floating *> malloc((gsize + tail) * sizeof(floating))
+                    acc = <floating *>(accs + threadid() * acc_bytes)
+                local = <floating *>(ws + threadid() * pack_bytes)
                 for qq in range(tail):
                     local[gsize + qq] = 0
             for task in prange(N * groups, schedule="dynamic"):
@@ -348,13 +382,14 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
                                              bpp + (g * nblk + blk) * cb, cb, cvalid,
                                              yp + (img * CO + g * cog + blk * cb) * OH * OW,
                                              OH, OW, Wq, p0, p1, acc, lda)
-            free(local)
-            free(acc)
         return
+    for q in range(tail):  # read (into dropped lanes only) by the last chunks: keep it finite
+        xsp[N * C * plane_q + q] = 0
+    acc = NULL
     with nogil, parallel(num_threads=nt):
         acc = NULL
         if not rows:
-            acc = <floating *> malloc(cb * lda * sizeof(floating))
+            acc = <floating *>(accs + threadid() * acc_bytes)
         # one phase plane of one channel a unit: the stem's 3 channels x 4 phases share out
         # evenly where 3 channels on 2 threads left one thread waiting at the barrier
         for q in prange(N * C * na * nb, schedule="static"):
@@ -386,4 +421,3 @@ def _run(const floating[:, :, :, ::1] x, floating[::1] xs, const floating[:, :, 
                                  wpp + (g * nblk + blk) * ntap * cb, bpp + (g * nblk + blk) * cb,
                                  cb, cvalid, yp + (img * CO + g * cog + blk * cb) * OH * OW,
                                  OH, OW, Wq, p0, p1, acc, lda)
-        free(acc)

@@ -14,7 +14,9 @@ import os
 
 
 def numpy_openblas() -> dict[str, int] | None:
-    """Addresses of ``sgemm``/``dgemm`` and the thread-count functions of numpy's ILP64 OpenBLAS."""
+    """Addresses of ``sgemm``/``dgemm`` and the thread-count functions of numpy's ILP64 OpenBLAS,
+    and of its ``blas_memory_alloc``/``blas_memory_free`` (``memory_alloc``/``memory_free``) where
+    it exports them (gemm_blas.pxi warms OpenBLAS's buffer table with them)."""
     if os.environ.get("FASTCONV_BLAS", "") == "scipy":
         return None
     import ctypes
@@ -32,6 +34,11 @@ def numpy_openblas() -> dict[str, int] | None:
                      "set_threads": f"{prefix}openblas_set_num_threads{suffix}",
                      "get_threads": f"{prefix}openblas_get_num_threads{suffix}"}
             if all(hasattr(dll, s) for s in names.values()):
+                for k in ("memory_alloc", "memory_free"):
+                    if hasattr(dll, f"{prefix}blas_{k}"):
+                        names[k] = f"{prefix}blas_{k}"
+                    elif hasattr(dll, f"blas_{k}"):
+                        names[k] = f"blas_{k}"
                 return {k: ctypes.cast(getattr(dll, s), ctypes.c_void_p).value for k, s in names.items()}
     return None
 

@@ -6,15 +6,18 @@ Design. Work is split into tasks (image, group, tile), a tile being ``cols`` con
 of one output plane (whole rows or not). Because ``out[n, g·C_out_g:…]`` is row-major with row
 stride H_out·W_out, a tile's ``C_out_g × cols`` result is a strided block *of out itself*: the
 GEMM writes it in place, no copy. OpenMP ``prange`` runs the tasks (static schedule, at least 2
-tasks per thread where the map allows); each thread owns one workspace slice:
+tasks per thread where the map allows); each thread owns one slice of the caller's workspace:
 
 * float32 (AVX-512 builds): the tile is unfolded straight into the micro-kernel's panel layout
   ([⌈cols/48⌉][K][48], a segment table per tile keeps the copy loops free of divisions), and
   `gemm_ukernel.h` multiplies it by W packed once in `prepare` ([⌈C_out_g/8⌉][K][8]); 8×48
   register blocks, K in equal blocks of ≤ 192, bias as the accumulators' initial value, masked
   partial panels. No BLAS call, so no BLAS threads at all.
-* float64, non-AVX-512 builds, ``engine="blas"``: the tile is unfolded row-major (K × cols) and
-  one single-threaded BLAS GEMM (numpy's OpenBLAS, gemm_lib) writes it into out; bias after.
+* float64, and every dtype on builds without AVX-512: the tile is unfolded row-major (K × cols)
+  and one single-threaded BLAS GEMM (numpy's OpenBLAS, gemm_lib) accumulates it onto the bias,
+  written into out first (beta = 1, which costs OpenBLAS nothing: see ``fill_bias``). Before the
+  first such call of n threads, OpenBLAS's buffers are made ready (``ensure_blas``,
+  gemm_blas.pxi), so a call short of memory raises MemoryError instead of exiting the process.
 
 Memory bound (``workspace_bytes``), with K = C_in_g·kh·kw, nt threads, P = H_out·W_out and
 ``cols = min(P, roundup(max(128, TILE_BYTES / (K·itemsize)), 48))`` (at most; fewer when the
@@ -27,7 +30,7 @@ H·W; the whole unfolded matrix (N·K·P·itemsize) is never held.
 Measured (this 2-core Zen 4, 1 thread, CPU time, interleaved medians; shared machine, noisy):
 * the micro-kernel alone runs at 100–115 GFLOP/s (≈ the FMA loop's measured 105–113) against
   OpenBLAS's 72–94 on the same tile shapes; whole layers: alexnet.conv2 84 vs 66 GFLOP/s
-  (BLAS engine), seed003 74 vs 50, stem 58 vs 51, alexnet.conv1 55 vs 46.
+  (BLAS), seed003 74 vs 50, stem 58 vs 51, alexnet.conv1 55 vs 46.
 * TILE_BYTES: 256 KiB–512 KiB tiles (in L2 with W's K-block) beat 1–2 MiB by 2–8%.
 * Cython over the previous Numba version (np.dot per tile through scipy's BLAS): 1.26–1.7×.
 * Tiles of several small images (one bigger GEMM through a C buffer) were slower than one
@@ -35,7 +38,7 @@ Measured (this 2-core Zen 4, 1 thread, CPU time, interleaved medians; shared mac
 """
 from cython.parallel cimport prange, threadid
 from cython cimport floating
-from libc.string cimport memset, memcpy
+from libc.string cimport memset
 
 cdef extern from "gemm_ukernel.h" nogil:
     int FC_MR, FC_NR, FC_KC, FC_AVX512
@@ -47,22 +50,41 @@ cdef extern from "gemm_ukernel.h" nogil:
 
 import numpy as np
 
+from fastconv import contract
+
+include "_shared.pxi"
 include "gemm_blas.pxi"
 
 TILE_BYTES = 512 * 1024  # unfolded tile per thread (K × cols); measured, see above
 MIN_COLS = 128           # narrower tiles re-read all of W (from L3) for too little work
 
 
-def supports(p, **opts) -> str | None:
+def supports(p, **options) -> str | None:
+    why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=("bias",))
+    if why is not None:
+        return why
+    if options:
+        return f"takes no options, got {sorted(options)}"
+    if p.dtype not in ("float32", "float64"):
+        return f"dtype must be float32 or float64, got {p.dtype}"
+    if p.groups < 1 or p.c_in % p.groups or p.c_out % p.groups:
+        return f"groups ({p.groups}) must divide both channel counts ({p.c_in}, {p.c_out})"
+    if min(p.kh, p.kw, *p.stride, *p.dilation) < 1 or min(p.pad) < 0:
+        return "kernel, stride and dilation must be >= 1 and padding >= 0"
+    if p.out_h < 1 or p.out_w < 1:
+        return f"output size {p.out_h}x{p.out_w} is empty"
+    if max(p.c_in * p.h * p.w, p.c_out * p.out_h * p.out_w, p.c_in_per_group * p.kh * p.kw * MIN_COLS,
+           *p.stride, *p.pad, *p.dilation) > 2 ** 31 - 1:
+        return "sizes, strides and offsets must fit a C int"
     return None
 
 
-def tile_cols(p, nthreads: int, tile_bytes: int = TILE_BYTES, align: int = 16, min_cols: int = MIN_COLS) -> int:
-    """Output pixels per tile (always within one image): ``K·cols·itemsize ≤ tile_bytes`` but at
+def tile_cols(p, nthreads: int, align: int = 16) -> int:
+    """Output pixels per tile (always within one image): ``K·cols·itemsize ≤ TILE_BYTES`` but at
     least MIN_COLS, equal tiles, and at least 2 tasks per thread where the map allows."""
     P = p.out_h * p.out_w
     K = p.c_in_per_group * p.kh * p.kw
-    budget = max(min_cols, tile_bytes // (K * p.itemsize))
+    budget = max(MIN_COLS, TILE_BYTES // (K * p.itemsize))
     ntile = -(-P // min(budget, P))
     want, images = 2 * nthreads, max(1, p.n * p.groups)  # n = 0: sized as for one image
     if images * ntile < want:
@@ -71,53 +93,49 @@ def tile_cols(p, nthreads: int, tile_bytes: int = TILE_BYTES, align: int = 16, m
     return int(min(P, -(-cols // align) * align))
 
 
-def _uk_ws_floats(cols: int, K: int) -> int:
-    # packed tile + its segment table (4 ints per segment, at most 2 per column + 2)
-    return int(fc_packed_b_floats(cols, K)) + 8 * cols + 8
+def _use_ukernel(dtype) -> bool:
+    """float32 runs on the micro-kernel where AVX-512 was compiled in; float64 (and every dtype
+    elsewhere) on BLAS."""
+    return np.dtype(dtype) == np.float32 and bool(FC_AVX512)
 
 
-def workspace_bytes(p, tile_bytes: int = TILE_BYTES, engine: str = "auto", min_cols: int = MIN_COLS,
-                    **opts) -> int:
-    nt = threads.get_num_threads()
+def _buf_bytes(p, nthreads: int) -> int:
+    """One thread's tile buffer: the packed tile + its segment table (4 ints per segment, at most
+    2 per column + 2) for the micro-kernel, the row-major K × cols tile for BLAS."""
     K = p.c_in_per_group * p.kh * p.kw
-    if _use_ukernel(p.dtype, engine):
-        return nt * _uk_ws_floats(tile_cols(p, nt, tile_bytes, FC_NR, min_cols), K) * 4
-    return nt * K * tile_cols(p, nt, tile_bytes, 16, min_cols) * p.itemsize
+    if _use_ukernel(p.dtype):
+        cols = tile_cols(p, nthreads, FC_NR)
+        return ws_round((fc_packed_b_floats(cols, K) + 8 * cols + 8) * 4)
+    return ws_round(K * tile_cols(p, nthreads) * p.itemsize)
 
 
-def prepare(w, b, p, engine: str = "auto", **opts):
+def workspace_bytes(p, nthreads, **options) -> int:
+    return nthreads * _buf_bytes(p, nthreads) + WS_ALIGN - 1
+
+
+def prepare(w, b, p, **options):
     # Row-major W[g] (C_out_g × C_in_g·kh·kw) is what BLAS reads in place (gemm_blas.pxi); the
     # unfolded rows follow the same (ci, u, v) order. The micro-kernel gets W in panels (wp).
     wm = np.ascontiguousarray(w.reshape(p.groups, p.c_out_per_group, -1))
     bias = None if b is None else np.ascontiguousarray(b)
-    wp = _pack_w(wm) if _use_ukernel(wm.dtype, engine) else None
+    wp = _pack_w(wm) if _use_ukernel(wm.dtype) else None
     return wm, bias, wp
 
 
-def _use_ukernel(dtype, engine: str) -> bool:
-    """float32 runs on the micro-kernel where AVX-512 was compiled in; float64 (and engine="blas")
-    on BLAS."""
-    return np.dtype(dtype) == np.float32 and (engine == "ukernel" or (engine == "auto" and bool(FC_AVX512)))
-
-
-def run(x, packed, p, out, tile_bytes: int = TILE_BYTES, engine: str = "auto", min_cols: int = MIN_COLS,
-        **opts) -> None:
+def run(x, packed, p, out, workspace, nthreads, **options) -> None:
     wm, bias, wp = packed
-    nt = threads.get_num_threads()
-    if wp is not None and _use_ukernel(x.dtype, engine):
-        cols = tile_cols(p, nt, tile_bytes, FC_NR, min_cols)
-        K = wm.shape[2]
-        ws = np.empty((nt, _uk_ws_floats(cols, K)), dtype=np.float32)
-        b = bias if bias is not None else wm[0, 0, :1]
-        _im2col_uk(x, wp, b, out, ws, bias is not None, p.c_out_per_group, p.kh, p.kw, p.stride[0], p.stride[1],
-                   p.pad[0], p.pad[2], p.dilation[0], p.dilation[1], cols, nt)
-        return
-    cols = tile_cols(p, nt, tile_bytes, 16, min_cols)
-    ws = np.empty((nt, wm.shape[2] * cols), dtype=x.dtype)
+    bb = _buf_bytes(p, nthreads)
     b = bias if bias is not None else wm[0, 0, :1]  # placeholder, never read
+    if wp is not None:
+        team(nthreads)
+        _im2col_uk(x, wp, b, out, workspace, bb, bias is not None, p.c_out_per_group, p.kh, p.kw, p.stride[0],
+                   p.stride[1], p.pad[0], p.pad[2], p.dilation[0], p.dilation[1], tile_cols(p, nthreads, FC_NR),
+                   nthreads)
+        return
+    ensure_blas(nthreads)
     with _single_blas():
-        _im2col(x, wm, b, out, ws, bias is not None, p.kh, p.kw, p.stride[0], p.stride[1], p.pad[0], p.pad[2],
-                p.dilation[0], p.dilation[1], cols, nt)
+        _im2col(x, wm, b, out, workspace, bb, bias is not None, p.kh, p.kw, p.stride[0], p.stride[1], p.pad[0],
+                p.pad[2], p.dilation[0], p.dilation[1], tile_cols(p, nthreads), nthreads)
 
 
 cdef void _unfold_row(const floating* plane, int H, int W, floating* dst, int p0, int m, int ow,
@@ -226,8 +244,8 @@ cdef void _unfold_packed(const float* x, int cin, int H, int W, float* buf, int*
 
 
 def _im2col(const floating[:, :, :, ::1] x, const floating[:, :, ::1] wm, const floating[::1] b,
-            floating[:, :, :, ::1] out, floating[:, ::1] ws, bint has_bias, int kh, int kw, int sh, int sw,
-            int pt, int pl, int dh, int dw, int cols, int nt):
+            floating[:, :, :, ::1] out, const unsigned char[::1] workspace, Py_ssize_t buf_bytes, bint has_bias,
+            int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw, int cols, int nt):
     """prange over (image, group, tile): unfold the tile into this thread's buffer, one
     single-threaded GEMM straight into out (a tile is a contiguous run of the output plane, so its
     C_out_g × cols block has row stride H_out·W_out), then the bias while the block is cached."""
@@ -240,6 +258,7 @@ def _im2col(const floating[:, :, :, ::1] x, const floating[:, :, ::1] wm, const 
     cdef Py_ssize_t t
     cdef int img, g, tile, p0, m
     cdef floating* buf
+    cdef char *ws = ws_base(workspace, nt * buf_bytes)
     cdef int old = blas_threads_begin(1)
     for t in prange(ntasks, nogil=True, schedule="static", num_threads=nt):
         tile = t % ntile
@@ -247,7 +266,7 @@ def _im2col(const floating[:, :, :, ::1] x, const floating[:, :, ::1] wm, const 
         img = t // (ntile * groups)
         p0 = tile * cols
         m = min(cols, P - p0)
-        buf = &ws[threadid(), 0]
+        buf = <floating *>(ws + threadid() * buf_bytes)
         _unfold(&x[img, g * cig, 0, 0], cig, H, W, buf, m, p0, m, ow, kh, kw, sh, sw, pt, pl, dh, dw)
         if has_bias:
             fill_bias(cog, m, &b[g * cog], &out[img, g * cog, 0, 0] + p0, P)
@@ -266,8 +285,8 @@ def _pack_w(const float[:, :, ::1] wm):
 
 
 def _im2col_uk(const float[:, :, :, ::1] x, const float[:, ::1] wp, const float[::1] b,
-               float[:, :, :, ::1] out, float[:, ::1] ws, bint has_bias, int cog, int kh, int kw, int sh, int sw,
-               int pt, int pl, int dh, int dw, int cols, int nt):
+               float[:, :, :, ::1] out, const unsigned char[::1] workspace, Py_ssize_t buf_bytes, bint has_bias,
+               int cog, int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw, int cols, int nt):
     """Same tiles as _im2col, but the tile is unfolded straight into panels and multiplied by the
     micro-kernel against W packed in prepare (bias fused into the accumulators)."""
     cdef int n = x.shape[0], oh = out.shape[2], ow = out.shape[3]
@@ -280,14 +299,18 @@ def _im2col_uk(const float[:, :, :, ::1] x, const float[:, ::1] wp, const float[
     cdef Py_ssize_t t, bsize = fc_packed_b_floats(cols, K)
     cdef int img, g, tile, p0, m
     cdef float* buf
+    cdef char *ws = ws_base(workspace, nt * buf_bytes)
     for t in prange(ntasks, nogil=True, schedule="static", num_threads=nt):
         tile = t % ntile
         g = (t // ntile) % groups
         img = t // (ntile * groups)
         p0 = tile * cols
         m = min(cols, P - p0)
-        buf = &ws[threadid(), 0]
+        buf = <float *>(ws + threadid() * buf_bytes)
         _unfold_packed(&x[img, g * cig, 0, 0], cig, H, W, buf, <int*>(buf + bsize), p0, m, ow, kh, kw, sh, sw,
                        pt, pl, dh, dw)
         fc_gemm_packed(cog, m, K, &wp[g, 0], buf, &b[g * cog] if has_bias else NULL,
                        &out[img, g * cog, 0, 0] + p0, P)
+
+
+_warm_at_import()

@@ -7,70 +7,100 @@ image's channels are already a row-major ``C_in_g × H·W`` matrix, and ``out[n,
 the arrays as they lie (gemm_blas.pxi) — no copy, no packing of our own, **no extra memory**.
 Threads: the n·groups·H·W output columns are cut into ``nt`` equal contiguous chunks, one per
 OpenMP thread, each a single-threaded GEMM per (image, group) piece it covers, with the bias
-added right after on the same piece. A stride > 1 gathers the strided pixels tile by tile:
-that is exactly im2col with K = C_in_g, so it runs `im2col` (and its bounded workspace).
+added right after on the same piece. A stride > 1 gathers each tile's strided pixels into the
+thread's workspace buffer (``C_in_g × cols``, at most 512 KiB unless a tile of 128 pixels needs
+more) and runs the same GEMM on it, so its workspace is bounded like im2col's. Before a call's
+first region the OpenMP team and OpenBLAS's buffers are made ready (`ensure_blas` in
+gemm_blas.pxi): a call short of memory raises MemoryError instead of OpenBLAS exiting the process.
 
 Measured (this 2-core Zen 4, shared with other jobs; interleaved medians, see the helper report):
 * BLAS: numpy's OpenBLAS 0.3.31 (found by `gemm_lib`) runs these shapes 10–20% faster than
   scipy's 0.3.30 behind ``cython_blas``; with it, 1 thread: 0.95–1.0× numpy's own
   ``W @ x[n]`` (the same SGEMM, no bias), vs 0.75–0.9× through scipy's.
-* Chunks vs one multi-threaded BLAS call per image (``mode="blas"``, kept for the comparison):
-  chunks need no synchronisation inside the GEMM and leave no OpenBLAS workers spinning after
-  the call (DESIGN.md); they were as fast or faster on every 1x1 layer measured, so they are
-  the default.
+* Chunks vs one multi-threaded BLAS call per image: chunks need no synchronisation inside the
+  GEMM and leave no OpenBLAS workers spinning after the call (DESIGN.md); they were as fast or
+  faster on every 1x1 layer measured.
 * Our own AVX-512 micro-kernel (im2col's) on these shapes: 0.73–0.78× the BLAS path (K = 64–256
   is too shallow to amortise packing x), so 1x1 stays on BLAS.
 * Cython over the previous Numba version (np.dot per image, bias in a second pass): 1.12–1.25×.
 """
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from cython cimport floating
 
 import numpy as np
 
+from fastconv import contract
+
+include "_shared.pxi"
 include "gemm_blas.pxi"
 
+TILE_BYTES = 512 * 1024  # strided: gathered pixels per thread (C_in_g x cols), like im2col's tiles
+MIN_COLS = 128
 
-def supports(p, **opts) -> str | None:
+
+def supports(p, **options) -> str | None:
+    why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=("bias",))
+    if why is not None:
+        return why
+    if options:
+        return f"takes no options, got {sorted(options)}"
+    if p.dtype not in ("float32", "float64"):
+        return f"dtype must be float32 or float64, got {p.dtype}"
     if (p.kh, p.kw) != (1, 1):
         return f"needs a 1x1 kernel, got {p.kh}x{p.kw}"
     if p.pad != (0, 0, 0, 0):
         return f"needs padding 0, got {p.pad}"
+    if min(p.stride) < 1:
+        return f"stride must be >= 1, got {p.stride}"
+    if p.groups < 1 or p.c_in % p.groups or p.c_out % p.groups:
+        return f"groups ({p.groups}) must divide both channel counts ({p.c_in}, {p.c_out})"
+    if max(p.n * p.c_in, p.n * p.c_out) * p.h * p.w > 2 ** 31 - 1 or max(p.stride) > 2 ** 31 - 1:
+        return "BLAS leading dimensions and offsets must fit a C int"
     return None
 
 
-def workspace_bytes(p, **opts) -> int:
+def tile_cols(p, nthreads: int) -> int:
+    """Strided: output pixels per gathered tile (within one image): ``C_in_g·cols·itemsize ≤
+    TILE_BYTES`` but at least MIN_COLS, equal tiles, at least 2 tasks per thread where the map
+    allows, a multiple of 16."""
+    P = p.out_h * p.out_w
+    budget = max(MIN_COLS, TILE_BYTES // (p.c_in_per_group * p.itemsize))
+    ntile = -(-P // min(budget, P))
+    want, images = 2 * nthreads, max(1, p.n * p.groups)
+    if images * ntile < want:
+        ntile = min(-(-want // images), max(1, P // 16))
+    cols = -(-P // ntile)
+    return int(min(P, -(-cols // 16) * 16))
+
+
+def workspace_bytes(p, nthreads, **options) -> int:
     if p.stride == (1, 1):
-        return 0  # GEMM reads x and writes out in place
-    from . import im2col  # strided: gather bounded tiles of pixels, exactly im2col with K = C_in_g
-    return im2col.workspace_bytes(p, **opts)
+        return 0  # the GEMMs read x and write out in place
+    return nthreads * ws_round(p.c_in_per_group * tile_cols(p, nthreads) * p.itemsize) + WS_ALIGN - 1
 
 
-def prepare(w, b, p, **opts):
-    if p.stride != (1, 1):
-        from . import im2col
-        return im2col.prepare(w, b, p)
+def prepare(w, b, p, **options):
     # W[g] (C_out_g × C_in_g, row-major) is already the layout BLAS reads (see gemm_blas.pxi).
     wm = np.ascontiguousarray(w.reshape(p.groups, p.c_out_per_group, p.c_in_per_group))
     bias = None if b is None else np.ascontiguousarray(b)
-    return wm, bias, None
+    return wm, bias
 
 
-def run(x, packed, p, out, mode: str = "chunks", **opts) -> None:
+def run(x, packed, p, out, workspace, nthreads, **options) -> None:
+    wm, bias = packed
+    ensure_blas(nthreads)
+    b = bias if bias is not None else wm[0, 0, :1]  # placeholder, never read
     if p.stride != (1, 1):
-        from . import im2col
-        im2col.run(x, packed, p, out, **opts)
+        cols = tile_cols(p, nthreads)
+        with _single_blas():
+            _pointwise_strided(x, wm, b, out, workspace, ws_round(p.c_in_per_group * cols * p.itemsize),
+                               bias is not None, p.stride[0], p.stride[1], cols, nthreads)
         return
-    wm, bias = packed[:2]
-    nt = threads.get_num_threads()
     hw = p.out_h * p.out_w
     x3 = x.reshape(p.n, p.c_in, hw)
     o3 = out.reshape(p.n, p.c_out, hw)
-    b = bias if bias is not None else wm[0, 0, :1]  # placeholder, never read
-    if mode == "blas":  # one multi-threaded BLAS call per (image, group), outside any parallel region
-        _pointwise_serial(x3, wm, b, o3, bias is not None, nt)
-        return
     with _single_blas():
-        _pointwise_chunks(x3, wm, b, o3, nt, bias is not None)
+        _pointwise_chunks(x3, wm, b, o3, nthreads, bias is not None)
 
 
 def _pointwise_chunks(const floating[:, :, ::1] x, const floating[:, :, ::1] wm, const floating[::1] b,
@@ -100,18 +130,44 @@ def _pointwise_chunks(const floating[:, :, ::1] x, const floating[:, :, ::1] wm,
     blas_threads_end(old, 1)
 
 
-def _pointwise_serial(const floating[:, :, ::1] x, const floating[:, :, ::1] wm, const floating[::1] b,
-                      floating[:, :, ::1] out, bint has_bias, int nt):
-    cdef int n = x.shape[0], hw = x.shape[2]
+def _pointwise_strided(const floating[:, :, :, ::1] x, const floating[:, :, ::1] wm, const floating[::1] b,
+                       floating[:, :, :, ::1] out, const unsigned char[::1] workspace, Py_ssize_t buf_bytes,
+                       bint has_bias, int sh, int sw, int cols, int nt):
+    """Stride > 1: prange over (image, group, tile of cols output pixels); each thread gathers its
+    tile's strided pixels into its workspace buffer (C_in_g x m, row-major), then one GEMM writes
+    the tile's C_out_g x m block of out in place (row stride H_out·W_out), the bias first."""
+    cdef int n = x.shape[0], H = x.shape[2], W = x.shape[3], oh = out.shape[2], ow = out.shape[3]
     cdef int groups = wm.shape[0], cog = wm.shape[1], cig = wm.shape[2]
-    cdef int img, g
-    cdef int old
-    with nogil:
-        old = blas_threads_begin(nt)
-        for img in range(n):
-            for g in range(groups):
-                if has_bias:
-                    fill_bias(cog, hw, &b[g * cog], &out[img, g * cog, 0], hw)
-                gemm_rowmajor(cog, hw, cig, &wm[g, 0, 0], &x[img, g * cig, 0], hw, &out[img, g * cog, 0], hw,
-                              has_bias)
-        blas_threads_end(old, nt)
+    cdef int P = oh * ow
+    cdef int ntile = (P + cols - 1) // cols
+    cdef Py_ssize_t ntasks = <Py_ssize_t>n * groups * ntile
+    cdef Py_ssize_t t
+    cdef int img, g, tile, p0, m, ci, q, i, j, k
+    cdef const floating *src
+    cdef floating *buf
+    cdef char *ws = ws_base(workspace, nt * buf_bytes)
+    cdef int old = blas_threads_begin(1)
+    for t in prange(ntasks, nogil=True, schedule="static", num_threads=nt):
+        tile = t % ntile
+        g = (t // ntile) % groups
+        img = t // (ntile * groups)
+        p0 = tile * cols
+        m = min(cols, P - p0)
+        buf = <floating *>(ws + threadid() * buf_bytes)
+        for ci in range(cig):
+            src = &x[img, g * cig + ci, 0, 0]
+            i = p0 // ow
+            j = p0 - i * ow
+            for q in range(m):  # output pixel p0 + q = (i, j) reads x[i·sh, j·sw]
+                buf[ci * m + q] = src[<Py_ssize_t>i * sh * W + <Py_ssize_t>j * sw]
+                j = j + 1
+                if j == ow:
+                    j = 0
+                    i = i + 1
+        if has_bias:
+            fill_bias(cog, m, &b[g * cog], &out[img, g * cog, 0, 0] + p0, P)
+        gemm_rowmajor(cog, m, cig, &wm[g, 0, 0], buf, m, &out[img, g * cog, 0, 0] + p0, P, has_bias)
+    blas_threads_end(old, 1)
+
+
+_warm_at_import()

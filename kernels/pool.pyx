@@ -48,11 +48,14 @@ The rules are torch's, so results match ``torch.nn.functional`` exactly:
 * adaptive: window ``[⌊i·H/Hₒ⌋, ⌈(i+1)·H/Hₒ⌉)``; global (output 1x1) is a contiguous
   mean per plane.
 """
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport isnan, INFINITY
-from libc.stdlib cimport malloc, free
 cimport numpy as cnp
 import numpy as np
+
+from fastconv import contract
+
+include "_shared.pxi"
 
 cdef extern from "pool_impl.h" nogil:
     void fc_maxpool_plane_f(const float *x, float *y, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
@@ -79,30 +82,95 @@ ctypedef fused floating:
 
 
 cdef inline int _threads(Py_ssize_t planes, Py_ssize_t plane_elems, int nthreads) noexcept nogil:
-    """Fewer threads when there is too little work to pay for waking one (~16k elements each)."""
+    """1 thread when there is too little work to pay for waking another (~16k elements each),
+    else all of them (a region runs on 1 or nthreads threads, never in between: _common.h)."""
     cdef Py_ssize_t useful = (planes * plane_elems) // 16384
-    if useful < 1:
-        useful = 1
-    return <int>min(<Py_ssize_t>nthreads, min(useful, planes))
+    return nthreads if min(useful, planes) >= 2 else 1
 
 
-def max_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, cnp.int64_t[:, :, :, ::1] idx,
-               bint want_idx, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
-               int nthreads):
+KINDS = ("max", "avg", "adaptive_avg")
+_INT_MAX = 2 ** 31 - 1
+
+
+def supports(p, **options) -> str | None:
+    why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=())
+    if why is not None:
+        return why
+    if options:
+        return f"takes no options, got {sorted(options)}"
+    if p.kind not in KINDS:
+        return f"kind must be one of {KINDS}, got {p.kind!r}"
+    if p.dtype not in ("float32", "float64"):
+        return f"dtype must be float32 or float64, got {p.dtype}"
+    if p.kind != "adaptive_avg":
+        if min(*p.kernel, *p.stride, *p.dilation) < 1 or min(p.padding) < 0:
+            return "kernel, stride and dilation must be >= 1 and padding >= 0"
+        if max(*p.kernel, *p.stride, *p.padding, *p.dilation) > _INT_MAX:
+            return "kernel, stride, padding and dilation must fit a C int"
+        if p.kind == "avg" and p.dilation != (1, 1):
+            return f"average pooling has no dilation, got {p.dilation}"
+        if p.kind == "avg" and p.divisor_override is not None and not 0 < p.divisor_override <= _INT_MAX:
+            return f"divisor_override must be a positive C int, got {p.divisor_override}"
+    return None
+
+
+cdef Py_ssize_t _max_ring_bytes(p):
+    """One thread's ring of horizontal-max lines."""
+    return ws_round(((p.kernel[0] - 1) * p.dilation[0] + 1) * p.out_w * (4 if p.dtype == "float32" else 8))
+
+
+def workspace_bytes(p, nthreads, **options) -> int:
+    """max: a ring of horizontal-max lines per thread (also counted for ``indices``, whose
+    row-major scan needs none); avg: the row and column divisors, and per thread an accumulator
+    line and a ring of row sums (doubles); adaptive: nothing. Each part starts on a cache line."""
+    if p.kind == "max":
+        return nthreads * _max_ring_bytes(p) + WS_ALIGN - 1
+    if p.kind == "avg":
+        return (ws_round((p.out_h + 2 * p.out_w) * 8) + nthreads * (
+            ws_round(p.out_w * 8) + ws_round(fc_avg_ring_len(p.kernel[0], p.w, p.out_w) * 8)) + WS_ALIGN - 1)
+    return 0
+
+
+def prepare(w, b, p, **options):
+    """Pools have no weights."""
+    return None
+
+
+def run(x, packed, p, out, workspace, nthreads, indices=None, **options) -> None:
+    """Pool ``x`` into ``out`` (and the argmax into ``indices``, max only) by ``p.kind``."""
+    if p.n * p.c == 0 or p.out_h * p.out_w == 0:
+        return
+    team(nthreads)
+    kind = p.kind
+    if kind == "max":
+        if indices is not None:
+            _max_pool_indices(x, out, indices, *p.kernel, *p.stride, *p.padding, *p.dilation, nthreads)
+        else:
+            _max_pool(x, out, workspace, _max_ring_bytes(p), *p.kernel, *p.stride, *p.padding, *p.dilation,
+                      nthreads)
+    elif kind == "avg":
+        _avg_pool(x, out, workspace, *p.kernel, *p.stride, *p.padding, p.count_include_pad,
+                  p.divisor_override or 0, nthreads)
+    elif kind == "adaptive_avg":
+        _adaptive_avg_pool(x, out, nthreads)
+    else:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def _max_pool(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const unsigned char[::1] workspace,
+              Py_ssize_t ring_bytes, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+              int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    if N * C == 0 or OH * OW == 0:
-        return
-    if want_idx:
-        _max_pool_indices(x, out, idx, kh, kw, sh, sw, ph, pw, dh, dw, nthreads)
-        return
-    cdef Py_ssize_t plane, L = ((kh - 1) * dh + 1) * OW  # ring of horizontal-max lines
+    cdef Py_ssize_t plane
     cdef int nt = _threads(N * C, H * W, nthreads)
+    cdef char *ws = ws_base(workspace, nthreads * ring_bytes)
     cdef floating *buf
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef floating *yp = &out[0, 0, 0, 0]
+    buf = NULL  # (Cython makes it firstprivate: start it defined)
     with nogil, parallel(num_threads=nt):
-        buf = <floating *> malloc(L * sizeof(floating))
+        buf = <floating *>(ws + threadid() * ring_bytes)   # this thread's ring of lines
         for plane in prange(N * C, schedule="static"):
             if floating is float:
                 fc_maxpool_plane_f(xp + plane * H * W, yp + plane * OH * OW, H, W, OH, OW,
@@ -110,12 +178,11 @@ def max_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, cnp.i
             else:
                 fc_maxpool_plane_d(xp + plane * H * W, yp + plane * OH * OW, H, W, OH, OW,
                                    kh, kw, sh, sw, ph, pw, dh, dw, buf)
-        free(buf)
 
 
-cdef void _max_pool_indices(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
-                            cnp.int64_t[:, :, :, ::1] idx, int kh, int kw, int sh, int sw, int ph,
-                            int pw, int dh, int dw, int nthreads) noexcept:
+def _max_pool_indices(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                      cnp.int64_t[:, :, :, ::1] idx, int kh, int kw, int sh, int sw, int ph,
+                      int pw, int dh, int dw, int nthreads):
     """Row-major window scan (torch's order decides ties and NaN indices)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
@@ -171,18 +238,20 @@ cdef void _avg_divisors(double *d, Py_ssize_t size, Py_ssize_t nout, int k, int 
         d[i] = <double>(b - a) if b > a else 1.0
 
 
-def avg_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int kh, int kw, int sh, int sw,
-               int ph, int pw, bint count_include_pad, long divisor_override, int nthreads):
+def _avg_pool(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const unsigned char[::1] workspace,
+              int kh, int kw, int sh, int sw, int ph, int pw, bint count_include_pad, long divisor_override,
+              int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3], i
-    if N * C == 0 or OH * OW == 0:
-        return
-    # divisor = row factor x column factor; plain C arrays (numpy temporaries cost ~8 us a call)
-    cdef double *hd = <double *> malloc((OH + 2 * OW) * sizeof(double))
+    # workspace (workspace_bytes): the divisors, then each thread's accumulator line and ring
+    cdef Py_ssize_t div_bytes = ws_round((OH + 2 * OW) * sizeof(double))
+    cdef Py_ssize_t buf_bytes = ws_round(OW * sizeof(double))
+    cdef Py_ssize_t ring_bytes = ws_round(fc_avg_ring_len(kh, W, OW) * sizeof(double))
+    cdef char *ws = ws_base(workspace, div_bytes + nthreads * (buf_bytes + ring_bytes))
+    # divisor = row factor x column factor
+    cdef double *hd = <double *>ws
     cdef double *wd = hd + OH
     cdef double *wi = wd + OW
-    if hd == NULL:
-        raise MemoryError()
     if divisor_override != 0:
         for i in range(OH):
             hd[i] = <double>divisor_override
@@ -199,11 +268,12 @@ def avg_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int k
     cdef double *ring
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef floating *yp = &out[0, 0, 0, 0]
+    buf, ring = NULL, NULL  # (Cython makes them firstprivate: start them defined)
     with nogil, parallel(num_threads=nt):
         # per thread: an accumulator line and a ring of kh horizontal-sum lines (or, for 3x3/s1/p1,
         # a block of input rows converted to double)
-        buf = <double *> malloc(OW * sizeof(double))
-        ring = <double *> malloc(fc_avg_ring_len(kh, W, OW) * sizeof(double))
+        buf = <double *>(ws + div_bytes + threadid() * (buf_bytes + ring_bytes))
+        ring = <double *>(ws + div_bytes + threadid() * (buf_bytes + ring_bytes) + buf_bytes)
         for plane in prange(N * C, schedule="static"):
             if floating is float:
                 fc_avgpool_plane_f(xp + plane * H * W, yp + plane * OH * OW, H, W, OH, OW,
@@ -211,12 +281,9 @@ def avg_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int k
             else:
                 fc_avgpool_plane_d(xp + plane * H * W, yp + plane * OH * OW, H, W, OH, OW,
                                    kh, kw, sh, sw, ph, pw, hd, wd, wi, buf, ring)
-        free(buf)
-        free(ring)
-    free(hd)
 
 
-def adaptive_avg_pool2d(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int nthreads):
+def _adaptive_avg_pool(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t plane, i, j, r, q, h0, h1, w0, w1, HW = H * W

@@ -108,7 +108,9 @@ WN(wino_task_m)(const int m, const int r, const T *x, long xs, int H, int W, int
     const int nlg = (nt + IL - 1) / IL; /* lane groups */
     long off[nlg * IL], ioff[nlg * IL];
     int y0[nlg * IL], x0[nlg * IL], state[nlg * IL]; /* 0: past the block, 1: inside, 2: edge */
+#ifdef WINO_GATHER
     int gather[nlg], off32[nlg * IL];
+#endif
     for (int lg = 0; lg < nlg; lg++) {
         int edge = 0;
         for (int r = lg * IL; r < lg * IL + IL; r++) {
@@ -122,10 +124,14 @@ WN(wino_task_m)(const int m, const int r, const T *x, long xs, int H, int W, int
             state[r] = (y0[r] >= 0 && x0[r] >= 0 && y0[r] + A <= H && x0[r] + A <= W) ? 1 : 2;
             edge |= state[r] == 2;
         }
+#ifdef WINO_GATHER
         /* lane groups inside the image: one hardware gather per patch position; lanes past the
          * block gather offset 0 (valid memory; their V rows only feed unused C rows) */
         gather[lg] = !edge && (t0 + nt) / ntile * xs + (long)cig * HW < (1L << 30);
         for (int r = lg * IL; r < lg * IL + IL; r++) off32[r] = (int)off[r];
+#else
+        (void)edge;
+#endif
     }
     /* the block's input rows [plo, phi) when they lie in one image (the usual case): software
      * prefetch WINO_PF channels ahead — per channel they are only a few short rows, too short for

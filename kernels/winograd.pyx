@@ -62,18 +62,23 @@ contract scale (``error_tile``): with it the case table's worst is F(2x2) 1.2e-7
 
 NaN and Inf: the transforms mix every pixel of a tile (``Inf − Inf`` and ``Inf · 0`` give NaN),
 so a single non-finite input would turn whole tiles to NaN where torch gives ±Inf or finite
-values. A call whose input or weights are not all finite therefore runs the direct kernel —
-detected with one summation pass over the input (a finite sum proves finiteness; an overflow to
-Inf just takes the slower, still exact, path).
+values. So the module declares ``needs_finite``: the registry checks the input and weights
+(``_common.all_finite``, one parallel pass) and runs a call that holds NaN or Inf on the direct
+kernel instead; this module never sees one.
+
+Scratch: each thread's V and M (or, where the threads share each block, one V and a M per thread)
+are carved from the caller's workspace (``workspace_bytes``); the kernel allocates nothing.
 """
 from typing import NamedTuple
 
 import numpy as np
 
-from cython.parallel cimport prange, parallel
-from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange, parallel, threadid
 
+from fastconv import contract
 from ..threads import get_num_threads
+
+include "_shared.pxi"
 
 cdef extern from "wino_kernels.h" nogil:
     int FC_MR_F32, FC_NR_F32, FC_MR_F64, FC_NR_F64, WINO_PAD, WINO_INPUT, WINO_OUTPUT
@@ -106,6 +111,9 @@ _G = {
     (2, 5): np.array([[6, 0, 0, 0, 0], [-4, -4, -4, -4, -4], [-4, 4, -4, 4, -4], [1, 2, 4, 8, 16],
                       [1, -2, 4, -8, 16], [0, 0, 0, 0, 24]]) / 24.0,
 }
+# The transforms mix every pixel of a tile (module docstring, NaN and Inf): the registry runs a
+# call whose input or weights are not all finite on the direct kernel instead.
+needs_finite = True
 TILES = (2, 4)
 KERNELS = {3: (2, 4), 5: (2,)}  # kernel size -> the tile sizes built for it
 L2_BYTES = 1 << 19  # per-thread budget for a block's V + M (half the 1 MiB L2: U panels need room)
@@ -146,7 +154,7 @@ class Geometry(NamedTuple):
     nthreads: int
 
 
-def geometry(p, tile: int = 0, block: int = 0) -> Geometry:
+def geometry(p, nthreads: int, tile: int = 0) -> Geometry:
     m = tile or auto_tile(p)
     a2 = (m + p.kh - 1) ** 2
     mr, nr = _mr_nr(p.itemsize)
@@ -154,18 +162,17 @@ def geometry(p, tile: int = 0, block: int = 0) -> Geometry:
     ntiles = max(p.n, 1) * th * tw
     cig, cog = p.c_in_per_group, p.c_out_per_group
     ncp = -(-cog // nr)
-    nthreads = get_num_threads()
     if ntiles == 0:
         return Geometry(m, th, tw, mr, 0, ncp, ncp, 1, nthreads)
     big_u = a2 * cig * cog * p.itemsize > U_SHRINK_BYTES
-    if block <= 0 and big_u and ntiles <= ONE_BLOCK:
+    if big_u and ntiles <= ONE_BLOCK:
         # Deep layers on small maps: every block re-reads all of U (tens of MB) from memory, so
         # one block, shared by the threads (below). Measured against blocks of 32 (interleaved,
         # medians of 15): vgg16.conv4_2 (49 tiles) 1.15x on 2 threads, 1.07x on 1; alexnet.conv3
         # (72 tiles) 1.16x / 1.17x. Larger blocks lost where tiles are many (alexnet.conv2, 1352
         # tiles of 96 -> 256 channels: 0.6-0.8x with blocks of 104-680; vgg16.conv3_2 even).
         block = ntiles
-    if block <= 0:
+    else:
         block = L2_BYTES // (a2 * (cig + ncp * nr) * p.itemsize)
         block = max(MIN_BLOCK, block // mr * mr)
     block = min(block, -(-ntiles // mr) * mr)
@@ -189,7 +196,14 @@ def geometry(p, tile: int = 0, block: int = 0) -> Geometry:
     return Geometry(m, th, tw, block, nblocks, ncp, cps, nchunks, nthreads)
 
 
-def supports(p, tile: int = 0, block: int = 0) -> str | None:
+def supports(p, tile: int = 0, **options) -> str | None:
+    why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=("bias",))
+    if why is not None:
+        return why
+    if options:
+        return f"takes only the option tile, got {sorted(options)}"
+    if p.dtype not in ("float32", "float64"):
+        return f"dtype must be float32 or float64, got {p.dtype}"
     if tile not in TILES and tile != 0:
         return f"tile size must be one of {TILES} (or 0 for auto), got {tile}"
     if p.kh != p.kw or p.kh not in KERNELS:
@@ -200,23 +214,36 @@ def supports(p, tile: int = 0, block: int = 0) -> str | None:
         return f"needs stride 1, got {p.stride}"
     if p.dilation != (1, 1):
         return f"needs dilation 1, got {p.dilation}"
+    if p.groups < 1 or p.c_in % p.groups or p.c_out % p.groups:
+        return f"groups ({p.groups}) must divide both channel counts ({p.c_in}, {p.c_out})"
+    if min(p.pad) < 0 or max(p.pad) > 2 ** 31 - 1:
+        return f"padding must be >= 0 and fit a C int, got {p.pad}"
+    if p.out_h < 1 or p.out_w < 1:
+        return f"output size {p.out_h}x{p.out_w} is empty"
     return None
 
 
-def workspace_bytes(p, tile: int = 0, block: int = 0) -> int:
-    g = geometry(p, tile, block)
+def _buffers(p, g: Geometry):
+    """(V, M) elements of one task: V holds the block's transformed input (2*MR-tile lane groups
+    x C_in_g per point), M the GEMM results of its output-channel panels."""
     mr, nr = _mr_nr(p.itemsize)
     a2 = (g.m + p.kh - 1) ** 2
     rows, vrows = a2 * (-(-g.block // mr) * mr), a2 * (-(-g.block // (2 * mr)) * 2 * mr)
-    return g.nthreads * (vrows * p.c_in_per_group + rows * g.cps * nr + 2 * a2 * WINO_PAD) * p.itemsize
+    return vrows * p.c_in_per_group + a2 * WINO_PAD, rows * g.cps * nr + a2 * WINO_PAD
+
+
+def workspace_bytes(p, nthreads, tile: int = 0, **options) -> int:
+    """One V and one M per thread; where the threads share each block (nchunks > 1) one V in all.
+    Each buffer starts on a cache line (+ the slack to align the first)."""
+    g = geometry(p, nthreads, tile)
+    v, m = _buffers(p, g)
+    nv = 1 if g.nchunks > 1 else nthreads
+    return nv * ws_round(v * p.itemsize) + nthreads * ws_round(m * p.itemsize) + WS_ALIGN - 1
 
 
 class Packed(NamedTuple):
     u: dict           # tile size -> U packed [g][ξ][ncp][cig][NR]
     bias: np.ndarray
-    w: np.ndarray     # the weights and bias as given, for the exact path taken on inputs with
-    b: object         # NaN/Inf (module docstring); the direct kernel is only imported then
-    weights_finite: bool
 
 
 def _pack_u(w, p, m):
@@ -243,10 +270,11 @@ def _pack_u_all(const floating[:, :, :, ::1] w, const double[:, ::1] G, floating
     cdef Py_ssize_t task
     cdef int g, cp
     cdef int bad = 0
+    cdef int nt = nthreads if groups * ncp > 1 else 1  # 1 or all (kernels/_common.h)
     if groups * ncp == 0 or cig == 0:
         return
-    for task in prange(groups * ncp, nogil=True, schedule="dynamic",
-                       num_threads=max(1, min(nthreads, groups * ncp))):
+    team(nt)
+    for task in prange(groups * ncp, nogil=True, schedule="dynamic", num_threads=nt):
         g = <int>(task // ncp)
         cp = <int>(task % ncp)
         if floating is float:
@@ -259,41 +287,21 @@ def _pack_u_all(const floating[:, :, :, ::1] w, const double[:, ::1] G, floating
         raise ValueError(f"no Winograd weight transform built for {A}x{A} points and {r}x{r} kernels")
 
 
-def prepare(w, b, p, tile: int = 0, block: int = 0) -> Packed:
+def prepare(w, b, p, tile: int = 0, **options) -> Packed:
     # the auto tile depends on the map size only, which prepare may not assume (plans are reused
     # across batches, not sizes — but the map size is part of p), so pack what p needs
     m = tile or auto_tile(p)
     bias = np.zeros(p.c_out, dtype=w.dtype) if b is None else np.ascontiguousarray(b)
-    finite = _all_finite(np.ascontiguousarray(w).reshape(-1), get_num_threads())  # (no temporary)
-    return Packed({m: _pack_u(w, p, m)}, bias, w, b, finite)
+    return Packed({m: _pack_u(w, p, m)}, bias)
 
 
-def run(x, packed: Packed, p, out, tile: int = 0, block: int = 0) -> None:
-    finite = packed.weights_finite and _all_finite(x.reshape(-1), get_num_threads())
-    if not finite:
-        from . import direct  # lazily: the fast path never needs it
-        direct.run(x, direct.prepare(packed.w, packed.b, p), p, out)
-        return
-    g = geometry(p, tile, block)
-    _run(x, packed.u[g.m], packed.bias, out, g.m, p.kh, p.groups, p.pad[0], p.pad[2], g.tw, g.th * g.tw,
-         g.block, g.nblocks, g.ncp, g.cps, g.nchunks, g.nthreads)
-
-
-def _all_finite(const floating[::1] x, int nthreads) -> bool:
-    """Whether every element is finite: ``x - x`` is 0 for finite x and NaN (``!= 0``) for ±Inf
-    and NaN; one parallel, vectorised pass. (It replaced a serial
-    ``np.add.reduce``, 0.6 ms on vgg16.conv1_2's 12.8 MB input, ~5% of the 2-thread run.)"""
-    cdef Py_ssize_t n = x.shape[0], c, i, i0, i1
-    cdef Py_ssize_t nchunk = max(1, min(<Py_ssize_t>nthreads * 4, n // 65536))
-    cdef int bad = 0, f
-    for c in prange(nchunk, nogil=True, schedule="static", num_threads=max(1, min(nthreads, nchunk))):
-        i0 = n * c // nchunk
-        i1 = n * (c + 1) // nchunk
-        f = 0
-        for i in range(i0, i1):          # an integer OR: gcc vectorises it (a float sum it would not)
-            f = f | ((x[i] - x[i]) != 0)
-        bad += f
-    return bad == 0
+def run(x, packed: Packed, p, out, workspace, nthreads, tile: int = 0, **options) -> None:
+    g = geometry(p, nthreads, tile)
+    v, m = _buffers(p, g)
+    team(nthreads)
+    _run(x, packed.u[g.m], packed.bias, out, workspace, ws_round(v * p.itemsize), ws_round(m * p.itemsize),
+         g.m, p.kh, p.groups, p.pad[0], p.pad[2], g.tw, g.th * g.tw, g.block, g.nblocks, g.ncp, g.cps,
+         g.nchunks, nthreads)
 
 
 cdef inline void _task(int m, int r, const floating *x, long xs, int H, int W, int cig, int pt, int pl,
@@ -310,16 +318,14 @@ cdef inline void _task(int m, int r, const floating *x, long xs, int H, int W, i
 
 
 def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[::1] bias,
-         floating[:, :, :, ::1] out, int m, int r, int groups, int pt, int pl, int tw, int ntile,
-         int block, int nblocks, int ncp, int cps, int nchunks, int nthreads):
+         floating[:, :, :, ::1] out, const unsigned char[::1] workspace, Py_ssize_t vbytes, Py_ssize_t mbytes,
+         int m, int r, int groups, int pt, int pl, int tw, int ntile, int block, int nblocks, int ncp, int cps,
+         int nchunks, int nthreads):
+    """vbytes, mbytes: one V and one M (workspace_bytes), whole cache lines each."""
     cdef int N = x.shape[0], H = x.shape[2], W = x.shape[3], OH = out.shape[2], OW = out.shape[3]
     cdef int cig = x.shape[1] // groups, cog = out.shape[1] // groups
     cdef int a2 = (m + r - 1) * (m + r - 1)
-    cdef int mr = FC_MR_F32 if floating is float else FC_MR_F64
     cdef int nr = FC_NR_F32 if floating is float else FC_NR_F64
-    cdef long rows = <long>a2 * ((block + mr - 1) // mr) * mr
-    cdef long vrows = <long>a2 * ((block + 2 * mr - 1) // (2 * mr)) * 2 * mr  # 2*MR-tile lane groups
-    cdef long vsize = vrows * cig + a2 * WINO_PAD, msize = rows * cps * nr + a2 * WINO_PAD
     cdef long ntasks = <long>groups * nblocks * nchunks, ntiles = <long>N * ntile
     cdef long xs = <long>x.shape[1] * H * W, ys = <long>out.shape[1] * OH * OW
     cdef long task, rest, t0
@@ -329,6 +335,7 @@ def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[:
     cdef int nci = max(1, min(cig, 4 * nthreads)), cc
     cdef long gb
     cdef floating *Vs
+    cdef char *ws
     if ntasks == 0:
         return
     if nchunks > 1:
@@ -337,11 +344,12 @@ def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[:
         # barrier) each runs the GEMMs and output transform of its own output-channel panels.
         # Self-contained tasks (below) would each redo the whole input transform: measured 1.68x
         # from 1 to 2 threads on vgg16.conv4_2 (16% of its time is that transform) against 1.9x.
-        Vs = <floating *> malloc(vsize * sizeof(floating))
-        if Vs == NULL:
-            raise MemoryError()
+        # Workspace: the shared V, then one M per thread.
+        ws = ws_base(workspace, vbytes + nthreads * mbytes)
+        Vs = <floating *>ws
+        M, gb = NULL, 0  # (Cython makes them firstprivate: start them defined)
         with nogil, parallel(num_threads=nthreads):
-            M = <floating *> malloc(msize * sizeof(floating))
+            M = <floating *>(ws + vbytes + threadid() * mbytes)
             for gb in range(<long>groups * nblocks):      # every thread walks the blocks in step
                 g = <int>(gb // nblocks)
                 t0 = (gb % nblocks) * block
@@ -357,12 +365,13 @@ def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[:
                     _task(m, r, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
                           &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog],
                           &out[0, g * cog, 0, 0], ys, cog, OH, OW, Vs, M, 0, cig, WINO_OUTPUT)
-            free(M)
-        free(Vs)
         return
+    # Workspace: each thread's V, then its M.
+    ws = ws_base(workspace, nthreads * (vbytes + mbytes))
+    V, M = NULL, NULL  # (Cython makes them firstprivate: start them defined)
     with nogil, parallel(num_threads=nthreads):
-        V = <floating *> malloc(vsize * sizeof(floating))
-        M = <floating *> malloc(msize * sizeof(floating))
+        V = <floating *>(ws + threadid() * (vbytes + mbytes))
+        M = <floating *>(ws + threadid() * (vbytes + mbytes) + vbytes)
         for task in prange(ntasks, schedule="dynamic"):
             ch = task % nchunks
             rest = task // nchunks
@@ -375,5 +384,3 @@ def _run(const floating[:, :, :, ::1] x, const floating[::1] u, const floating[:
             _task(m, r, &x[0, g * cig, 0, 0], xs, H, W, cig, pt, pl, ntile, tw, t0, nt,
                   &u[<long>g * a2 * ncp * cig * nr], ncp, cp0, cp1, &bias[g * cog], &out[0, g * cog, 0, 0],
                   ys, cog, OH, OW, V, M, 0, cig, WINO_INPUT | WINO_OUTPUT)
-        free(V)
-        free(M)
