@@ -18,37 +18,55 @@ results are bit-identical for any ``nthreads``.
 
 Weight gradient. Per group, dW_g [C_out_g × K] (K = C_in_g·kH·kW, rows r = (ci, u, v)) is
 dY_g [C_out_g × N·P] times the unfolded input [K × N·P]ᵀ: a reduction over every output pixel of
-the batch, computed as dot products along the pixels by the "dot" micro-kernel (4 output channels
-× 6 rows of vector accumulators; each step of 16 pixels loads 10 vectors for 24 FMAs; lane sums
-in a fixed tree, added in double). Image by image, two parallel regions:
+the batch. Three paths:
 
-1. pack: each input channel into *phase planes* (the padded plane split by the stride, as the
-   forward ``direct`` kernel does), so that tap (u, v)'s unfolded row is one contiguous run of a
-   plane at a constant offset — over the "extended" output pixels ``i·Wq + j`` (``Wq`` = the
-   phase plane's width ≥ W_out; the ``Wq − W_out`` extra columns per row are junk) — and each
-   grad_output plane into the same extended layout, junk columns 0, so they add nothing;
-2. reduce: tasks (group, block of ≤ 64 output channels, block of ≤ 96 rows; at least 16 where
-   the layer allows, so one image fills the cores) run the dot kernel over the image's extended
-   pixels in fixed chunks, adding into their own block of a double accumulator the size of dW.
+* **direct** (maps of at least WG_BCAST_MAX_P output pixels, finite input): image by image, two
+  parallel regions. (1) pack each input channel into *phase planes* (the padded plane split by the
+  stride, as the forward ``direct`` kernel does), so that tap (u, v)'s unfolded row is one
+  contiguous run of a plane at a constant offset over the "extended" output pixels ``i·Wq + j``
+  (``Wq`` ≥ W_out is the phase plane's width; the extra columns are junk), and each grad_output
+  plane into the same extended layout with zeros in the junk columns, so they add nothing;
+  (2) tasks (group, block of ≤ 64 output channels, block of ≤ 96 rows; at least MIN_TASKS where
+  the layer allows, so one image fills the cores) run the "dot" micro-kernel (4 output channels × 6
+  rows of vector accumulators along the pixels; 10 vector loads for 24 FMAs per step; lane sums in
+  a fixed tree, added in double) over chunks of ≤ WG_CHUNK extended pixels, the threads sweeping
+  one WG_SUPER_BYTES slice of grad_output together, into their own block of a double accumulator
+  the size of dW. No unfolded matrix is ever written.
+* **unfold** (the same maps when the input holds Inf or NaN: the junk columns would multiply zeros
+  by them): each task owns its block for the whole batch and unfolds its rows chunk by chunk (real
+  pixels only, chunks may span images) into thread buffers, then the same dot kernel.
+* **output-stationary** (maps under WG_BCAST_MAX_P pixels, where the dot kernel's chunks are too
+  short): grad_output transposed into panels of 8 channels and the unfolded input into column
+  panels of 3 vectors, then the "bcast" micro-kernel holds 8 × 48 blocks of dW in registers over
+  a round of ≤ WG_CHUNK pixels (images per round fixed by the map); one round writes dW directly,
+  several add their blocks into a double accumulator in round order.
 
-No unfolded matrix is ever written. The junk columns multiply zeros of grad_output by real input
-values, so an input holding Inf or NaN (0·Inf = NaN) takes the **unfold path** instead: tasks
-own their blocks for the whole batch and unfold their rows chunk by chunk into thread buffers
-(only real pixels). Float32 sums are float within a chunk (at most WG_CHUNK pixels) and double
-across chunks, so the error does not grow with the batch.
+Float32 sums are float within a chunk or round (≤ WG_CHUNK pixels) and double across them, so the
+error does not grow with the batch.
 
-Input gradient. dX_cols [K × P] = W_gᵀ · dY_g per image, folded back (col2im: each unfolded row
-added into the input plane at its tap's strided offsets). Tasks are (image, group, block of input
-channels) — each task owns its input planes, so the scatter needs no atomics and its order is
-fixed; the channel blocks do not depend on the batch (≥ 8 per group where there are channels), so
-one image already fills the cores. Per chunk of IG_CHUNK pixels of an image the grad_output rows
-are copied (padded) and multiplied by the packed Wᵀ panels with the "bcast" micro-kernel (8 rows
-× 3 vectors), then folded into the task's planes.
+Input gradient (per group dX_cols [K × P] = W_gᵀ · dY_g, folded back into the input planes).
+Three paths, all with tasks that own their input planes (no atomics, fixed order):
 
-Workspace (``workspace_bytes``), weight gradient: the double accumulator (2× dW in float32),
-one image's phase planes and extended grad_output, and per thread a row-pointer table; the unfold
-path's per-thread buffers overlap them. Input gradient: per thread, a chunk's grad_output rows,
-its column tile and a segment table.
+* **direct** (maps of at least IG_ROWS_MAX_P output pixels, finite weights): per image, grad_output
+  in the extended phase layout (as above); tasks (group, block of input channels) run the "bcast"
+  kernel (8 unfolded rows × 3 vectors, Wᵀ packed in ``prepare``) over chunks of extended pixels
+  and add each tile row, as whole vectors, into its tap's phase plane at the tap's offset (junk
+  columns add zeros), then write the phase planes out into dx;
+* **col2im** (the same maps when the weights hold Inf/NaN): tasks (image, group, channel block)
+  multiply chunks of copied grad_output rows and fold each unfolded row pixel by pixel;
+* **pixel rows** (maps under IG_ROWS_MAX_P pixels): C = dYᵀ · W with rows = the batch's output
+  pixels (panels of 8) and columns = a task's channels' (ci, u, v) (blocks of 3 vectors, W packed
+  in ``prepare``), each 8 × 48 tile scattered into the task's input planes.
+
+``fastconv.grad`` sends stride-1 layers on maps of at least IG_ROWS_MAX_P pixels to the forward
+kernels instead (Winograd etc., fewer multiplies); this kernel runs every layer.
+
+Workspace (``workspace_bytes``): weight gradient — the double accumulator (2× dW in float32), one
+image's phase planes and extended grad_output, per-thread row-pointer tables; or the
+output-stationary path's packed panels (one round); or the unfold path's per-thread buffers (the
+largest of the three is asked for). Input gradient — the extended grad_output of one image and per
+thread a tile and the task's phase planes; or per thread a chunk's rows, tile and segment table; or
+the transposed grad_output panels of the batch and per-thread tiles and column tables.
 """
 from cython.parallel cimport prange, threadid
 from cython cimport floating
@@ -77,6 +95,7 @@ MIN_TASKS = 16     # tasks the blocks aim for (a property of the layer, not of t
 IG_CHUNK = 480     # pixels per input-gradient chunk (a multiple of 48)
 IG_ROWS = 64       # unfolded rows an input-gradient task aims for (whole input channels)
 IG_ROWS_MAX_P = 256  # maps of fewer output pixels take the input gradient's pixel-rows GEMM
+IG_DIRECT = True   # larger maps: phase planes and vectorised folds (False: GEMM + col2im per pixel)
 cdef enum:
     ALIGN = 64     # workspace buffers start on cache lines
 PASSES = ("input_grad", "weight_grad")
@@ -219,6 +238,29 @@ def _igr_bytes(p, nthreads) -> int:
             + nthreads * (_rup(FCG_BR * colw * p.itemsize, ALIGN) + _rup(3 * ncolb * colw * 4, ALIGN)))
 
 
+def ig_phases(p):
+    """The input gradient's direct path geometry (phase planes, as the weight gradient's):
+    (Hq, Wq, plane size, row phases, column phases, extended length padded to column blocks, its pitch,
+    chunk)."""
+    (pt, pb, pl, pr), (sh, sw), (dh, dw) = p.pad, p.stride, p.dilation
+    Hq, Wq = -(-(p.h + pt + pb) // sh), -(-(p.w + pl + pr) // sw)
+    colw = FCG_BV * _vl(p)
+    ps = _pitch(Hq * Wq + Wq + colw, p.itemsize)
+    rph = sorted({(u * dh) % sh for u in range(p.kh)})
+    cph = sorted({(v * dw) % sw for v in range(p.kw)})
+    L = -(-(p.out_h * Wq) // colw) * colw
+    return Hq, Wq, ps, rph, cph, L, _pitch(L, p.itemsize), _equal_chunks(L, IG_CHUNK, colw)
+
+
+def _igd_bytes(p, nthreads) -> int:
+    _, _, ps, rph, cph, _, lp, _ = ig_phases(p)
+    cib = ig_blocks(p)[0]
+    colw = FCG_BV * _vl(p)
+    return (_rup(p.c_out * lp * p.itemsize, ALIGN)
+            + nthreads * (_rup(FCG_BR * colw * p.itemsize, ALIGN)
+                          + _rup(cib * len(rph) * len(cph) * ps * p.itemsize, ALIGN)))
+
+
 def _ig_thread_bytes(p) -> int:
     cib, chunk = ig_blocks(p)
     pitch = _pitch(chunk, p.itemsize)
@@ -239,7 +281,7 @@ def workspace_bytes(p, nthreads, pass_=None, **opts) -> int:
         return need + ALIGN
     if ig_rows(p) is not None:
         return _igr_bytes(p, nthreads) + ALIGN
-    return nthreads * _ig_thread_bytes(p) + ALIGN
+    return max(nthreads * _ig_thread_bytes(p), _igd_bytes(p, nthreads) + ALIGN) + ALIGN
 
 
 def prepare(w, b, p, pass_=None, **opts):
@@ -317,6 +359,16 @@ def run(x, packed, p, out, workspace, nthreads, grad_output=None, grad_bias=None
                          p.dilation[0], p.dilation[1], rows[0], nthreads)
         return
     cib, chunk = ig_blocks(p)
+    if IG_DIRECT and _all_finite(packed.reshape(-1), nthreads):
+        Hq, Wq, ps, rph, cph, L, lp, ch = ig_phases(p)
+        rslot = np.full(p.stride[0], -1, dtype=np.intc)
+        cslot = np.full(p.stride[1], -1, dtype=np.intc)
+        rslot[rph] = np.arange(len(rph))
+        cslot[cph] = np.arange(len(cph))
+        _input_grad_direct(x, packed, out, ws, p.groups, p.kh, p.kw, p.stride[0], p.stride[1], p.pad[0], p.pad[2],
+                           p.dilation[0], p.dilation[1], cib, Hq, Wq, ps, rslot, cslot, len(rph), len(cph), L, lp, ch,
+                           nthreads)
+        return
     _input_grad(x, packed, out, ws, p.groups, p.kh, p.kw, p.stride[0], p.stride[1], p.pad[0], p.pad[2],
                 p.dilation[0], p.dilation[1], cib, chunk, _pitch(chunk, p.itemsize), _ig_thread_bytes(p),
                 nthreads)
@@ -904,3 +956,100 @@ def _input_grad_rows(const floating[:, :, :, ::1] dy, const floating[:, :, :, :,
     for task in prange(ntasks, nogil=True, schedule="dynamic", num_threads=min(nthreads, ntasks)):
         _igr_task(A, &wq[0, 0, 0, 0, 0], &dx[0, 0, 0, 0], bufs + threadid() * per, task, N, C, H, W, CO, OH, OW,
                   groups, kh, kw, sh, sw, pt, pl, dh, dw_, cib, ncb, ncolb, npan)
+
+
+# --- input gradient, direct path (phase planes; weights finite) --------------------------------------
+cdef void _igd_pack(const floating *dy, floating *dye, int c, int n, int CO, int OH, int OW, int Wq,
+                    Py_ssize_t lp) noexcept nogil:
+    """grad_output channel c of image n in the extended layout (rows of Wq, junk columns 0)."""
+    cdef floating *row = dye + <Py_ssize_t>c * lp
+    cdef const floating *src = dy + (<Py_ssize_t>n * CO + c) * OH * OW
+    cdef int i
+    for i in range(OH):
+        memcpy(row + <Py_ssize_t>i * Wq, src + <Py_ssize_t>i * OW, OW * sizeof(floating))
+        memset(row + <Py_ssize_t>i * Wq + OW, 0, (Wq - OW) * sizeof(floating))
+    memset(row + <Py_ssize_t>OH * Wq, 0, (lp - <Py_ssize_t>OH * Wq) * sizeof(floating))
+
+
+cdef void _igd_task(const floating *dye, const floating *wt, floating *dx, char *buf, int task, int n, int C,
+                    int H, int W, int CO, int groups, int kh, int kw, int sh, int sw, int pt, int pl, int dh,
+                    int dw_, int cib, int ncib, int rows, int Hq, int Wq, Py_ssize_t ps, const int *rslot,
+                    const int *cslot, int nrs, int ncs, int L, Py_ssize_t lp, int chunk) noexcept nogil:
+    """One (group, block of input channels) of image n: the block's unfolded rows over the extended
+    pixels, 8 rows × 3 vectors at a time (bcast), each tile row added as whole vectors into its
+    tap's phase plane at the tap's offset (the junk columns add zeros); then the phase planes are
+    written out into dx."""
+    cdef int cig = C // groups, cog = CO // groups, kk = kh * kw
+    cdef int g = task // ncib, cblk = task % ncib, ci0 = cblk * cib, nci = min(cib, cig - ci0), nr = nci * kk
+    cdef int VL = 16 if floating is float else 8, colw = FCG_BV * VL
+    cdef floating *tile = <floating *>buf
+    cdef floating *xq = <floating *>(buf + _rup(FCG_BR * colw * sizeof(floating), ALIGN))
+    cdef const floating *panels = wt + (<Py_ssize_t>g * ncib + cblk) * rows * cog
+    cdef const floating *bsrc = dye + <Py_ssize_t>g * cog * lp
+    cdef int t0, t1, q, pn, r, R, ci, u, v, e, a, b, qi, h, j
+    cdef floating *dst
+    cdef const floating *tr
+    cdef floating *xrow
+    cdef const floating *qrow
+    memset(xq, 0, <Py_ssize_t>nci * nrs * ncs * ps * sizeof(floating))
+    t0 = 0
+    while t0 < L:
+        t1 = min(L, t0 + chunk)
+        q = t0
+        while q < t1:
+            for pn in range((nr + FCG_BR - 1) // FCG_BR):
+                if floating is float:
+                    fcg_bcast_f(cog, panels + <Py_ssize_t>pn * cog * FCG_BR, bsrc + q, lp, tile, colw)
+                else:
+                    fcg_bcast_d(cog, panels + <Py_ssize_t>pn * cog * FCG_BR, bsrc + q, lp, tile, colw)
+                for r in range(min(FCG_BR, nr - pn * FCG_BR)):
+                    R = pn * FCG_BR + r
+                    ci = R // kk
+                    u = (R % kk) // kw
+                    v = R % kw
+                    dst = (xq + ((<Py_ssize_t>ci * nrs + rslot[(u * dh) % sh]) * ncs + cslot[(v * dw_) % sw]) * ps
+                           + ((u * dh) // sh) * Wq + (v * dw_) // sw + q)
+                    tr = tile + r * colw
+                    for e in range(colw):
+                        dst[e] += tr[e]
+            q += colw
+        t0 = t1
+    # phase planes -> dx: pixel (h, w) of the padded plane is (h // sh, w // sw) of phase (h % sh, w % sw)
+    for ci in range(nci):
+        for h in range(H):
+            a = (h + pt) % sh
+            qi = (h + pt) // sh
+            xrow = dx + ((<Py_ssize_t>n * C + g * cig + ci0 + ci) * H + h) * W
+            if rslot[a] < 0:
+                memset(xrow, 0, W * sizeof(floating))
+                continue
+            for j in range(W):
+                b = (j + pl) % sw
+                if cslot[b] < 0:
+                    xrow[j] = 0
+                else:
+                    qrow = xq + ((<Py_ssize_t>ci * nrs + rslot[a]) * ncs + cslot[b]) * ps + <Py_ssize_t>qi * Wq
+                    xrow[j] = qrow[(j + pl) // sw]
+
+
+def _input_grad_direct(const floating[:, :, :, ::1] dy, const floating[:, :, :, :, ::1] wt,
+                       floating[:, :, :, ::1] dx, const unsigned char[::1] ws, int groups, int kh, int kw, int sh,
+                       int sw, int pt, int pl, int dh, int dw_, int cib, int Hq, int Wq, Py_ssize_t ps,
+                       const int[::1] rslot, const int[::1] cslot, int nrs, int ncs, int L, Py_ssize_t lp, int chunk,
+                       int nthreads):
+    cdef int N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef int CO = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef int ncib = wt.shape[1], rows = wt.shape[2] * wt.shape[4], ntasks = groups * ncib, task, c, n
+    cdef int VL = 16 if floating is float else 8, colw = FCG_BV * VL
+    cdef char *base = _aligned(ws)
+    cdef floating *dye = <floating *>base
+    cdef char *bufs = base + _rup(<Py_ssize_t>CO * lp * sizeof(floating), ALIGN)
+    cdef Py_ssize_t per = (_rup(FCG_BR * colw * sizeof(floating), ALIGN)
+                           + _rup(<Py_ssize_t>cib * nrs * ncs * ps * sizeof(floating), ALIGN))
+    for n in range(N):
+        for c in prange(CO, nogil=True, schedule="static", num_threads=min(nthreads, CO)):
+            _igd_pack(&dy[0, 0, 0, 0], dye, c, n, CO, OH, OW, Wq, lp)
+        for task in prange(ntasks, nogil=True, schedule="dynamic", num_threads=min(nthreads, ntasks)):
+            _igd_task(dye, &wt[0, 0, 0, 0, 0], &dx[0, 0, 0, 0], bufs + threadid() * per, task, n, C, H, W, CO, groups,
+                      kh, kw, sh, sw, pt, pl, dh, dw_, cib, ncib, rows, Hq, Wq, ps, &rslot[0], &cslot[0], nrs, ncs,
+                      L, lp, chunk)

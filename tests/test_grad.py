@@ -307,11 +307,12 @@ def test_gradients_bit_identical_for_any_thread_count(case, nthreads):
             np.testing.assert_array_equal(a, b_)
 
 
-@pytest.mark.parametrize("rows_max_p", [0, 10**9], ids=["cols_path", "rows_path"])
-def test_input_grad_kernel_matches_reference_on_every_case(rows_max_p, monkeypatch):
-    """The compiled input-gradient kernel, each of its two paths (GEMM + col2im; pixel rows), on
-    every table case, bit-identical for 1, 2 and 3 threads."""
-    monkeypatch.setattr(conv_grad, "IG_ROWS_MAX_P", rows_max_p)
+@pytest.mark.parametrize("path", ["col2im", "direct", "rows"])
+def test_input_grad_kernel_matches_reference_on_every_case(path, monkeypatch):
+    """The compiled input-gradient kernel, each of its paths (GEMM + col2im; phase planes; pixel
+    rows), on every table case, bit-identical for 1, 2 and 3 threads."""
+    monkeypatch.setattr(conv_grad, "IG_ROWS_MAX_P", 10**9 if path == "rows" else 0)
+    monkeypatch.setattr(conv_grad, "IG_DIRECT", path == "direct")
     for case in CONV_CASES:
         for dtype in DTYPES:
             x, w, b = case.arrays(dtype)
@@ -669,3 +670,24 @@ def test_fuzz_pools_against_torch_autograd(config, dtype, ties, seed):
     else:
         got = grad.adaptive_avg_pool2d_input(x.shape, dy)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("rows_max_p", [0, 10**9], ids=["large_map_paths", "rows_path"])
+def test_input_grad_nonfinite_weights(rows_max_p, monkeypatch):
+    """Weights holding Inf/NaN: NaN and Inf land where the definition puts them (the phase-plane
+    path would spread them through its junk columns, so such weights take GEMM + col2im)."""
+    monkeypatch.setattr(conv_grad, "IG_ROWS_MAX_P", rows_max_p)
+    for case in [c for c in CONV_CASES if c.n > 0][::4]:
+        x, w, b = case.arrays(np.float64)
+        p = describe(x, w, b, **case.kwargs()).with_pass("input_grad")
+        w = w.copy()
+        w.flat[0] = np.inf
+        w.flat[w.size // 2] = np.nan
+        dy = _dy(p, np.float64)
+        dx = np.full(p.input_shape, 7.0)
+        conv_grad.run(dy, conv_grad.prepare(w, None, p), p, dx, np.empty(conv_grad.workspace_bytes(p, 2), np.uint8), 2)
+        with np.errstate(invalid="ignore"):
+            ref = reference.conv2d_input_grad(dy, w, p)
+        fin = np.isfinite(ref)
+        np.testing.assert_array_equal(dx[~fin], ref[~fin], err_msg=case.name)
+        np.testing.assert_allclose(dx[fin], ref[fin], rtol=1e-12, atol=1e-12, err_msg=case.name)
