@@ -20,6 +20,7 @@ for the pools (``--small``: 2x32x28x28, the test's size). Prints one line per op
 ``M`` MemoryError, ``E`` another exception, ``X`` dead) and ``N runs, K dead``; exits 1 if any
 run died.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,6 +84,7 @@ def _make_call(op: str, via: str, small: bool, warm: bool):
             packed = kern.kernel.prepare(w, b, p, **kern.options)
             ws = np.empty(kern.kernel.workspace_bytes(p, nt, **kern.options), np.uint8)
             kern.kernel.run(x, packed, p, out, ws, nt, **kern.options)
+
         return (x, w, b, out), call
     if via == "api":
         calls = {
@@ -96,8 +98,7 @@ def _make_call(op: str, via: str, small: bool, warm: bool):
         return (x,), calls[op]
     kind = {"max_indices": "max", "avg_3x3s1": "avg", "global_avg": "adaptive_avg"}.get(op, op)
     if kind == "adaptive_avg":
-        p = PoolParams(kind, n, c, hw, hw, output_size=(1, 1) if op == "global_avg" else (7, 7),
-                       dtype=dt.name)
+        p = PoolParams(kind, n, c, hw, hw, output_size=(1, 1) if op == "global_avg" else (7, 7), dtype=dt.name)
     else:
         s = 1 if op == "avg_3x3s1" else 2
         p = PoolParams(kind, n, c, hw, hw, (3, 3), (s, s), (1, 1), dtype=dt.name)
@@ -108,6 +109,7 @@ def _make_call(op: str, via: str, small: bool, warm: bool):
     def call():
         ws = np.empty(mod.workspace_bytes(p, nt), np.uint8)
         mod.run(x, None, p, out, ws, nt, indices=idx)
+
     return (x, out, idx), call
 
 
@@ -118,6 +120,7 @@ def child(op: str, via: str, small: bool, cold: bool, headroom: int | None) -> N
 
     if cold:  # the kernel module imported, nothing run
         from fastconv import registry
+
         kind = {"max_indices": "max", "avg_3x3s1": "avg", "global_avg": "adaptive_avg"}.get(op, op)
         registry.get(op).kernel if op in CONVS else registry.POOLS[kind].kernel  # noqa: B018
     else:
@@ -175,6 +178,7 @@ def _find_need(op: str, args) -> tuple[int | None, int, list[str]]:
         if what == "dead":
             died.append(f"    (finding the need) headroom {headroom / 2**20:.1f} MiB: {detail}")
         return what == "ok"
+
     hi = 16 << 20
     while not ok(hi):
         if hi >= 4 << 30:
@@ -191,11 +195,13 @@ def sweep(args) -> int:
     ops = args.ops.split(",") if args.ops else list(OPS)
     total = dead = 0
     t0 = time.time()
-    print(f"memory sweep: via {args.via}, {args.dtype}, {'cold' if args.cold else 'warm'} start, "
-          f"{'small' if args.small else 'full-size'} layers, {args.steps} headroom steps, "
-          f"threads {args.threads or 'default'}", flush=True)
-    print(f"{'op':<13} {'need MiB':>8}  runs (headroom 0 -> top, evenly)  {'top MiB':>8} {'first ok':>8}",
-          flush=True)
+    print(
+        f"memory sweep: via {args.via}, {args.dtype}, {'cold' if args.cold else 'warm'} start, "
+        f"{'small' if args.small else 'full-size'} layers, {args.steps} headroom steps, "
+        f"threads {args.threads or 'default'}",
+        flush=True,
+    )
+    print(f"{'op':<13} {'need MiB':>8}  runs (headroom 0 -> top, evenly)  {'top MiB':>8} {'first ok':>8}", flush=True)
     for op in ops:
         need, runs, died = _find_need(op, args)
         total += runs
@@ -231,11 +237,14 @@ def main(argv=None) -> int:
     ap.add_argument("--via", choices=("api", "kernel"), default="api")
     ap.add_argument("--cold", action="store_true", help="no warm-up call before the limit")
     ap.add_argument("--small", action="store_true", help="2x32x28x28 layers")
-    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                    help="float64 runs im2col on BLAS")
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="float64 runs im2col on BLAS")
     ap.add_argument("--ops", default="", help=f"comma-separated subset of {','.join(OPS)}")
-    ap.add_argument("--min-top", type=float, default=96.0,
-                    help="the largest headroom is at least this many MiB (thread stacks, BLAS buffers)")
+    ap.add_argument(
+        "--min-top",
+        type=float,
+        default=96.0,
+        help="the largest headroom is at least this many MiB (thread stacks, BLAS buffers)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="FASTCONV_NUM_THREADS for the children")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per child")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -6,69 +6,49 @@ is also ``auto``'s fallback. The design (details in ``direct_impl.h``):
 
 * **pack** each input channel once per call into *phase planes* (stride ``s`` splits the padded
   plane into ``s_h*s_w`` sub-sampled planes; only the ones some tap reads are packed, at most
-  ``min(s,k)`` per axis, so a huge stride costs nothing), so that every kernel tap of every stride and
-  dilation is a contiguous, stride-1 read at a constant offset from the output's flat position
+  ``min(s,k)`` per axis, so a huge stride costs nothing), so that every kernel tap of every stride
+  and dilation is a contiguous, stride-1 read at a constant offset from the output's flat position
   ``i*Wq + j`` — one branch-free loop shape for all cases (the ``Wq - OW`` extra columns per
-  row are computed and dropped). A shared pack shares out one (channel, phase plane) per unit,
-  and stride 2's column split is a constant-stride loop that gcc vectorises: together they took
-  the stem's pack from 9.4% to 3.1% of its samples at 2 threads (perf; its 3 channels had left
-  a thread waiting at the barrier);
+  row are computed and dropped). A shared pack shares out one (channel, phase plane) per unit, so
+  the stem's 3 channels x 4 phases keep 2 threads busy, and stride 2's column split is a
+  constant-stride loop that gcc vectorises (together: 3.1% of the stem's samples at 2 threads,
+  perf);
 * **compute** with a register-blocked micro-kernel: ``CB`` output channels × ``NV`` vectors of
   positions stay in registers across all ``C_in/groups × k_h × k_w`` taps, so each input vector
-  loaded is reused ``CB`` times and accumulators never go to memory. ``prepare`` repacks the
-  weights ``[group][block][tap][CB]`` and picks ``CB`` ≤ 8 so a group's channels split into
-  equal blocks (lenet 10 = 2×5, 20 = 3×7 (one pad), stem 64 = 8×8, depthwise 1);
+  loaded is reused ``CB`` times and accumulators never go to memory (gcc keeps them in registers
+  from portable vector extensions). ``prepare`` repacks the weights ``[group][block][tap][CB]``
+  and picks ``CB`` ≤ 8 so a group's channels split into equal blocks (lenet 10 = 2×5, 20 = 3×7
+  (one pad), stem 64 = 8×8, depthwise 1);
 * **extract** the valid columns of each tile into ``y`` with the bias; or, where the output width
   is a whole number of vectors (16 float32, 8 float64: the stem's 112), tiles are whole output
   rows and the micro-kernel writes them straight into ``y`` from accumulators that start at the
-  bias (``fc_direct_rows``; the vectors left at the rows' ends go NV at a time across rows). In a
-  C harness (1 thread) that cut resnet50.stem 2.42 -> 2.18-2.21 ms; from Python, interleaved
-  against the flat tiles (``ROW_TILES``), 1.01-1.02x on the stem at 1 and 2 threads, 1.12x on a
-  5x5 layer 32 wide (8x32x32x32 -> 64), 1.00x on a 3x3 one 112 wide.
+  bias (``fc_direct_rows``; the vectors left at the rows' ends go NV at a time across rows).
+  Measured against flat tiles, interleaved from Python: 1.01-1.02x on the stem at 1 and 2
+  threads, 1.12x on a 5x5 layer 32 wide (8x32x32x32 -> 64), 1.00x on a 3x3 one 112 wide. Other
+  widths keep flat tiles: row chunks stored straight into ``y`` with a partial vector per row were
+  5–60% slower than flat positions + extraction on the five layers of the seed table;
 * **depthwise** (one input and one output channel per group, packed per thread): a plane kernel
   writes output rows straight into ``y`` instead (``fc_direct_dw`` in direct_impl.h): 4 rows per
   step as independent FMA chains, for 3x3 stride 1 each loaded input vector shared by the rows
-  it feeds and the 9 weights held in registers; no accumulator tile, no extraction pass.
-  mobilenet.dw3x3 (256x56x56, 2 threads, `fastconv bench`, medians): 0.37-0.62 ms with the
-  general CB = 1 task -> 0.30-0.35 ms (ONNX Runtime 0.31-0.33, torch 0.49-0.50). Per plane
-  in a C harness (1 thread, hot cache): pack 0.52-0.60 us, compute 1.0-1.2 us.
-  float32 3x3/s1/p1 planes at least 16 wide skip the pack altogether (``fc_dw3x3s1p1_f``,
-  AVX-512 builds): flat over the plane with lane shifts and masks for the padding, 0.69-0.74 us a
-  plane in the same harness; mobilenet.dw3x3 0.17 ms (ONNX Runtime 0.32, torch 0.48). Such a
-  call allocates no pack buffer (``workspace_bytes`` 0).
+  it feeds and the 9 weights held in registers; no accumulator tile, no extraction pass
+  (mobilenet.dw3x3, 256x56x56, 2 threads: 0.30-0.35 ms against 0.37-0.62 through the general
+  CB = 1 task). float32 3x3/s1/p1 planes at least 16 wide skip the pack altogether
+  (``fc_dw3x3s1p1_f``, AVX-512 builds): flat over the plane with lane shifts and masks for the
+  padding, 0.69-0.74 us a plane in a C harness (1 thread) against 0.52-0.60 us of pack + 1.0-1.2
+  of compute; mobilenet.dw3x3 0.17 ms (ONNX Runtime 0.32, torch 0.48). Such a call needs no
+  workspace at all.
 
 Parallel over (image, group, position tile, channel block) tasks with the channel block
 innermost, so consecutive tasks reuse the same input tile from cache (dynamic schedule: a thread
 that starts late does not hold back a fixed share). When there are many (image, group) pairs
 (``n·groups >= 4·threads``: depthwise, LeNet's batch of 64) each thread instead packs one pair
-into its own buffer and runs all its tiles while that input is hot in L1/L2. Workspace: the
-packed input (about the padded input's size; per thread in the local mode) plus, for the flat
-tiles, one ``CB × tile`` accumulator (32 KiB) per thread.
+into its own buffer and runs all its tiles while that input is hot in L1/L2. Unfolding each
+image's taps instead (valid positions only, no wasted columns) makes lenet.conv2 1.5× slower
+(1.02 vs 0.69 ms): its 8-element row copies cost more than the 4 dropped columns of 12.
 
-Language: measured, not assumed (this machine, 1 thread, CPU time of one call, medians of 5;
-the machine was shared, so memory-bound rows vary ~2x between runs):
-
-=================  ==============================  ==========================
-layer              previous Numba direct kernel    this kernel (C micro-kernel)
-=================  ==============================  ==========================
-lenet.conv1        11.4 ms (1.6 GFLOP/s)           0.32 ms (58 GFLOP/s)
-lenet.conv2        37.9 ms (1.1)                   0.76 ms (54)
-resnet50.stem      108 ms (2.2)                    2.7 ms (87)
-alexnet.conv1      320 ms (1.7)                    7.0 ms (77)
-mobilenet.dw3x3    8.6 ms (1.7)                    0.64–1.2 ms (12–23, memory-bound)
-=================  ==============================  ==========================
-
-The same phase-packed, register-blocked algorithm written in Numba (``CB × chunk`` tile as a
-local array, tap loop around it, ``fastmath`` reassoc/contract) ran the stem at 75–89 ms
-(2.7–3.2 GFLOP/s), 25× slower than the C micro-kernel on identical packed data (bit-identical
-results): LLVM vectorises the innermost loop but keeps the tile in memory, loading and storing
-it for every tap. gcc keeps ``CB × NV`` vector accumulators in registers from portable vector
-extensions. Compiled ahead of time, the kernel also has no JIT cost on the first call.
-
-Measured and dropped: a "row mode" (chunks along each output row stored straight into ``y``, no
-extraction pass) was 5–60% slower than flat positions + extraction on all five layers; unfolding
-each image's taps (valid positions only, no wasted columns) for narrow outputs made lenet.conv2
-1.5× slower (1.02 vs 0.69 ms): its 8-element row copies cost more than the 4 dropped columns of 12.
+Workspace (``workspace_bytes``, carved by ``run`` from the caller's array; the kernel allocates
+nothing): the packed input (about the padded input's size; one (image, group) per thread in the
+local mode) plus, for flat tiles, one ``CB × tile`` accumulator (32 KiB) per thread.
 """
 from cython.parallel cimport prange, parallel, threadid
 import numpy as np
@@ -154,8 +134,8 @@ def _blocking(p):
     nblk = -(-cog // MAX_CB)
     cb = -(-cog // nblk)
     vl = 64 // p.itemsize
-    chunk = vl * (4 if cb <= 3 else 3 if cb <= 5 else 2)
-    hq, wq, _ = _geometry(p)
+    chunk = vl * (4 if cb <= 3 else 3 if cb <= 5 else 2)  # NV vectors: FC_DIRECT_TEMPLATE, direct_impl.h
+    _, wq, _ = _geometry(p)
     total = p.out_h * wq
     if _row_tiles(p):
         return nblk, cb, max(1, (TILE_ELEMS // cb) // wq) * wq, chunk
@@ -251,8 +231,10 @@ def prepare(w, b, p, **options):
     ia[aph] = np.arange(len(aph))
     ib = np.zeros(sw, dtype=np.intp)
     ib[bph] = np.arange(len(bph))
-    uu = (np.arange(p.kh) * dh)[:, None]   # (plain array arithmetic: np.vectorize and meshgrid
-    vv = (np.arange(p.kw) * dw)[None, :]   #  made this function 100-280 us of every F.conv2d)
+    # (plain array arithmetic: np.vectorize and meshgrid made this function 100-280 us of every
+    # F.conv2d)
+    uu = (np.arange(p.kh) * dh)[:, None]
+    vv = (np.arange(p.kw) * dw)[None, :]
     tap = (ia[uu % sh] * len(bph) + ib[vv % sw]) * (hq * wq) + (uu // sh) * wq + vv // sw
     toff = (np.arange(cig, dtype=np.intp) * (ph * hq * wq))[:, None, None] + tap[None]
     return (wp, bp.reshape(g, nblk, cb), np.ascontiguousarray(toff.ravel(), dtype=np.intp),

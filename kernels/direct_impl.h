@@ -114,12 +114,6 @@ FC_DIRECT_MK(T, SUF, 6, 2)                                                      
 FC_DIRECT_MK(T, SUF, 7, 2)                                                                         \
 FC_DIRECT_MK(T, SUF, 8, 2)                                                                         \
                                                                                                    \
-/* Flat positions one micro-kernel chunk covers (np is rounded up to it). */                       \
-static inline ptrdiff_t fc_direct_chunk_##SUF(int cb) {                                            \
-    const ptrdiff_t VL = FC_VBYTES / sizeof(T);                                                    \
-    return VL * (cb <= 3 ? 4 : cb <= 5 ? 3 : 2);                                                   \
-}                                                                                                  \
-                                                                                                   \
 /* Pack channel plane x (H x W) into the phase planes the taps use: row phases aph[0..na),        \
  * column phases bph[0..nb) (at most min(s, k) each, so a huge stride packs only kh*kw planes);     \
  * dst: [na][nb][Hq][Wq]. */                                                                       \
@@ -321,7 +315,7 @@ FC_DIRECT_TEMPLATE(double, d)
  * 64-byte load spans two lines), 0.80 unmasked (wrong at the borders) for comparison. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
-#define FC_HAS_DW3X3 1 /* fc_dw3x3s1p1_f does its planes (direct.pyx then allocates no pack buffer) */
+#define FC_HAS_DW3X3 1 /* fc_dw3x3s1p1_f does its planes (direct.pyx then needs no pack buffer) */
 #define FC_DW_STEP(MU, MD, ALL, STORE)                                                              \
     do {                                                                                           \
         const float *xc = x + k;                                                                   \

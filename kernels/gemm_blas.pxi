@@ -132,8 +132,8 @@ cdef inline void gemm_rowmajor(int M, int cols, int K, const floating* w, const 
 cdef inline void fill_bias(int M, int cols, const floating* bias, floating* c, int ldc) noexcept nogil:
     """c[i, :cols] = bias[i], before a GEMM with ``accumulate``. OpenBLAS starts every GEMM with a
     pass that scales C by beta (zeroes it for beta = 0), so writing the bias there instead costs
-    nothing; adding it after the GEMM (as this file did before) is one more read-write pass over the output (measured on
-    nin.1x1, 9 MiB of output: ~1 ms of 5)."""
+    nothing, where adding it after the GEMM is one more read-write pass over the output (measured
+    on nin.1x1, 9 MiB of output: ~1 ms of 5)."""
     cdef Py_ssize_t i, j
     cdef floating bv
     cdef floating* row
@@ -151,8 +151,8 @@ cdef _overlapped_t _overlapped = <_overlapped_t><uintptr_t>_common.overlapped_ad
 cdef float *_warm_buf = NULL      # per thread: A, B and C of one size x size GEMM
 cdef int _blas_ready = 0          # BLAS calls from our threads that may run at once, allocating nothing
 _BLAS_BUFFER_BYTES = 64 << 20     # address space checked per buffer (OpenBLAS's are 32 MiB here)
-_BLAS_SPARE = 2                   # entries warmed beyond the calls of one region (another thread's
-                                  # numpy call may hold one meanwhile)
+# entries warmed beyond the calls of one region (another thread's numpy call may hold one meanwhile)
+_BLAS_SPARE = 2
 
 
 cdef void _warm_gemm(int size) noexcept nogil:
@@ -203,8 +203,9 @@ def ensure_blas(int n) -> None:
     if not _hold_buffers(k):
         # without the allocator: one GEMM on each of n threads at once, until they overlapped
         for tries in range(8):
-            buf = np.zeros(n * 3 * size * size, dtype=np.float32)  # (a size x size GEMM skips
-            _warm_buf = <float *><uintptr_t>buf.ctypes.data         #  OpenBLAS's small-matrix path)
+            # (a size x size GEMM skips OpenBLAS's small-matrix path, which takes no buffer)
+            buf = np.zeros(n * 3 * size * size, dtype=np.float32)
+            _warm_buf = <float *><uintptr_t>buf.ctypes.data
             with _single_blas():
                 old = blas_threads_begin(1)
                 ok = _overlapped(n, _warm_gemm, size)

@@ -8,6 +8,7 @@ scipy's ``cython_blas`` (pointers from its capsules, so scipy.linalg — ~0.3 s 
 only loaded then) when numpy's BLAS is not an ILP64 scipy-openblas build we recognise
 (``FASTCONV_BLAS=scipy`` forces the fallback).
 """
+
 from __future__ import annotations
 
 import os
@@ -30,9 +31,12 @@ def numpy_openblas() -> dict[str, int] | None:
             continue
         dll = ctypes.CDLL(lib.filepath)
         for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("scipy_", "_64"), ("", "_64")):
-            names = {"sgemm": f"{prefix}sgemm_{suffix}", "dgemm": f"{prefix}dgemm_{suffix}",
-                     "set_threads": f"{prefix}openblas_set_num_threads{suffix}",
-                     "get_threads": f"{prefix}openblas_get_num_threads{suffix}"}
+            names = {
+                "sgemm": f"{prefix}sgemm_{suffix}",
+                "dgemm": f"{prefix}dgemm_{suffix}",
+                "set_threads": f"{prefix}openblas_set_num_threads{suffix}",
+                "get_threads": f"{prefix}openblas_get_num_threads{suffix}",
+            }
             if all(hasattr(dll, s) for s in names.values()):
                 for k in ("memory_alloc", "memory_free"):
                     if hasattr(dll, f"{prefix}blas_{k}"):

@@ -32,7 +32,6 @@ Measured (this 2-core Zen 4, 1 thread, CPU time, interleaved medians; shared mac
   OpenBLAS's 72–94 on the same tile shapes; whole layers: alexnet.conv2 84 vs 66 GFLOP/s
   (BLAS), seed003 74 vs 50, stem 58 vs 51, alexnet.conv1 55 vs 46.
 * TILE_BYTES: 256 KiB–512 KiB tiles (in L2 with W's K-block) beat 1–2 MiB by 2–8%.
-* Cython over the previous Numba version (np.dot per tile through scipy's BLAS): 1.26–1.7×.
 * Tiles of several small images (one bigger GEMM through a C buffer) were slower than one
   image per tile (lenet.conv2), so tiles never cross images.
 """
@@ -190,7 +189,7 @@ cdef void _unfold_packed(const float* x, int cin, int H, int W, float* buf, int*
     last panel zero-padded. The tile's pixels are first cut into segments that stay within one
     output row and one panel (seg: i, ja, jb, offset — computed once, shared by all K rows)."""
     cdef int ci, u, v, i, j, ja, jb, e, lo, hi, r, r0, c0, s, nseg = 0, t = 0, K = cin * kh * kw
-    cdef Py_ssize_t k = 0, off
+    cdef Py_ssize_t k = 0
     cdef float* dst
     cdef const float* src
     i = p0 // ow
@@ -246,9 +245,9 @@ cdef void _unfold_packed(const float* x, int cin, int H, int W, float* buf, int*
 def _im2col(const floating[:, :, :, ::1] x, const floating[:, :, ::1] wm, const floating[::1] b,
             floating[:, :, :, ::1] out, const unsigned char[::1] workspace, Py_ssize_t buf_bytes, bint has_bias,
             int kh, int kw, int sh, int sw, int pt, int pl, int dh, int dw, int cols, int nt):
-    """prange over (image, group, tile): unfold the tile into this thread's buffer, one
-    single-threaded GEMM straight into out (a tile is a contiguous run of the output plane, so its
-    C_out_g × cols block has row stride H_out·W_out), then the bias while the block is cached."""
+    """prange over (image, group, tile): unfold the tile into this thread's buffer, write the bias
+    into the tile's block of out, and accumulate one single-threaded GEMM onto it (a tile is a
+    contiguous run of the output plane, so its C_out_g × cols block has row stride H_out·W_out)."""
     cdef int n = x.shape[0], oh = out.shape[2], ow = out.shape[3]
     cdef int groups = wm.shape[0], cog = wm.shape[1], K = wm.shape[2]
     cdef int cig = x.shape[1] // groups, H = x.shape[2], W = x.shape[3]

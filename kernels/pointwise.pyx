@@ -18,11 +18,10 @@ Measured (this 2-core Zen 4, shared with other jobs; interleaved medians, see th
   scipy's 0.3.30 behind ``cython_blas``; with it, 1 thread: 0.95–1.0× numpy's own
   ``W @ x[n]`` (the same SGEMM, no bias), vs 0.75–0.9× through scipy's.
 * Chunks vs one multi-threaded BLAS call per image: chunks need no synchronisation inside the
-  GEMM and leave no OpenBLAS workers spinning after the call (DESIGN.md); they were as fast or
+  GEMM and leave no OpenBLAS workers spinning after the call (DESIGN.md); they are as fast or
   faster on every 1x1 layer measured.
 * Our own AVX-512 micro-kernel (im2col's) on these shapes: 0.73–0.78× the BLAS path (K = 64–256
   is too shallow to amortise packing x), so 1x1 stays on BLAS.
-* Cython over the previous Numba version (np.dot per image, bias in a second pass): 1.12–1.25×.
 """
 from cython.parallel cimport prange, threadid
 from cython cimport floating
@@ -136,13 +135,13 @@ def _pointwise_strided(const floating[:, :, :, ::1] x, const floating[:, :, ::1]
     """Stride > 1: prange over (image, group, tile of cols output pixels); each thread gathers its
     tile's strided pixels into its workspace buffer (C_in_g x m, row-major), then one GEMM writes
     the tile's C_out_g x m block of out in place (row stride H_out·W_out), the bias first."""
-    cdef int n = x.shape[0], H = x.shape[2], W = x.shape[3], oh = out.shape[2], ow = out.shape[3]
+    cdef int n = x.shape[0], W = x.shape[3], oh = out.shape[2], ow = out.shape[3]
     cdef int groups = wm.shape[0], cog = wm.shape[1], cig = wm.shape[2]
     cdef int P = oh * ow
     cdef int ntile = (P + cols - 1) // cols
     cdef Py_ssize_t ntasks = <Py_ssize_t>n * groups * ntile
     cdef Py_ssize_t t
-    cdef int img, g, tile, p0, m, ci, q, i, j, k
+    cdef int img, g, tile, p0, m, ci, q, i, j
     cdef const floating *src
     cdef floating *buf
     cdef char *ws = ws_base(workspace, nt * buf_bytes)

@@ -1,39 +1,39 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Max, average and adaptive-average pooling (Cython + OpenMP around C row kernels).
 
-Pooling is pure data movement, so it is compiled ahead of time (no JIT warm-up) and
-parallelised over (image, channel) planes with OpenMP ``prange`` (static schedule: planes are
-equal work; fewer threads when there are under ~16k elements per thread), releasing the GIL.
-The per-plane work is in ``pool_impl.h``: separable windows as two row-wise passes, horizontal
-first (each input row reduced once into a ring of lines, interior columns straight from ``x``,
-border columns with their taps clipped), then vertical over the ring; the hot loops have no
-per-element bounds branch and vectorise (gcc, -O3 -march=native), the global mean sums each plane
-in 8 double lanes, 8 planes at a time, and reduces the 8 planes' lanes together (``fc_means_*``).
+The kernel contract (fastconv/contract.py) with ``p`` a PoolParams: ``run(x, None, p, out,
+workspace, nthreads, indices=None)`` runs ``p.kind`` (max, with the argmax into ``indices`` when
+given; avg; adaptive_avg); its scratch (each thread's ring of lines, the avg divisors) is carved
+from the caller's ``workspace`` (``workspace_bytes``), so nothing is allocated in a call.
+
+Pooling is pure data movement: parallel over (image, channel) planes with OpenMP ``prange``
+(static schedule: planes are equal work; one thread when there are under ~16k elements per
+thread, else all of them), releasing the GIL. The per-plane work is in ``pool_impl.h``: separable
+windows as two row-wise passes, horizontal first (each input row reduced once into a ring of
+lines, interior columns straight from ``x``, border columns with their taps clipped), then
+vertical over the ring; the hot loops have no per-element bounds branch and vectorise (gcc, -O3
+-march=native). Register kernels for the common float32 windows on AVX-512 builds store only the
+outputs: max 3x3/s2 with padding 0 or 1 (``fc_maxpool_3x3s2_f``) and avg 3x3/s1/p1 planes up to
+32 wide (``fc_avg3s1p1_f``: rows converted once and kept, lane shifts for the neighbours, bitwise
+the flat kernel's results); other avg 3x3/s1/p1 planes take a vertical-first plane kernel. The
+global mean sums each plane in 8 double lanes, 8 planes at a time, and reduces the 8 planes'
+lanes together (``fc_means_*``).
 
 Measured (this machine, 1 thread, C loop over the planes, random input, best of 50–300 repeats):
-max 3x3/s2/p1 1x64x112x112 210 us (15 GB/s), max 2x2/s2 1x64x224x224 420–550 us (23–30 GB/s), max
-3x3/s2 8x96x54x54 520–600 us (15–17 GB/s), avg 3x3/s1/p1 1x256x28x28 147 us (5.4 GB/s; since
-session 4 a vertical-first plane kernel for 3x3/s1/p1, 90-98 us with the shapes unknown at compile
-time where the ring kernel took 182-232; from Python, 1 thread, 121 -> 91 us), global average
-8x2048x7x7 122 us (26 GB/s); since session 6 the 8-plane groups, C harness 1 thread 92-106 us where
-one plane at a time took 164-191, from Python 2 threads 0.058 ms against torch's 0.111 (it was
-1.11x torch): converting float to double is now the bound, and keeping the sums in float32
-(measured 1.5x faster again, L2-resident 2x) would break the double-sum contract below. Since
-session 5 float32 max 3x3/s2 planes (padding 0 or 1) take a register kernel instead
-(``fc_maxpool_3x3s2_f``, AVX-512: only the outputs are stored): 1x64x112x112 from Python, 1 thread,
-94-96 us wherever the arrays lie, where the ring path took 181-256 us by placement (its stored row
-maxima aliased the input rows mod 4 KiB); 2 threads 0.071 ms against ONNX Runtime's 0.118. torch
-2.13 runs the four windowed pools at 0.3–1 GB/s. Variants measured and dropped: vertical-first max
-(reduce rows into a line, then re-load it at shifted offsets) 2287 us on the 54-wide AlexNet planes
-— the shifted loads of just-stored vectors stall store forwarding on short rows; avg through a
-staged double line buffer 284 us (same stall); the plain-C global-mean loop stayed scalar (237 us);
-a one-line NaN-max select with `||` compiled to branches that mispredict on random data (max pools
-3x slower than on sorted data). Since session 6 float32 avg 3x3/s1/p1 planes up to 32 wide run in
-registers (``fc_avg3s1p1_f``, AVX-512: rows converted once and kept, lane shifts for the
-neighbours, only the outputs stored; bitwise the flat kernel's results): C harness 1 thread
-256x28x28 65-87 us where the flat kernel took 115-139 in the same runs, 256x14x14 18 against 41;
-from Python (interleaved with an ONNX Runtime session, medians of 15) 1x256x28x28 75 us at 1
-thread, 43 at 2, against ONNX Runtime's 131 and 79.
+max 3x3/s2/p1 1x64x112x112 91-113 us in registers (140-176 through the ring, whose stored row
+maxima alias the input rows mod 4 KiB at some placements); max 2x2/s2 1x64x224x224 420–550 us
+(23–30 GB/s); max 3x3/s2 8x96x54x54 520–600 us (15–17 GB/s); avg 3x3/s1/p1 256x28x28 65-87 us
+in registers where the vertical-first kernel took 115-139 in the same runs (the ring: 182-232
+in other runs); global average
+8x2048x7x7 92-106 us (converting float to double is the bound: float32 sums would be 1.5x faster
+but break the double-sum contract below). From Python, 2 threads: max 3x3/s2/p1 1x64x112x112
+0.071 ms (ONNX Runtime 0.118), avg 3x3/s1/p1 1x256x28x28 0.043 ms (ONNX Runtime 0.079), global
+average 8x2048x7x7 0.058 ms (torch 0.111); torch 2.13 runs the four windowed pools at 0.3–1 GB/s.
+Slower variants, measured: vertical-first max (reduce rows into a line, then re-load it at
+shifted offsets) 2287 us on the 54-wide AlexNet planes — the shifted loads of just-stored vectors
+stall store forwarding on short rows; avg through a staged double line buffer 284 us (same
+stall); a plain-C global-mean loop stays scalar (237 us); a one-line NaN-max select with `||`
+compiles to branches that mispredict on random data (max pools 3x slower than on sorted data).
 
 The rules are torch's, so results match ``torch.nn.functional`` exactly:
 
@@ -51,7 +51,6 @@ The rules are torch's, so results match ``torch.nn.functional`` exactly:
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport isnan, INFINITY
 cimport numpy as cnp
-import numpy as np
 
 from fastconv import contract
 

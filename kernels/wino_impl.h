@@ -20,9 +20,9 @@
 #define WN(name) WJOIN(name, SFX)
 
 #define WINO_OL 16 /* output-transform lanes (output channels per vector chunk) */
-#define WINO_PF 6 /* input channels prefetched ahead: 2 -> 6 made vgg16.conv1_2 (224x224) ~5% faster
-                   * on 2 threads, 6 of 6 alternating process pairs (9.4-10.3 vs 10.0-11.3 ms), when
-                   * both threads stream the input from memory; 1 thread unchanged */
+#define WINO_PF 6 /* input channels prefetched ahead: vgg16.conv1_2 (224x224) on 2 threads, where
+                   * both stream the input from memory, is ~5% faster than with 2 (6 of 6
+                   * alternating process pairs: 9.4-10.3 vs 10.0-11.3 ms); 1 thread the same */
 #ifndef WINO_INPUT
 #define WINO_INPUT 1  /* wino_task phases */
 #define WINO_OUTPUT 2

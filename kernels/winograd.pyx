@@ -22,24 +22,24 @@ where U exceeds 2 MiB; 16 where U fits in L2 and the layer has too few blocks fo
 Where blocks are still fewer than 2 per thread (deep layers on 7x7/14x14/28x28 maps) the threads
 share each block: they split its input transform by input channels into one shared V, then its
 output-channel panels (GEMM + output transform). Redoing the input transform per output-channel
-task, as before, capped vgg16.conv4_2 at 1.68x from 1 to 2 threads (1.92x shared) and
-resnet50.3x3_last at 1.9 ms (1.45 ms shared). Also measured and dropped (session 5): transforming
-the weights inside the GEMM phase (r² numbers per weight streamed instead of (m+2)², G g Gᵀ per
-64-channel chunk): 0.69-0.93x of the packed U on every suite layer, 0.66-0.73x on 1 thread — the
-deep layers are not bound by reading U (vgg16.conv5_2 2.06x from 1 to 2 threads).
+task instead caps vgg16.conv4_2 at 1.68x from 1 to 2 threads (1.92x shared) and
+resnet50.3x3_last at 1.9 ms (1.45 ms shared). Transforming the weights inside the GEMM phase (r²
+numbers per weight streamed instead of (m+2)², G g Gᵀ per 64-channel chunk) runs at 0.69-0.93x
+of the packed U on every suite layer, 0.66-0.73x on 1 thread — the deep layers are not bound by
+reading U (vgg16.conv5_2 2.06x from 1 to 2 threads).
 
 Language and measurements (Zen 4, 1 core, CPU time so that the other jobs on the machine do not
 count): the micro-kernel runs at 99–104 GFLOP/s for MR = 6…14 (the FMA peak); inside the pipeline
-the GEMM phase ran at 89–114 GFLOP/s, against 66–96 for scipy's OpenBLAS ``sgemm`` called on the
-same per-point shapes (which also re-packs U on every call). Numba's ``np.dot`` goes through the
-same BLAS, hence C for the hot loops, with GCC vector types rather than intrinsics so the same
-source builds for AVX-512, AVX2 or plain x86-64 (all three checked). Measured pitfalls, fixed:
-V/M panel strides that were multiples of 4 KiB put all (m+2)² transform streams into one L1 set
-(2x slower transforms); the input of 224x224 maps arrives in short rows per channel, so it is
-software-prefetched two channels ahead; Zen 4's gathers cost ~1.3 cycles per element (the row
-loads + transposes that replaced them made the F(4x4) input transform ~1.3x faster). Phase split
-after these (1 core, 64 channels, 56x56): input transform 26 %, GEMM 54 %, output transform 20 %;
-256 channels: 16 / 74 / 10 %.
+the GEMM phase runs at 89–114 GFLOP/s, against 66–96 for OpenBLAS's ``sgemm`` called on the
+same per-point shapes (which also re-packs U on every call), hence C for the hot loops, with GCC
+vector types rather than intrinsics so the same source builds for AVX-512, AVX2 or plain x86-64
+(all three checked). Pitfalls measured: V/M panel strides that are multiples of 4 KiB put all
+(m+2)² transform streams into one L1 set (2x slower transforms), so the panels are padded by
+WINO_PAD; the input of 224x224 maps arrives in short rows per channel, so it is
+software-prefetched WINO_PF (6) channels ahead; Zen 4's gathers cost ~1.3 cycles per element, so
+F(4x4)'s input transform loads rows and transposes them (~1.3x faster). Phase split (1 core, 64
+channels, 56x56): input transform 26 %, GEMM 54 %, output transform 20 %; 256 channels: 16 / 74 /
+10 %.
 
 5x5 kernels: F(2x2,5x5) interpolates at F(4x4,3x3)'s six points, so it shares its 6x6 input
 transform (and its row loads) and only G and Aᵀ differ: 36 multiplies per 2x2 outputs instead of
@@ -47,18 +47,18 @@ transform (and its row loads) and only G and Aᵀ differ: 36 multiplies per 2x2 
 alexnet.conv2 (8x96x26x26 -> 256, pad 2) 18.7-19.2 ms against direct 37-39, torch 49, ONNX
 Runtime 36; seed003 (100 -> 100, 64x64) 7.6-8.0 ms against direct 11.5, torch 14.3. Error: the
 case table's worst is 1.8e-6 (float32) / 3.1e-15 (float64) on the contract metric, like F(4x4,3x3);
-max|y−ref|/max|ref| 4-8e-6 on those layers. F(4x4,5x5) (8x8 tiles, eight points) was not built.
+max|y−ref|/max|ref| 4-8e-6 on those layers. F(4x4,5x5) (8x8 tiles, eight points) is not built.
 
-Tile size: ``tile=2`` F(2x2,3x3) or F(2x2,5x5), ``tile=4`` F(4x4,3x3), ``tile=0`` per layer (`auto_tile`: the
-fewest padded GEMM rows; F(4x4) on the suite layers except 7x7 maps). F(4x4) was 1.3–2.0x faster
-than F(2x2) on every suite layer except resnet50.3x3_last (7x7: F(2x2) 1.5x faster). F(6x6) was not
-built: ~20 % fewer GEMM flops than F(4x4) for another ~10x error growth.
+Tile size: ``tile=2`` F(2x2,3x3) or F(2x2,5x5), ``tile=4`` F(4x4,3x3), ``tile=0`` per layer
+(`auto_tile`: the fewest padded GEMM rows; F(4x4) on the suite layers except 7x7 maps). F(4x4) is
+1.3–2.0x faster than F(2x2) on every suite layer except resnet50.3x3_last (7x7: F(2x2) 1.5x
+faster). F(6x6) is not built: ~20 % fewer GEMM flops than F(4x4) for another ~10x error growth.
 Max error vs the float64 reference on the suite's 3x3 layers (float32; max|y−ref|/(|W|*|X|+|b|),
 and max|y−ref|/max|ref|): F(2x2) 1.6e-7 / 8.8e-7, F(4x4) 3.5e-6 / 1.4e-5, torch's float32 conv
 1.3e-7 / 3.7e-7. Per-output |W|*|X| understates Winograd's error where an output's own products
 are small but its tile's are not (F(4x4) 2.3e-4 on rows of padding), hence the tile-aware
 contract scale (``error_tile``): with it the case table's worst is F(2x2) 1.2e-7, F(4x4) 1.8e-6
-(float64: 2.9e-16 / 3.2e-15); the registry tolerances (fastconv/dispatch.py) carry >= 55x margin.
+(float64: 2.9e-16 / 3.2e-15); the registry tolerances (fastconv/registry.py) carry >= 55x margin.
 
 NaN and Inf: the transforms mix every pixel of a tile (``Inf − Inf`` and ``Inf · 0`` give NaN),
 so a single non-finite input would turn whole tiles to NaN where torch gives ±Inf or finite
@@ -119,8 +119,9 @@ KERNELS = {3: (2, 4), 5: (2,)}  # kernel size -> the tile sizes built for it
 L2_BYTES = 1 << 19  # per-thread budget for a block's V + M (half the 1 MiB L2: U panels need room)
 MIN_BLOCK = 32      # tiles; fewer would re-stream the whole U once per few tiles on deep layers
 ONE_BLOCK = 128     # tiles; a layer with a U larger than L2 and at most this many runs as one block
-U_SHRINK_BYTES = 1 << 21  # U up to this size may be re-read per smaller block for balance (measured:
-                          # re-reading a 9-14 MB U per 16-tile block cost 5-10 % on one thread)
+# U up to this size may be re-read per smaller block for balance (measured: re-reading a 9-14 MB U
+# per 16-tile block cost 5-10 % on one thread)
+U_SHRINK_BYTES = 1 << 21
 
 
 def _mr_nr(itemsize):
@@ -151,7 +152,6 @@ class Geometry(NamedTuple):
     ncp: int       # NR-wide output-channel panels per group
     cps: int       # panels per task
     nchunks: int   # output-channel ranges per (group, block)
-    nthreads: int
 
 
 def geometry(p, nthreads: int, tile: int = 0) -> Geometry:
@@ -163,7 +163,7 @@ def geometry(p, nthreads: int, tile: int = 0) -> Geometry:
     cig, cog = p.c_in_per_group, p.c_out_per_group
     ncp = -(-cog // nr)
     if ntiles == 0:
-        return Geometry(m, th, tw, mr, 0, ncp, ncp, 1, nthreads)
+        return Geometry(m, th, tw, mr, 0, ncp, ncp, 1)
     big_u = a2 * cig * cog * p.itemsize > U_SHRINK_BYTES
     if big_u and ntiles <= ONE_BLOCK:
         # Deep layers on small maps: every block re-reads all of U (tens of MB) from memory, so
@@ -193,7 +193,7 @@ def geometry(p, nthreads: int, tile: int = 0) -> Geometry:
         nchunks = min(ncp, -(-2 * nthreads // base))
     cps = -(-ncp // nchunks)
     nchunks = -(-ncp // cps)
-    return Geometry(m, th, tw, block, nblocks, ncp, cps, nchunks, nthreads)
+    return Geometry(m, th, tw, block, nblocks, ncp, cps, nchunks)
 
 
 def supports(p, tile: int = 0, **options) -> str | None:
@@ -249,10 +249,9 @@ class Packed(NamedTuple):
 def _pack_u(w, p, m):
     """U[g, ξ, panel, ci, lane] = (G w Gᵀ)[co = panel·NR + lane, ci, ξ], computed in float64 and
     rounded once, one (group, NR-channel panel) per parallel task (``wino_u_panel`` in
-    wino_impl.h). It was NumPy (``G @ w @ G.T`` per panel): 42-70 ms for the 512x512 layers,
-    10-25x the layer's own run, which made a one-off ``fastconv.conv2d`` on resnet50.3x3_last
-    0.05x torch. Now 3.4-13 ms for them (2 threads): ~5 ms of transform for F(4x4)'s 37.7 MB U,
-    the rest page faults on the freshly allocated U."""
+    wino_impl.h): 3.4-13 ms for the 512x512 layers (2 threads; ~5 ms of transform for F(4x4)'s
+    37.7 MB U, the rest page faults on the fresh U), where NumPy's ``G @ w @ G.T`` per panel takes
+    42-70 ms, 10-25x the layer's own run (a one-off ``fastconv.conv2d`` is prepare + run)."""
     G = np.ascontiguousarray(_G[m, p.kh])
     _, nr = _mr_nr(p.itemsize)
     cig, cog = p.c_in_per_group, p.c_out_per_group

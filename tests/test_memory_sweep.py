@@ -6,6 +6,7 @@ MemoryError, never die (libgomp's "Thread creation failed", OpenBLAS's "Memory a
 failed", a segfault in a kernel's unchecked malloc). Warm: after one small call of the same op;
 cold: the kernel module imported, nothing run (its OpenMP team is created under the limit).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,7 @@ def test_no_child_dies_under_an_address_space_limit(via, cold, ops):
     runs = [(op, h) for op in ops for h in HEADROOMS]
     with ThreadPoolExecutor(max_workers=2) as pool:  # the children are processes
         results = list(pool.map(lambda r: memsweep._run_child(r[0], args, r[1]), runs))
-    dead = [f"{op} at {h // MiB} MiB: {detail}" for (op, h), (what, _, detail) in zip(runs, results)
-            if what == "dead"]
+    dead = [f"{op} at {h // MiB} MiB: {detail}" for (op, h), (what, _, detail) in zip(runs, results) if what == "dead"]
     assert not dead, "\n".join(dead)
     # enough headroom: every op runs (the sweep would otherwise prove nothing)
     assert all(what == "ok" for (op, h), (what, _, _) in zip(runs, results) if h == HEADROOMS[-1]), results
