@@ -260,6 +260,8 @@ def test_dtype_and_device_moves_after_conversion():
     with torch.no_grad():
         assert fast.conv1.weight.dtype == torch.float64
         torch.testing.assert_close(fast(x.double()), model(x.double()), rtol=1e-10, atol=1e-10)
+    meta = copy.deepcopy(fast).to("meta")  # another device (no GPU here): the modules call torch there
+    assert meta(torch.empty(*shape, device="meta", dtype=torch.float64)).shape == (shape[0], 10)
     fast.to(torch.bfloat16)  # fastconv does not run bfloat16: the module calls torch
     model.to(torch.bfloat16)
     with torch.no_grad():
