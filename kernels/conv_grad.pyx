@@ -905,8 +905,10 @@ cdef void _igr_task(const floating *A, const floating *wq, floating *dx, char *b
     cdef int *tci = <int *>(buf + _rup(FCG_BR * colw * sizeof(floating), ALIGN))
     cdef int *th = tci + ncolb * colw
     cdef int *tw = th + ncolb * colw
-    cdef int n, c, cc, pan, q, r, pix, t, i, j, h, w, hb, wb
+    cdef int n, c, cc, pan, q, r, pix, t, i, j, h, w, hb, m, k, klo, khi
     cdef floating *base
+    cdef floating *row
+    cdef const floating *src
     cdef const floating *a
     for n in range(N):
         memset(dx + (<Py_ssize_t>n * C + g * cig + ci0) * H * W, 0, <Py_ssize_t>nci * H * W * sizeof(floating))
@@ -921,7 +923,10 @@ cdef void _igr_task(const floating *A, const floating *wq, floating *dx, char *b
                 fcg_bcast_f(cog, a, wq + (((<Py_ssize_t>g * ncb + cb) * ncolb + q) * cog) * colw, colw, tile, colw)
             else:
                 fcg_bcast_d(cog, a, wq + (((<Py_ssize_t>g * ncb + cb) * ncolb + q) * cog) * colw, colw, tile, colw)
-            for r in range(FCG_BR):
+            # scatter by runs of the panel's pixels that share an output row: per column, one
+            # bounds check and a strided run of adds
+            r = 0
+            while r < FCG_BR:
                 pix = pan * FCG_BR + r
                 if pix >= NPk:
                     break
@@ -929,15 +934,22 @@ cdef void _igr_task(const floating *A, const floating *wq, floating *dx, char *b
                 t = pix - n * P
                 i = t // OW
                 j = t - i * OW
+                m = min(FCG_BR - r, OW - j, NPk - pix)  # pixels r .. r + m - 1: row i, columns j ..
                 hb = i * sh
-                wb = j * sw
                 base = dx + (<Py_ssize_t>n * C + g * cig + ci0) * H * W
                 for c in range(min(colw, ncols - q * colw)):
                     cc = q * colw + c
                     h = hb + th[cc]
-                    w = wb + tw[cc]
-                    if h >= 0 and h < H and w >= 0 and w < W:
-                        base[(<Py_ssize_t>tci[cc] * H + h) * W + w] += tile[r * colw + c]
+                    if h < 0 or h >= H:
+                        continue
+                    w = j * sw + tw[cc]  # input column of the run's first pixel
+                    _col_range(w, sw, W, &klo, &khi)  # run positions k with 0 <= w + k*sw < W
+                    khi = min(khi, m)
+                    row = base + (<Py_ssize_t>tci[cc] * H + h) * W + w
+                    src = tile + r * colw + c
+                    for k in range(klo, khi):
+                        row[k * sw] += src[k * colw]
+                r += m
 
 
 def _input_grad_rows(const floating[:, :, :, ::1] dy, const floating[:, :, :, :, ::1] wq, floating[:, :, :, ::1] dx,

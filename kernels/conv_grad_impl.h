@@ -189,8 +189,8 @@ FCG_DEFINE_DOT_BLOCK(double, d)
             for (int v = 0; v < FCG_BV; v++) bv[v] = FCG_LOAD(VT, b + k * ldb + v * VL);             \
             _Pragma("GCC unroll 8")                                                                   \
             for (int r = 0; r < FCG_BR; r++) {                                                        \
-                VT av = (VT){0} + a[k * FCG_BR + r];                                                  \
-                for (int v = 0; v < FCG_BV; v++) acc[r][v] += av * bv[v];                             \
+                T as = a[k * FCG_BR + r]; /* scalar × vector: a broadcast (not 0 + a, an extra add) */ \
+                for (int v = 0; v < FCG_BV; v++) acc[r][v] += as * bv[v];                             \
             }                                                                                         \
         }                                                                                             \
         for (int r = 0; r < FCG_BR; r++)                                                              \
