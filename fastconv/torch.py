@@ -1,12 +1,18 @@
 """torch interop: torch models whose convolutions and pools run on fastconv, for inference and
 for training.
 
-    >>> import fastconv.torch
+    >>> import torch, fastconv.torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 2))
     >>> fast = fastconv.torch.convert(model)      # a converted deep copy; model is untouched
-    >>> opt = torch.optim.SGD(fast.parameters(), lr=0.01)
-    >>> loss = loss_fn(fast(x), target); loss.backward(); opt.step()   # trains as the original
+    >>> opt = torch.optim.SGD(fast.parameters(), lr=0.1)
+    >>> x, target = torch.randn(8, 1, 8, 8), torch.randint(0, 2, (8,))
+    >>> nn.functional.cross_entropy(fast(x), target).backward()
+    >>> opt.step()                                # trains as the original would
     >>> with torch.no_grad():
     ...     y = fast(x)                           # inference: NumPy views, no autograd work
+    >>> y.shape
+    torch.Size([8, 2])
 
 `convert` replaces every ``nn.Conv2d``, ``nn.MaxPool2d``, ``nn.AvgPool2d`` and
 ``nn.AdaptiveAvgPool2d`` (exactly those types: a subclass may change ``forward``) by a module
@@ -37,10 +43,11 @@ Each call takes one of three routes:
   ``torch.nn.functional`` with its own configuration.
 
 A converted conv keeps its weights prepared (packed or transformed per algorithm) between
-calls, and re-prepares them when, and only when, its ``weight`` or ``bias`` changes: a different
-tensor, dtype or shape, or a new ``Tensor._version`` (every in-place change through torch bumps
-it: optimizer steps, ``mul_``, ``copy_``, ``load_state_dict``). A change made through ``.data``
-or NumPy bypasses the version counter and is not seen, as autograd does not see it either.
+calls, and re-prepares them when, and only when, its ``weight`` or ``bias`` changes: new
+storage (``.to(dtype)``, ``.double()``, assigning ``.data``) or a new ``Tensor._version`` (every
+in-place change through torch bumps it: optimizer steps, ``mul_``, ``copy_``,
+``load_state_dict``). An in-place change made through ``.data`` or a NumPy view bypasses the
+version counter and is not seen, as autograd does not see it either.
 
 Tensors go in and come out without copies where the layout allows: a contiguous NCHW CPU tensor
 is read in place, other layouts (channels_last, slices) are first copied to contiguous NCHW, and
