@@ -21,9 +21,9 @@ import pytest
 
 from fastconv import plan as plans
 from fastconv import rules, threads
-from fastconv.registry import REGISTRY
 from fastconv.bench import runner, suites
 from fastconv.params import PoolParams
+from fastconv.registry import REGISTRY
 
 SUITES = [s for s in os.environ.get("FASTCONV_BENCH_SUITES", "smoke").split(",") if s]
 LAYERS = [L for s in SUITES for L in suites.load(s)]

@@ -17,17 +17,18 @@ that moves with the machine column is the machine's.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
 
 import numpy as np
+from fastconv.kernels import _peak
 
 import fastconv
 from fastconv import plan as plans
 from fastconv import rules
 from fastconv.bench import machine, suites
-from fastconv.kernels import _peak
 
 FMA_ITERS = 100_000  # ~1 ms of the FMA loop per call on one thread
 
@@ -78,8 +79,8 @@ def main() -> None:
             order = args.threads[r % len(args.threads) :] + args.threads[: r % len(args.threads)]
             for t in order:
                 fastconv.set_num_threads(t)
-                times[t].append(sample(lambda: plan.run(x, out)))
-                probe[t].append(sample(lambda: _peak.run(FMA_ITERS, t)))
+                times[t].append(sample(functools.partial(plan.run, x, out)))
+                probe[t].append(sample(functools.partial(_peak.run, FMA_ITERS, t)))
         t0 = args.threads[0]
         med = {t: statistics.median(v) for t, v in times.items()}
         row = {

@@ -19,9 +19,9 @@ if _util.find_spec("fastconv.kernels") is None:
         f"(this fastconv is the source folder {__path__[0]})"
     )
 
-from .memory import get_output_limit, get_workspace_limit, set_output_limit, set_workspace_limit
 from .functional import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
 from .layers import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
+from .memory import get_output_limit, get_workspace_limit, set_output_limit, set_workspace_limit
 from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"

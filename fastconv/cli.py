@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 EXIT_REGRESSION, EXIT_USAGE = 1, 2
 RETRY_WAIT_S = 0.5  # first pause before the gate re-measures a flagged layer (doubles per retry)
@@ -272,7 +273,6 @@ def cmd_info(args) -> int:
         )
     lines.append("libraries: " + ", ".join(f"{k} {v}" for k, v in d["libraries"].items() if v))
     lines.append("compiled extensions: " + ", ".join(f"{k} {v}" for k, v in d["extensions"].items()))
-    lines.append("JIT: none — every kernel is compiled ahead of time (Cython/C), so there is no JIT cache")
     lines.append(
         f"tune cache ({d['threads']} threads): {path} ({d['tune_cache']['entries']} layers; "
         "fill it with `fastconv tune`)"
@@ -447,8 +447,11 @@ def cmd_bench(args) -> int:
         bad = [a for a in args.algo if a not in registry.names()]
         if bad:
             raise UsageError(f"--algo: unknown algorithm {bad[0]!r}; registered: {', '.join(registry.names())}")
-    # the gate measures the way its baseline did (compare.GATE_PROFILE when saving a new one)
-    prof = ({**base["options"], "threads": base["threads"]} if base else compare.GATE_PROFILE) if gate else {}
+    # the gate measures the way its baseline did (compare.GATE_PROFILE when saving a new one);
+    # a baseline's options are JSON, hence Any
+    prof: dict[str, Any] = (
+        ({**base["options"], "threads": base["threads"]} if base else compare.GATE_PROFILE) if gate else {}
+    )
     threads = args.threads if args.threads is not None else prof.get("threads")
     if threads is not None:
         if threads < 1:

@@ -131,7 +131,9 @@ def max_pool2d(
     plan.run_pool(x, p, out, idx)
     if unbatched:
         out, idx = out[0], (idx[0] if idx is not None else None)
-    return (_like(out, input), _like(idx, input)) if return_indices else _like(out, input)
+    if idx is None:  # return_indices is false
+        return _like(out, input)
+    return _like(out, input), _like(idx, input)
 
 
 def avg_pool2d(

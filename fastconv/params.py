@@ -248,6 +248,8 @@ class PoolParams:
     def __post_init__(self) -> None:
         check_fields(self.pass_, self.layout, ())
         if self.kind == "adaptive_avg":
+            if self.output_size is None:
+                raise TypeError("adaptive_avg pooling needs an output_size")
             oh, ow = self.output_size
         else:
             oh = pool_output_size(

@@ -49,20 +49,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import registry as _registry
+from . import rules as _rules
 from . import threads
+from .memory import get_workspace_limit as _workspace_limit
 from .params import ConvParams
-
-try:  # the registry's new home; dispatch re-exports it meanwhile
-    from . import registry as _registry
-    from . import rules as _rules
-    from .memory import get_workspace_limit as _workspace_limit
-    from .plan import Plan as _Plan
-except ImportError:  # pragma: no cover - older trees
-    from . import dispatch as _registry
-
-    _rules = _registry
-    _Plan = _registry.Plan
-    _workspace_limit = _registry.get_workspace_limit
+from .plan import Plan as _Plan
 
 SCHEMA = "fastconv-tune/1"
 ACCURACY = ("contract", "strict", "any")
@@ -163,7 +155,7 @@ def _workspace(a: Any, p: ConvParams, nt: int) -> int:
 
 
 def _pick(times: dict[str, float], auto: str) -> str:
-    best = min(times, key=times.get)
+    best = min(times, key=lambda name: times[name])
     if auto in times and times[auto] <= (1 + MARGIN) * times[best]:
         return auto
     return best
@@ -291,7 +283,7 @@ def measure(
     for a in algos:
         plan = _Plan(a, w, b, p)
         out = np.empty(p.out_shape, dtype=p.dtype)
-        cands.append(Candidate(a.name, lambda plan=plan, out=out: plan.run(x, out)))
+        cands.append(Candidate(a.name, functools.partial(plan.run, x, out)))
     timings = _measure(cands, repeats, min_sample_s, max_time_s=2.0, cooldown_s=0.0)
     return {name: t.median for name, t in timings.items()}
 

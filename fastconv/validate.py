@@ -183,11 +183,9 @@ def conv_padding(
         if padding == "same":
             if stride != (1, 1):
                 raise ValueError(f"padding='same' is only supported with stride 1 (as in torch), got stride={stride}")
-            out = []
-            for k, dil in zip(kernel, dilation):
-                total = dil * (k - 1)
-                out += [total // 2, total - total // 2]  # torch puts the odd pixel after
-            return tuple(out)
+            th, tw = (dil * (k - 1) for k, dil in zip(kernel, dilation))
+            # torch puts the odd pixel after
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
         raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
     ph, pw = nonnegative_pair(padding, "padding")
     return (ph, ph, pw, pw)
@@ -201,7 +199,9 @@ def _pool_input(input: Any) -> tuple[np.ndarray, bool]:
     return x4, unbatched
 
 
-def _pool_window(kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: Any):
+def _pool_window(
+    kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: Any
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], bool]:
     k = positive_pair(kernel_size, "kernel_size")
     s = k if stride is None or (isinstance(stride, Sequence) and len(stride) == 0) else positive_pair(stride, "stride")
     pad = nonnegative_pair(padding, "padding")
@@ -230,8 +230,9 @@ def max_pool2d_args(
 ) -> tuple[np.ndarray, PoolParams, bool]:
     x4, unbatched = _pool_input(input)
     k, s, pad, d, ceil = _pool_window(kernel_size, stride, padding, dilation, ceil_mode)
+    n, c, h, w = x4.shape
     p = PoolParams(
-        "max", *x4.shape, kernel=k, stride=s, padding=pad, dilation=d, ceil_mode=ceil, dtype=_dtype_name(x4.dtype)
+        "max", n, c, h, w, kernel=k, stride=s, padding=pad, dilation=d, ceil_mode=ceil, dtype=_dtype_name(x4.dtype)
     )
     _check_pool_output(p, x4)
     memory.check_call("max_pool2d", p, x4.dtype, (("input", _copy_bytes(x4)),))
@@ -256,9 +257,13 @@ def avg_pool2d_args(
         div = _as_int(divisor_override, "divisor_override")
         if div == 0:
             raise ValueError("divisor_override must be a non-zero int, got 0")
+    n, c, h, w = x4.shape
     p = PoolParams(
         "avg",
-        *x4.shape,
+        n,
+        c,
+        h,
+        w,
         kernel=k,
         stride=s,
         padding=pad,
@@ -274,8 +279,10 @@ def avg_pool2d_args(
 
 def adaptive_avg_pool2d_args(input: Any, output_size: Any) -> tuple[np.ndarray, PoolParams, bool]:
     x4, unbatched = _pool_input(input)
-    size = tuple(x4.shape[2 + i] if v is None else v for i, v in enumerate(adaptive_output_size(output_size)))
-    p = PoolParams("adaptive_avg", *x4.shape, output_size=size, dtype=_dtype_name(x4.dtype))
+    n, c, h, w = x4.shape
+    oh, ow = adaptive_output_size(output_size)
+    size = (h if oh is None else oh, w if ow is None else ow)
+    p = PoolParams("adaptive_avg", n, c, h, w, output_size=size, dtype=_dtype_name(x4.dtype))
     memory.check_call("adaptive_avg_pool2d", p, x4.dtype, (("input", _copy_bytes(x4)),))
     return _contiguous(x4), p, unbatched
 
@@ -392,7 +399,8 @@ def adaptive_output_size(output_size: Any) -> tuple[int | None, int | None]:
         items = items * 2
     if len(items) != 2:
         raise ValueError(f"output_size must be an int or a pair, got {output_size!r}")
-    return tuple(None if v is None else positive_int(v, "output_size") for v in items)
+    oh, ow = (None if v is None else positive_int(v, "output_size") for v in items)
+    return (oh, ow)
 
 
 def inference_only(requires_grad: bool, grad_enabled: bool, name: str) -> None:

@@ -47,19 +47,26 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from .params import ConvParams, PoolParams
 
-try:
+if TYPE_CHECKING:  # the type checker sees torch's types; at run time torch is optional
     import torch
     import torch.nn.functional as F
     from torch import nn
 
     _Module = nn.Module
-except ImportError:  # plain `pip install fastconv`: the layer shapes still work
-    torch = F = nn = None
-    _Module = object
+else:
+    try:
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+        _Module = nn.Module
+    except ImportError:  # plain `pip install fastconv`: the layer shapes still work
+        torch = F = nn = None
+        _Module = object
 
 
 # --- architectures as layer shapes --------------------------------------------------------------
@@ -107,7 +114,10 @@ class FMap(NamedTuple):
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+    if isinstance(v, int):
+        return (v, v)
+    h, w = v
+    return (h, w)
 
 
 class Trace:
@@ -657,18 +667,18 @@ def nin(image_size: int = 224, num_classes: int = 10) -> nn.Module:
     )
 
 
-VGG11_CONFIG = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]  # seed 003, column A
+VGG11_CONFIG: list[int | str] = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]  # seed 003, column A
 
 
 def vgg11(image_size: int = 224, num_classes: int = 1000, hidden: int = 4096) -> nn.Module:
     layers: list[nn.Module] = []
     c = 3
     for v in VGG11_CONFIG:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
+        if isinstance(v, int):
             layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
             c = v
+        else:  # "M"
+            layers.append(nn.MaxPool2d(2, 2))
     return _with_classifier(
         nn.Sequential(*layers),
         (3, image_size, image_size),
@@ -836,6 +846,8 @@ def build(name: str, *, image_size: int | None = None, seed: int = 0, small: boo
             if m.bias is not None:
                 nn.init.uniform_(m.bias, -0.1, 0.1, generator=g)
         if isinstance(m, nn.BatchNorm2d):
+            # the zoo's BatchNorms track running statistics (torch's default)
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             nn.init.uniform_(m.weight, 0.5, 1.5, generator=g)
@@ -890,11 +902,13 @@ def time_model(
     """Time one forward pass of seed network ``name``, original vs converted, interleaved.
 
     Both run under ``torch.no_grad()`` with ``threads`` threads (``torch.set_num_threads`` and
-    ``fastconv.set_num_threads``, restored afterwards). One untimed warm-up each (JIT, plans);
-    then ``repeats`` rounds alternate original/converted with ``cooldown`` seconds between them,
-    so spinning thread pools of one do not steal the cores of the other (DESIGN.md).
+    ``fastconv.set_num_threads``, restored afterwards). One untimed warm-up each (the converted
+    model prepares its plans on its first call); then ``repeats`` rounds alternate
+    original/converted with ``cooldown`` seconds between them, so spinning thread pools of one
+    do not steal the cores of the other (DESIGN.md).
     """
     import fastconv
+
     from . import torch as fctorch
 
     if batch < 0 or repeats < 1 or threads < 1:

@@ -1,12 +1,13 @@
 """The performance-regression gate, end to end through ``fastconv bench``.
 
-(1) a kernel made 50% slower (the issue asks for >= 30%) — monkeypatched here, no switch in product code — is flagged, by
-layer and algorithm, with exit status 1; (2) an unchanged tree compared with its own fresh
-baseline passes 5 runs out of 5. A small in-test suite keeps this to well under a minute.
+(1) a kernel made 50% slower (the issue asks for >= 30%) — monkeypatched here, no switch in
+product code — is flagged, by layer and algorithm, with exit status 1; (2) an unchanged tree
+compared with its own fresh baseline passes 5 runs out of 5. A small in-test suite keeps this to well under a minute.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -88,9 +89,11 @@ def test_kernel_50_percent_slower_is_flagged(suite_and_baseline, capsys, monkeyp
     module = target.kernel
     original = module.run
 
-    def slower(x, packed, p, out, **options):
+    # wraps: the registry reads run's signature (workspace or not), so the stand-in keeps it
+    @functools.wraps(original)
+    def slower(*args, **options):
         t0 = time.perf_counter()
-        original(x, packed, p, out, **options)
+        original(*args, **options)
         end = time.perf_counter() + (SLOWDOWN - 1) * (time.perf_counter() - t0)
         while time.perf_counter() < end:  # busy, like a slower kernel would be
             pass

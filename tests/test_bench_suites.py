@@ -7,8 +7,8 @@ import pytest
 
 from fastconv import reference, validate
 from fastconv.bench import compare, peers, suites, timer
-from fastconv.testing import AVG_POOL_CASES, MAX_POOL_CASES
 from fastconv.params import ConvParams, PoolParams
+from fastconv.testing import AVG_POOL_CASES, MAX_POOL_CASES
 
 SEED_TABLE = {  # the conv table of the kernels issue: N, C_in, H, C_out, k, s, p
     "lenet.conv1": (64, 1, 28, 10, 5, 1, 0),

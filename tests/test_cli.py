@@ -98,7 +98,6 @@ def test_info(capsys):
         "libgomp",
         "BLAS",
         "compiled extensions",
-        "JIT: none",
         "tune cache",
         "algorithms:",
     ):

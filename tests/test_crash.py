@@ -27,7 +27,7 @@ import textwrap
 
 import pytest
 
-from fastconv import memory, plan, registry
+from fastconv import registry
 
 ERRORS = {"ValueError", "TypeError", "MemoryError"}
 HARNESS = textwrap.dedent(r'''
@@ -115,9 +115,9 @@ def check(cases):
 
 
 def _conv_cases():
-    x, w = "x = A((1, 3, 7, 7)); w = A((4, 3, 3, 3))", "F.conv2d(x, w, **kw)"
+    x, call = "x = A((1, 3, 7, 7)); w = A((4, 3, 3, 3))", "F.conv2d(x, w, **kw)"
     small = [  # bad geometry arguments: negative, zero, huge (past int32 / int64), wrong types
-        (f"{x}; kw = dict({k}={v!r})", "F.conv2d(x, w, **kw)", "error")
+        (f"{x}; kw = dict({k}={v!r})", call, "error")
         for k, vals in dict(
             stride=[0, -1, (1, 0), 2**31, 2**63, 2**64, -(2**63), 1.5, "2", None, (1, 2, 3)],
             padding=[-1, (0, -3), 2**63, 2**64, "bogus", 1.0, (1, 2, 3)],
@@ -187,7 +187,7 @@ def _conv_cases():
         ]
         + [
             (
-                f"x = A((1, 1, 2000, 3000)); w = A((1, 1, 3, 3), fill=1.0)",
+                "x = A((1, 1, 2000, 3000)); w = A((1, 1, 3, 3), fill=1.0)",
                 f"F.conv2d(x, w, padding=1, algo='{a.name}')",
                 [[1, 1, 2000, 3000]],
             )

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import memory, plan, registry, rules, testing, validate
+from fastconv import memory, registry, testing, validate
 
 RNG = np.random.default_rng(5)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import contract, plan, registry, rules, threads
+from fastconv import contract, registry, rules, threads
 from fastconv.params import ConvParams, PoolParams
 
 SUITE = {  # seed-network layers → the algorithm auto must pick (locks the measured heuristic)

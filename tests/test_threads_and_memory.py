@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import memory, plan, registry, rules, validate
+from fastconv import memory, plan, registry, validate
 from fastconv.params import ConvParams
 from fastconv.testing import run_concurrently
 

@@ -236,6 +236,7 @@ def blas() -> list[dict]:
 def openmp() -> list[dict]:
     """The OpenMP runtimes loaded (our Cython kernels' prange), with their thread counts."""
     from threadpoolctl import threadpool_info
+
     import fastconv.kernels.pool  # noqa: F401  (loads the OpenMP runtime our kernels use)
 
     return [
@@ -374,7 +375,7 @@ CALIBRATION_N = 256
 CALIBRATIONS = ("sgemm", "fma")
 
 
-def calibration(kind: str = "sgemm", threads: int | None = None) -> Callable[[], None]:
+def calibration(kind: str = "sgemm", threads: int | None = None) -> Callable[[], object]:
     """The fixed workload the regression gate divides kernel times by.
 
     ``sgemm``: NumPy's BLAS on ``CALIBRATION_N``³ float32 (~34 MFLOP). It shares the kernels'

@@ -9,6 +9,7 @@ call, and is reported as the peer's prepare time.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -39,20 +40,14 @@ def _torch(p, x, w, b, threads: int) -> Callable[[], object]:
     tx = torch.from_numpy(x)
     if isinstance(p, PoolParams):
         if p.kind == "max":
-            args = dict(
-                kernel_size=p.kernel, stride=p.stride, padding=p.padding, dilation=p.dilation, ceil_mode=p.ceil_mode
-            )
-            op = lambda: F.max_pool2d(tx, **args)
+            k, s, pad, dil, ceil = p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode
+            op = lambda: F.max_pool2d(tx, kernel_size=k, stride=s, padding=pad, dilation=dil, ceil_mode=ceil)
         elif p.kind == "avg":
-            args = dict(
-                kernel_size=p.kernel,
-                stride=p.stride,
-                padding=p.padding,
-                ceil_mode=p.ceil_mode,
-                count_include_pad=p.count_include_pad,
-                divisor_override=p.divisor_override,
+            k, s, pad, ceil = p.kernel, p.stride, p.padding, p.ceil_mode
+            inc, div = p.count_include_pad, p.divisor_override
+            op = lambda: F.avg_pool2d(
+                tx, kernel_size=k, stride=s, padding=pad, ceil_mode=ceil, count_include_pad=inc, divisor_override=div
             )
-            op = lambda: F.avg_pool2d(tx, **args)
         else:
             op = lambda: F.adaptive_avg_pool2d(tx, p.output_size)
     else:
@@ -102,14 +97,14 @@ def _onnx_model(p, w, b):
         if b is not None:
             inits.append(numpy_helper.from_array(b, "b"))
             inputs.append("b")
-        t, bo, l, r = p.pad
+        top, bottom, left, right = p.pad
         node = helper.make_node(
             "Conv",
             inputs,
             ["y"],
             kernel_shape=[p.kh, p.kw],
             strides=list(p.stride),
-            pads=[t, l, bo, r],
+            pads=[top, left, bottom, right],
             dilations=list(p.dilation),
             group=p.groups,
         )
@@ -147,7 +142,7 @@ def _numpy(p, x, w, b, threads: int) -> Callable[[], object]:
         return _numpy_pool(p, x)
     from numpy.lib.stride_tricks import sliding_window_view
 
-    t, bo, l, r = p.pad
+    top, bottom, left, right = p.pad
     sh, sw = p.stride
     dh, dw = p.dilation
     g, cig, cog = p.groups, p.c_in_per_group, p.c_out_per_group
@@ -155,7 +150,7 @@ def _numpy(p, x, w, b, threads: int) -> Callable[[], object]:
     bias = None if b is None else b[None, :, None, None]
 
     def run():
-        xp = np.pad(x, ((0, 0), (0, 0), (t, bo), (l, r))) if any(p.pad) else x
+        xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))) if any(p.pad) else x
         win = sliding_window_view(xp, ((p.kh - 1) * dh + 1, (p.kw - 1) * dw + 1), axis=(2, 3))
         win = win[:, :, ::sh, ::sw, ::dh, ::dw][:, :, : p.out_h, : p.out_w]  # N, C, OH, OW, kh, kw
         if g == 1:
@@ -217,6 +212,18 @@ def _numpy_pool(p: PoolParams, x: np.ndarray) -> Callable[[], object]:
     return run_avg
 
 
+@dataclass(frozen=True)
+class Timed:
+    """A peer whose timed call is less than the call that returns its output (the runner times
+    ``timed`` and checks ``output()``)."""
+
+    output: Callable[[], object]
+    timed: Callable[[], object]
+
+    def __call__(self) -> object:
+        return self.output()
+
+
 def _sgemm(p, x, w, b, threads: int) -> Callable[[], object]:
     """The plain GEMM a 1x1 layer is: ``W[C_out × C_in] @ x[n]`` (C_in × H·W) per image, NumPy's
     BLAS at the knob's thread count, no bias, into a preallocated output — the yardstick of the
@@ -231,8 +238,7 @@ def _sgemm(p, x, w, b, threads: int) -> Callable[[], object]:
         np.matmul(w2, x3, out=out)
         return out.reshape(p.out_shape) + (0 if b is None else b[None, :, None, None])  # for the error column
 
-    run.timed = lambda: np.matmul(w2, x3, out=out)
-    return run
+    return Timed(run, lambda: np.matmul(w2, x3, out=out))
 
 
 _MAKERS = {"torch": _torch, "onnxruntime": _onnxruntime, "numpy": _numpy, "sgemm": _sgemm}

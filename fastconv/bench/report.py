@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Literal
 
 from .runner import SCHEMA
 
@@ -41,6 +42,7 @@ def need_matplotlib() -> None:
         raise MissingExtra(f"--plot needs matplotlib: {BENCH_EXTRA}")
 
 
+Justify = Literal["left", "right"]  # a column's alignment, as rich's Table spells it
 PEER_LABEL = {"torch": "torch", "onnxruntime": "onnxrt", "numpy": "numpy", "sgemm": "sgemm"}
 
 
@@ -51,10 +53,11 @@ def _ms(s: float) -> str:
 def _bytes(n: int | None) -> str:
     if not n:
         return "0" if n == 0 else ""
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
     return ""
 
 
@@ -75,7 +78,7 @@ CAPTION = (
 )
 
 
-def cells(report: dict) -> tuple[str, list[tuple[str, str]], list[list[tuple[str, str | None]]], list[int]]:
+def cells(report: dict) -> tuple[str, list[tuple[str, Justify]], list[list[tuple[str, str | None]]], list[int]]:
     """The table as data: ``(title, columns, rows, section_ends)``.
 
     ``columns`` are ``(header, "left"|"right")``; each row is a list of ``(text, style)`` cells
@@ -88,7 +91,7 @@ def cells(report: dict) -> tuple[str, list[tuple[str, str]], list[list[tuple[str
         f"fastconv bench — suite {report['suite'] or '(layers)'}, {report['threads']} threads; "
         f"SGEMM {pk['sgemm_gflops']:.0f}, FMA peak {pk['fma_gflops']:.0f} GFLOP/s" + _dtype_note(report)
     )
-    columns = [
+    columns: list[tuple[str, Justify]] = [
         ("layer", "left"),
         ("algorithm", "left"),
         ("ms", "right"),
@@ -211,7 +214,9 @@ def plot(report: dict, path: str | Path) -> None:
     cmap = plt.get_cmap("tab10")
     for ax, (layers, key, ylabel) in zip(axes[0], panels):
         # pools: our kernel of each kind is one series, "fastconv"
-        series_of = lambda e: e["name"] if e["role"] == "peer" or key == "gflops" else "fastconv"
+        def series_of(e: dict, key: str = key) -> str:
+            return e["name"] if e["role"] == "peer" or key == "gflops" else "fastconv"
+
         series = []
         for L in layers:
             for e in L["entries"]:

@@ -18,10 +18,11 @@ object alone, plus any ``algorithms`` asked for: the network suites, hundreds of
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from .suites import Layer
 from .timer import Candidate, measure
 
 SCHEMA = "fastconv-bench/1"
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,7 +72,7 @@ class _Entry:
     prepare_s: float = 0.0
     chosen: str | None = None  # auto, one-shot: the algorithm it picked
     workspace_bytes: int | None = None
-    output: Callable[[], np.ndarray] = field(default=lambda: None)
+    output: Callable[[], object] = field(default=lambda: None)
 
 
 def _data(p, seed: int):
@@ -84,10 +86,16 @@ def _data(p, seed: int):
     return x, w, b
 
 
-def _timed(make: Callable[[], object]) -> tuple[object, float]:
+def _timed(make: Callable[[], T]) -> tuple[T, float]:
     t0 = time.perf_counter()
     obj = make()
     return obj, time.perf_counter() - t0
+
+
+def _stored(last: dict[str, np.ndarray]) -> Callable[[], np.ndarray]:
+    """Reads ``last["out"]`` later: binds this loop iteration's ``last`` (a lambda written in the
+    loop would read the last iteration's)."""
+    return lambda: last["out"]
 
 
 def _placements(x: np.ndarray, out_shape, dtype, copies: int) -> Callable[[], tuple]:
@@ -127,10 +135,10 @@ def _ours_conv(p: ConvParams, x, w, b, opts: Options, skipped: list) -> list[_En
         if reason is not None:
             skipped.append({"name": name, "reason": reason})
             continue
-        _plan.Plan(alg, w, b, p)  # first prepare may compile: not timed
-        plan, prep = _timed(lambda: _plan.Plan(alg, w, b, p))
+        _plan.Plan(alg, w, b, p)  # the first prepare imports the kernel's module: not timed
+        plan, prep = _timed(functools.partial(_plan.Plan, alg, w, b, p))
         pick = _placements(x, p.out_shape, p.dtype, 4 if opts.burst else 1)
-        last = {}
+        last: dict[str, np.ndarray] = {}
 
         def call(plan=plan, pick=pick, last=last):
             xi, oi = pick()
@@ -146,7 +154,7 @@ def _ours_conv(p: ConvParams, x, w, b, opts: Options, skipped: list) -> list[_En
                 prep,
                 alg.name if role == "auto" else None,
                 alg.workspace_bytes(p, nt),
-                output=(lambda last=last: last["out"]),
+                output=_stored(last),
             )
         )
     if opts.ours != "layer":
@@ -205,6 +213,7 @@ def make_layer(p: ConvParams | PoolParams, w=None, b=None):
             return fastconv.AvgPool2d(
                 p.kernel, p.stride, p.padding, p.ceil_mode, p.count_include_pad, p.divisor_override
             )
+        assert p.output_size is not None  # PoolParams refuses adaptive pooling without one
         return fastconv.AdaptiveAvgPool2d(p.output_size)
     kw = p.functional_kwargs()  # raises for asymmetric padding
     layer = fastconv.Conv2d(
@@ -264,10 +273,11 @@ def _ours_pool(p: PoolParams, x, opts: Options, skipped: list) -> list[_Entry]:
 
 def _peer_entries(p, x, w, b, opts: Options, skipped: list) -> list[_Entry]:
     entries = []
+    nt = threads.get_num_threads()
     for name in opts.peers:
         try:
             _peers.load(name)
-            fn, prep = _timed(lambda: _peers.make(name, p, x, w, b, threads.get_num_threads()))
+            fn, prep = _timed(functools.partial(_peers.make, name, p, x, w, b, nt))
         except _peers.Skip as e:
             skipped.append({"name": name, "reason": str(e)})
             continue
@@ -293,17 +303,21 @@ def params_dict(p) -> dict:
 
 
 def bench_layer(
-    layer: Layer, opts: Options, peaks: dict, progress: Progress | None = None, calib: Callable[[], None] | None = None
+    layer: Layer,
+    opts: Options,
+    peaks: dict,
+    progress: Progress | None = None,
+    calib: Callable[[], object] | None = None,
 ) -> dict:
     p = layer.params
     is_pool = isinstance(p, PoolParams)
     x, w, b = _data(p, opts.seed)
     skipped: list[dict] = []
-    entries = _ours_pool(p, x, opts, skipped) if is_pool else _ours_conv(p, x, w, b, opts, skipped)
+    entries = _ours_pool(p, x, opts, skipped) if isinstance(p, PoolParams) else _ours_conv(p, x, w, b, opts, skipped)
     entries += _peer_entries(p, x, w, b, opts, skipped)
     if progress:
         progress.layer(layer.name, len(entries) * opts.repeats)
-    for e in entries:  # warm-up: JIT compile, first touch, and lazily loaded libraries ...
+    for e in entries:  # warm-up: first touch of the buffers, and lazily loaded libraries ...
         e.fn()
     threads.apply()  # ... such as a BLAS loaded lazily on a kernel's first call: knob it too
     if calib:
@@ -322,11 +336,11 @@ def bench_layer(
         burst=opts.burst,
     )
     ref = _reference(p, x, w, b) if opts.check else None
-    work = p.input_bytes if is_pool else p.flops
-    rows = []
+    work = p.input_bytes if isinstance(p, PoolParams) else p.flops
+    rows: list[dict[str, Any]] = []  # the report's JSON
     for e in entries:
         t = timings[e.name]
-        row = {
+        row: dict[str, Any] = {
             "name": e.name,
             "role": e.role,
             "median_s": t.median,
@@ -367,7 +381,7 @@ def bench_layer(
     for r in rows:
         if r["role"] != "peer":
             r["vs"] = {q: by_name[q]["median_s"] / r["median_s"] for q in by_name if by_name[q]["role"] == "peer"}
-    result = {
+    result: dict[str, Any] = {
         "name": layer.name,
         "params": params_dict(p),
         "describe": p.describe(),
@@ -398,7 +412,7 @@ def layer_summary(layer: dict) -> dict:
     d: dict = {"ours": ours["name"] if ours else None, "ours_s": ours["median_s"] if ours else None}
     for q in SUMMARY_PEERS:
         d[f"{q}_s"] = peers.get(q)
-    best = min(peers, key=peers.get) if peers else None
+    best = min(peers, key=lambda q: peers[q]) if peers else None
     d["best_peer"] = best
     d["ratio"] = peers[best] / ours["median_s"] if ours and best else None
     d["pct_peak"] = ours.get("pct_peak") if ours else None

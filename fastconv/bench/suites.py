@@ -117,6 +117,7 @@ def net_layers(nets: list[str], batches: tuple[int, ...] = NET_BATCHES) -> list[
     for batch in batches:
         for net in nets:
             for L, count in zoo.distinct_layers(net, batch):
+                assert not isinstance(L.params, zoo.FC)  # distinct_layers leaves the FC layers out
                 entry = layers.setdefault(L.params, [f"{L.name}@b{batch}", []])
                 entry[1].append((net, batch, count))
     return [Layer(name, p, tuple(uses)) for p, (name, uses) in layers.items()]

@@ -2,8 +2,9 @@
 round, so a slow spell of the machine (another process, a frequency drop) hits all of them
 alike instead of whichever happened to run then.
 
-* warm-up: each candidate runs once untimed (JIT compile, page faults, first-touch), then once
-  timed to size its sample: a sample repeats the call until it lasts ``min_sample_s``;
+* warm-up: each candidate runs once untimed (lazily imported modules, page faults, first
+  touch), then once timed to size its sample: a sample repeats the call until it lasts
+  ``min_sample_s``;
 * rounds: in round ``r`` the candidates run in an order rotated by ``r`` (no fixed neighbour);
   a candidate stops after ``repeats`` samples, or earlier (never under 3) once it has used
   ``max_time_s``, so one slow algorithm does not dominate the suite's run time;
@@ -97,7 +98,7 @@ def measure(
     everyone = cands + ([calibration] if calibration else [])
     for c in everyone:
         if not warmed:
-            c.fn()  # warm-up (compile, first touch)
+            c.fn()  # warm-up (lazy imports, first touch)
         # the fastest of 3: one slow call (a core still waking up) would size every sample too small
         c.est = max(min(_sample(c) for _ in range(3)), 1e-7)
         c.inner = max(1, burst, math.ceil(min_sample_s / c.est))
