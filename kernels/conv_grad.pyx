@@ -85,6 +85,8 @@ cdef extern from "conv_grad_impl.h" nogil:
                          double *c, long ldc)
     void fcg_bcast_f(long K, const float *a, const float *b, long ldb, float *c, long ldc)
     void fcg_bcast_d(long K, const double *a, const double *b, long ldb, double *c, long ldc)
+    void fcg_bcast_acc_f(long K, const float *a, const float *b, long ldb, float *c, long ldc, int add)
+    void fcg_bcast_acc_d(long K, const double *a, const double *b, long ldb, double *c, long ldc, int add)
 
 WG_CHUNK = 1024    # most pixels per weight-gradient chunk (chunks are equal, whole vectors)
 WG_BCAST_MAX_P = 256  # maps of fewer output pixels take the output-stationary GEMM
@@ -98,6 +100,7 @@ IG_ROWS_MAX_P = 256  # maps of fewer output pixels take the input gradient's pix
 IG_DIRECT = True   # larger maps: phase planes and vectorised folds (False: GEMM + col2im per pixel)
 cdef enum:
     ALIGN = 64     # workspace buffers start on cache lines
+    IG_KC = 128    # grad_output channels per block of the pixel-rows GEMM (its W block stays in L1)
 PASSES = ("input_grad", "weight_grad")
 
 
@@ -235,7 +238,7 @@ def _igr_bytes(p, nthreads) -> int:
     colw = FCG_BV * _vl(p)
     npan = -(-max(1, p.n * p.out_h * p.out_w) // FCG_BR)
     return (_rup(p.groups * npan * p.c_out_per_group * FCG_BR * p.itemsize, ALIGN)
-            + nthreads * (_rup(FCG_BR * colw * p.itemsize, ALIGN) + _rup(3 * ncolb * colw * 4, ALIGN)))
+            + nthreads * (_rup(npan * FCG_BR * colw * p.itemsize, ALIGN) + _rup(3 * ncolb * colw * 4, ALIGN)))
 
 
 def ig_phases(p):
@@ -901,11 +904,12 @@ cdef void _igr_task(const floating *A, const floating *wq, floating *dx, char *b
     cdef int cig = C // groups, cog = CO // groups, kk = kh * kw
     cdef int g = task // ncb, cb = task % ncb, ci0 = cb * cib, nci = min(cib, cig - ci0), ncols = nci * kk
     cdef int VL = 16 if floating is float else 8, colw = FCG_BV * VL, P = OH * OW, NPk = N * P
-    cdef floating *tile = <floating *>buf
-    cdef int *tci = <int *>(buf + _rup(FCG_BR * colw * sizeof(floating), ALIGN))
+    cdef floating *tiles = <floating *>buf
+    cdef floating *tile
+    cdef int *tci = <int *>(buf + _rup(<Py_ssize_t>npan * FCG_BR * colw * sizeof(floating), ALIGN))
     cdef int *th = tci + ncolb * colw
     cdef int *tw = th + ncolb * colw
-    cdef int n, c, cc, pan, q, r, pix, t, i, j, h, w, hb, m, k, klo, khi
+    cdef int n, c, cc, pan, q, r, pix, t, i, j, h, w, hb, m, k, klo, khi, k0, kc
     cdef floating *base
     cdef floating *row
     cdef const floating *src
@@ -916,13 +920,23 @@ cdef void _igr_task(const floating *A, const floating *wq, floating *dx, char *b
         tci[cc] = cc // kk
         th[cc] = ((cc % kk) // kw) * dh - pt
         tw[cc] = (cc % kw) * dw_ - pl
-    for pan in range(npan):
-        a = A + (<Py_ssize_t>g * npan + pan) * cog * FCG_BR
-        for q in range(ncolb):
-            if floating is float:
-                fcg_bcast_f(cog, a, wq + (((<Py_ssize_t>g * ncb + cb) * ncolb + q) * cog) * colw, colw, tile, colw)
-            else:
-                fcg_bcast_d(cog, a, wq + (((<Py_ssize_t>g * ncb + cb) * ncolb + q) * cog) * colw, colw, tile, colw)
+    for q in range(ncolb):
+        # the tiles of every pixel panel for column block q, K in blocks of IG_KC (the block of W
+        # stays in L1 while the panels pass), then scattered
+        k0 = 0
+        while k0 < cog:
+            kc = min(IG_KC, cog - k0)
+            for pan in range(npan):
+                a = A + ((<Py_ssize_t>g * npan + pan) * cog + k0) * FCG_BR
+                if floating is float:
+                    fcg_bcast_acc_f(kc, a, wq + (((<Py_ssize_t>g * ncb + cb) * ncolb + q) * cog + k0) * colw, colw,
+                                    tiles + <Py_ssize_t>pan * FCG_BR * colw, colw, k0 > 0)
+                else:
+                    fcg_bcast_acc_d(kc, a, wq + (((<Py_ssize_t>g * ncb + cb) * ncolb + q) * cog + k0) * colw, colw,
+                                    tiles + <Py_ssize_t>pan * FCG_BR * colw, colw, k0 > 0)
+            k0 += kc
+        for pan in range(npan):
+            tile = tiles + <Py_ssize_t>pan * FCG_BR * colw
             # scatter by runs of the panel's pixels that share an output row: per column, one
             # bounds check and a strided run of adds
             r = 0
@@ -962,7 +976,8 @@ def _input_grad_rows(const floating[:, :, :, ::1] dy, const floating[:, :, :, :,
     cdef char *base = _aligned(ws)
     cdef floating *A = <floating *>base
     cdef char *bufs = base + _rup(<Py_ssize_t>groups * npan * cog * FCG_BR * sizeof(floating), ALIGN)
-    cdef Py_ssize_t per = _rup(FCG_BR * colw * sizeof(floating), ALIGN) + _rup(3 * ncolb * colw * 4, ALIGN)
+    cdef Py_ssize_t per = (_rup(<Py_ssize_t>npan * FCG_BR * colw * sizeof(floating), ALIGN)
+                           + _rup(3 * ncolb * colw * 4, ALIGN))
     for unit in prange(groups * npan, nogil=True, schedule="static", num_threads=min(nthreads, groups * npan)):
         _igr_pack(&dy[0, 0, 0, 0], A, unit, NPk, CO, P, groups, npan)
     for task in prange(ntasks, nogil=True, schedule="dynamic", num_threads=min(nthreads, ntasks)):

@@ -179,11 +179,12 @@ FCG_DEFINE_DOT_BLOCK(double, d)
 
 /* Broadcast GEMM block: c[r*ldc + j] = Σ_k a[k*8 + r]·b[k*ldb + j], 8 rows x 3 vectors. */
 #define FCG_DEFINE_BCAST(T, VT, VL, SUF)                                                              \
-    static void fcg_bcast_##SUF(long K, const T *restrict a, const T *restrict b, long ldb,            \
-                                T *restrict c, long ldc) {                                            \
+    static void fcg_bcast_acc_##SUF(long K, const T *restrict a, const T *restrict b, long ldb,        \
+                                    T *restrict c, long ldc, int add) {                               \
         VT acc[FCG_BR][FCG_BV];                                                                       \
         for (int r = 0; r < FCG_BR; r++)                                                              \
-            for (int v = 0; v < FCG_BV; v++) acc[r][v] = (VT){0};                                    \
+            for (int v = 0; v < FCG_BV; v++)                                                          \
+                acc[r][v] = add ? FCG_LOAD(VT, c + r * ldc + v * VL) : (VT){0};                      \
         for (long k = 0; k < K; k++) {                                                                \
             VT bv[FCG_BV];                                                                            \
             for (int v = 0; v < FCG_BV; v++) bv[v] = FCG_LOAD(VT, b + k * ldb + v * VL);             \
@@ -198,5 +199,12 @@ FCG_DEFINE_DOT_BLOCK(double, d)
     }
 FCG_DEFINE_BCAST(float, fcg_vf, FCG_VL_F, f)
 FCG_DEFINE_BCAST(double, fcg_vd, FCG_VL_D, d)
+/* c = a·b (add = 0) or c += a·b (add = 1: the tile is the accumulators' initial value) */
+static inline void fcg_bcast_f(long K, const float *a, const float *b, long ldb, float *c, long ldc) {
+    fcg_bcast_acc_f(K, a, b, ldb, c, ldc, 0);
+}
+static inline void fcg_bcast_d(long K, const double *a, const double *b, long ldb, double *c, long ldc) {
+    fcg_bcast_acc_d(K, a, b, ldb, c, ldc, 0);
+}
 
 #endif
