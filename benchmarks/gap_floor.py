@@ -5,7 +5,7 @@
 Times, interleaved round by round in one process: torch's ``adaptive_avg_pool2d(x, 1)``,
 fastconv's (the public call, and the kernel alone), and a *read-only floor*: one parallel,
 vectorised pass that reads every input float once and does nothing else (Winograd's finiteness
-check, ``fastconv.kernels.winograd._all_finite``: an integer OR per element, no stores). No pool
+check, ``fastconv.kernels._common.all_finite``: an integer OR per element, no stores). No pool
 can beat the floor, so ``torch / floor`` bounds the speed-up over torch that any kernel can reach
 on this machine (the issue asked for 5x; session 7 measured the floor at 2.6-3.4x torch and our
 kernel at 1.4-1.9x over several runs: ``results/gap-floor-2threads.txt`` is one of them).
@@ -17,7 +17,7 @@ import argparse
 import statistics
 
 import numpy as np
-from fastconv.kernels import winograd
+from fastconv.kernels import _common
 from scaling import sample  # (benchmarks/ is on sys.path when this script runs)
 
 import fastconv
@@ -40,7 +40,7 @@ def main() -> None:
         "torch": lambda: torch.nn.functional.adaptive_avg_pool2d(tx, 1),
         "fastconv.adaptive_avg_pool2d": lambda: fastconv.adaptive_avg_pool2d(x, 1),
         "fastconv kernel alone": lambda: plan.run_pool(x, p, out),
-        "read-only floor": lambda: winograd._all_finite(flat, args.threads),
+        "read-only floor": lambda: _common.all_finite(flat, args.threads),
     }
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(args.rounds):

@@ -28,14 +28,9 @@ def _workspace(kernel: registry.Kernel, p: Any, nthreads: int) -> np.ndarray:
 
 
 def _finite(a: np.ndarray) -> bool:
-    try:
-        from .kernels import _common
+    from .kernels import _common
 
-        return bool(_common.all_finite(a.reshape(-1), threads.get_num_threads()))
-    except ImportError:  # TRANSITION
-        from .kernels import winograd
-
-        return bool(winograd._all_finite(a.reshape(-1), threads.get_num_threads()))
+    return bool(_common.all_finite(a.reshape(-1), threads.get_num_threads()))
 
 
 class Plan:

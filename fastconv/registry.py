@@ -66,8 +66,6 @@ class Kernel:
 
     def workspace_bytes(self, p: Any, nthreads: int) -> int:
         """Every byte of scratch `run` needs for ``p`` on ``nthreads`` threads."""
-        if not _new_api(self.kernel):  # TRANSITION
-            return 0
         return int(self.kernel.workspace_bytes(p, nthreads, **self.options))
 
     def prepare(self, w: np.ndarray | None, b: np.ndarray | None, p: Any) -> Any:
@@ -77,31 +75,8 @@ class Kernel:
         self, x: np.ndarray, packed: Any, p: Any, out: np.ndarray, workspace: np.ndarray, nthreads: int, **extra: Any
     ) -> None:
         """Run into ``out`` with the caller's ``workspace`` (see `fastconv.plan`)."""
-        if not _new_api(self.kernel):  # TRANSITION
-            _old_run(self, x, packed, p, out, nthreads, **extra)
-        else:
-            self.kernel.run(x, packed, p, out, workspace, nthreads, **self.options, **extra)
+        self.kernel.run(x, packed, p, out, workspace, nthreads, **self.options, **extra)
         threads.after_first_run(self.name)
-
-
-def _new_api(mod: Any) -> bool:  # TRANSITION: until every kernel module takes a workspace
-    import inspect
-
-    run = getattr(mod, "run", None)
-    return run is not None and "workspace" in inspect.signature(run).parameters
-
-
-def _old_run(k: "Kernel", x: Any, packed: Any, p: Any, out: Any, nt: int, indices: Any = None) -> None:
-    m = k.kernel
-    if k.op == "conv2d":
-        m.run(x, packed, p, out, **k.options)
-    elif p.kind == "max":
-        idx = indices if indices is not None else np.empty((1, 1, 1, 1), dtype=np.int64)
-        m.max_pool2d(x, out, idx, indices is not None, *p.kernel, *p.stride, *p.padding, *p.dilation, nt)
-    elif p.kind == "avg":
-        m.avg_pool2d(x, out, *p.kernel, *p.stride, *p.padding, p.count_include_pad, p.divisor_override or 0, nt)
-    else:
-        m.adaptive_avg_pool2d(x, out, nt)
 
 
 Algorithm = Kernel  # the convolution registry's entries are called algorithms (``algo=``)

@@ -4,7 +4,7 @@ Each rule names an algorithm and the layers it takes; `choose` returns the first
 matches, so the table reads top to bottom like the decision it is. The numbers come from
 measurements on the benchmark suites (2 threads, interleaved medians); `benchmarks/NOTES.md`
 has them. The result depends on the layer alone (no timing, no machine state), and a table test
-(tests/test_dispatch.py) locks it. Whoever wants choices measured on their own machine uses
+(tests/test_registry.py) locks it. Whoever wants choices measured on their own machine uses
 the tuner (``algo="tune"``, `fastconv.tune`), which never leaves the accuracy contract ``auto``
 would give.
 """
