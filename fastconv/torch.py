@@ -23,20 +23,24 @@ converted conv holds the original's ``weight`` and ``bias`` ``nn.Parameter`` obj
 (``padding_mode`` other than zeros, float16/bfloat16 weights, a non-CPU device, forward hooks,
 a weight that is not a parameter) stays on torch, trains on torch, and is named in one warning.
 
-Each call takes one of three routes:
+Each call takes one of four routes:
 
 * **fastconv, directly** — when autograd needs nothing from the call (``torch.no_grad()``,
   ``torch.inference_mode()``, or no input or parameter requires grad), nothing is tracing, and no
   dispatch mode is active: the tensor is read in place as a NumPy view, the layer's prepared
   weights run, and the result is ``torch.from_numpy`` of the array fastconv wrote. This is the
-  inference path of earlier versions, with no dispatcher or autograd cost.
+  inference path of earlier versions, with no dispatcher or autograd cost (~1 us of routing).
+* **autograd, eagerly** — when gradients are needed in plain eager mode: a
+  ``torch.autograd.Function`` runs the same forward and records the backward, computed by
+  `fastconv.grad`.
 * **the custom ops** — ``torch.ops.fastconv.conv2d``, ``max_pool2d``, ``avg_pool2d`` and
-  ``adaptive_avg_pool2d`` (registered with `torch.library`, with fake implementations and
-  autograd formulas whose backward passes are the custom ops ``conv2d_input``,
+  ``adaptive_avg_pool2d`` (registered with `torch.library`, with fake implementations and the
+  same autograd formulas, whose backward passes are the custom ops ``conv2d_input``,
   ``conv2d_weight``, ``max_pool2d_backward``, ``avg_pool2d_backward`` and
-  ``adaptive_avg_pool2d_backward``, computed by `fastconv.grad`): when gradients are needed and
-  under ``torch.compile``, ``torch.jit.trace``, ``torch.export`` or a dispatch mode, so those
-  tools see, record and differentiate fastconv's ops.
+  ``adaptive_avg_pool2d_backward``): under ``torch.compile``, ``torch.jit.trace``,
+  ``torch.export``, ``torch.func`` transforms and dispatch modes, so those tools see, record and
+  differentiate fastconv's ops. (Eager code does not call them: the dispatcher and the custom-op
+  autograd wrapper cost 20-90 us a call, an autograd.Function ~10 us.)
 * **torch** — while ``torch.onnx.export`` runs (so the ONNX file holds standard ``Conv`` /
   ``MaxPool`` / ``AveragePool`` nodes, not a constant), and for a dtype or device fastconv does
   not run (a model moved with ``.half()`` or ``.to("cuda")`` after conversion): the module calls
@@ -76,7 +80,7 @@ _DTYPES = (torch.float32, torch.float64)
 
 
 # --- routing ------------------------------------------------------------------------------------
-_DIRECT, _OP, _TORCH = 0, 1, 2  # fastconv directly, the custom op, torch.nn.functional
+_DIRECT, _AUTOGRAD, _OP, _TORCH = 0, 1, 2, 3  # fastconv directly, an autograd.Function, the custom op, torch
 
 try:  # the flags torch.onnx.is_in_onnx_export reads, read directly: ~1 us less per call, and under
     # dynamo (which folds that function to False) the torch.export-based exporter's flag is seen
@@ -94,11 +98,11 @@ except ImportError:  # pragma: no cover - another torch layout
 
 
 def _route(input: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> int:
-    """Which of the three routes (module docstring) a call takes.
+    """Which route (module docstring) a call takes.
 
     ``is_compiling`` comes first: under dynamo it is a constant, so the eager checks after it
-    (which dynamo cannot trace) are never reached. In eager mode the order puts the cheap,
-    decisive checks first: inference costs ~1 us here.
+    (which dynamo cannot trace) are never reached. In eager mode the cheap, decisive checks come
+    first: deciding costs ~0.4 us of an inference call.
     """
     if torch.compiler.is_compiling():
         if input.dtype not in _DTYPES or input.device.type != "cpu" or _onnx_exporting_compiled():
@@ -107,21 +111,21 @@ def _route(input: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     if input.dtype not in _DTYPES or not input.is_cpu:
         return _TORCH  # a dtype or device fastconv does not run: torch runs (or refuses) it
     if (
-        (
-            torch.is_grad_enabled()
-            and (
-                input.requires_grad
-                or (weight is not None and weight.requires_grad)
-                or (bias is not None and bias.requires_grad)
-            )
-        )
-        or torch.jit.is_tracing()
+        torch.jit.is_tracing()
         or type(input) is not torch.Tensor
         or torch._C._len_torch_dispatch_stack()
+        or torch._C._are_functorch_transforms_active()
     ):
-        # autograd needs the call, a tracer records it, or a FakeTensor, a tensor subclass or a
-        # dispatch mode (FlopCounterMode, ...) must see it; ONNX export traces too, and gets torch's op
+        # a tracer records the call, or a FakeTensor, a tensor subclass, a dispatch mode
+        # (FlopCounterMode, ...) or a torch.func transform must see it; ONNX export traces too,
+        # and gets torch's op
         return _TORCH if _onnx_exporting() else _OP
+    if torch.is_grad_enabled() and (
+        input.requires_grad
+        or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad)
+    ):
+        return _AUTOGRAD
     return _DIRECT
 
 
@@ -240,8 +244,7 @@ def _batched(input: Tensor):
 
 
 # --- custom ops: forward --------------------------------------------------------------------------
-@torch.library.custom_op("fastconv::conv2d", mutates_args=())
-def _conv2d_op(
+def _conv2d_impl(
     input: Tensor,
     weight: Tensor,
     bias: Tensor | None,
@@ -258,6 +261,9 @@ def _conv2d_op(
         return cache.layer_for(weight, bias)(input)
     pad = _padding_arg(padding, tuple(weight.shape[2:]), dilation, stride)
     return functional.conv2d(input, weight, bias, stride, pad, dilation, groups)
+
+
+_conv2d_op = torch.library.custom_op("fastconv::conv2d", _conv2d_impl, mutates_args=())
 
 
 @_conv2d_op.register_fake
@@ -282,8 +288,7 @@ def _pool_layer(cls: type, *config: Any) -> Any:
     return layer
 
 
-@torch.library.custom_op("fastconv::max_pool2d", mutates_args=())
-def _max_pool2d_op(
+def _max_pool2d_impl(
     input: Tensor, kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int], ceil_mode: bool
 ) -> tuple[Tensor, Tensor]:
     """Max pooling of NCHW ``input`` → (values, flat ``h*W + w`` int64 indices), as torch's
@@ -304,14 +309,16 @@ def _pool_out(input: Tensor, kernel_size, stride, padding, dilation, ceil_mode) 
     )
 
 
+_max_pool2d_op = torch.library.custom_op("fastconv::max_pool2d", _max_pool2d_impl, mutates_args=())
+
+
 @_max_pool2d_op.register_fake
 def _(input, kernel_size, stride, padding, dilation, ceil_mode):
     shape = _pool_out(input, kernel_size, stride, padding, dilation, ceil_mode)
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
 
 
-@torch.library.custom_op("fastconv::avg_pool2d", mutates_args=())
-def _avg_pool2d_op(
+def _avg_pool2d_impl(
     input: Tensor,
     kernel_size: list[int],
     stride: list[int],
@@ -333,15 +340,22 @@ def _avg_pool2d_op(
     return layer(input)
 
 
+_avg_pool2d_op = torch.library.custom_op("fastconv::avg_pool2d", _avg_pool2d_impl, mutates_args=())
+
+
 @_avg_pool2d_op.register_fake
 def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     return input.new_empty(_pool_out(input, kernel_size, stride, padding, (1, 1), ceil_mode))
 
 
-@torch.library.custom_op("fastconv::adaptive_avg_pool2d", mutates_args=())
-def _adaptive_avg_pool2d_op(input: Tensor, output_size: list[int]) -> Tensor:
+def _adaptive_avg_pool2d_impl(input: Tensor, output_size: list[int]) -> Tensor:
     """Adaptive average pooling of NCHW ``input`` to ``output_size`` (both sizes given)."""
     return _pool_layer(layers.AdaptiveAvgPool2d, tuple(output_size))(input)
+
+
+_adaptive_avg_pool2d_op = torch.library.custom_op(
+    "fastconv::adaptive_avg_pool2d", _adaptive_avg_pool2d_impl, mutates_args=()
+)
 
 
 @_adaptive_avg_pool2d_op.register_fake
@@ -356,8 +370,7 @@ def _grad():
     return grad
 
 
-@torch.library.custom_op("fastconv::conv2d_input", mutates_args=())
-def _conv2d_input_op(
+def _conv2d_input_impl(
     grad_output: Tensor,
     weight: Tensor,
     input_size: list[int],
@@ -371,13 +384,15 @@ def _conv2d_input_op(
     return _grad().conv2d_input(tuple(input_size), weight, grad_output, stride, pad, dilation, groups)
 
 
+_conv2d_input_op = torch.library.custom_op("fastconv::conv2d_input", _conv2d_input_impl, mutates_args=())
+
+
 @_conv2d_input_op.register_fake
 def _(grad_output, weight, input_size, stride, padding, dilation, groups):
     return grad_output.new_empty(input_size)
 
 
-@torch.library.custom_op("fastconv::conv2d_weight", mutates_args=())
-def _conv2d_weight_op(
+def _conv2d_weight_impl(
     grad_output: Tensor,
     input: Tensor,
     weight_size: list[int],
@@ -391,13 +406,15 @@ def _conv2d_weight_op(
     return _grad().conv2d_weight(input, tuple(weight_size), grad_output, stride, pad, dilation, groups)
 
 
+_conv2d_weight_op = torch.library.custom_op("fastconv::conv2d_weight", _conv2d_weight_impl, mutates_args=())
+
+
 @_conv2d_weight_op.register_fake
 def _(grad_output, input, weight_size, stride, padding, dilation, groups):
     return grad_output.new_empty(weight_size)
 
 
-@torch.library.custom_op("fastconv::max_pool2d_backward", mutates_args=())
-def _max_pool2d_backward_op(
+def _max_pool2d_backward_impl(
     grad_output: Tensor,
     input: Tensor,
     indices: Tensor,
@@ -411,13 +428,17 @@ def _max_pool2d_backward_op(
     return _grad().max_pool2d_input(input, grad_output, indices, kernel_size, stride, padding, dilation, ceil_mode)
 
 
+_max_pool2d_backward_op = torch.library.custom_op(
+    "fastconv::max_pool2d_backward", _max_pool2d_backward_impl, mutates_args=()
+)
+
+
 @_max_pool2d_backward_op.register_fake
 def _(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("fastconv::avg_pool2d_backward", mutates_args=())
-def _avg_pool2d_backward_op(
+def _avg_pool2d_backward_impl(
     grad_output: Tensor,
     input_size: list[int],
     kernel_size: list[int],
@@ -433,15 +454,24 @@ def _avg_pool2d_backward_op(
     )
 
 
+_avg_pool2d_backward_op = torch.library.custom_op(
+    "fastconv::avg_pool2d_backward", _avg_pool2d_backward_impl, mutates_args=()
+)
+
+
 @_avg_pool2d_backward_op.register_fake
 def _(grad_output, input_size, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     return grad_output.new_empty(input_size)
 
 
-@torch.library.custom_op("fastconv::adaptive_avg_pool2d_backward", mutates_args=())
-def _adaptive_avg_pool2d_backward_op(grad_output: Tensor, input_size: list[int]) -> Tensor:
+def _adaptive_avg_pool2d_backward_impl(grad_output: Tensor, input_size: list[int]) -> Tensor:
     """dL/dinput of ``fastconv::adaptive_avg_pool2d`` (`fastconv.grad.adaptive_avg_pool2d_input`)."""
     return _grad().adaptive_avg_pool2d_input(tuple(input_size), grad_output)
+
+
+_adaptive_avg_pool2d_backward_op = torch.library.custom_op(
+    "fastconv::adaptive_avg_pool2d_backward", _adaptive_avg_pool2d_backward_impl, mutates_args=()
+)
 
 
 @_adaptive_avg_pool2d_backward_op.register_fake
@@ -450,6 +480,26 @@ def _(grad_output, input_size):
 
 
 # --- autograd formulas ----------------------------------------------------------------------------
+# One formula per op, run two ways: registered on the custom ops (their backward passes are the
+# backward custom ops, so torch.compile and torch.export trace them), and as the eager
+# autograd.Functions below (the same impls called directly: a custom op costs ~20 us a call in
+# the dispatcher and ~50-90 us with its autograd wrapper, an autograd.Function ~10 us).
+_TRACED = {
+    "conv_input": _conv2d_input_op,
+    "conv_weight": _conv2d_weight_op,
+    "max": _max_pool2d_backward_op,
+    "avg": _avg_pool2d_backward_op,
+    "adaptive": _adaptive_avg_pool2d_backward_op,
+}
+_EAGER = {
+    "conv_input": _conv2d_input_impl,
+    "conv_weight": _conv2d_weight_impl,
+    "max": _max_pool2d_backward_impl,
+    "avg": _avg_pool2d_backward_impl,
+    "adaptive": _adaptive_avg_pool2d_backward_impl,
+}
+
+
 def _conv2d_setup(ctx, inputs, output) -> None:
     input, weight, _, stride, padding, dilation, groups, _ = inputs
     ctx.config = (stride, padding, dilation, groups)
@@ -459,13 +509,13 @@ def _conv2d_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(input if need_w else None, weight if need_x else None)
 
 
-def _conv2d_backward(ctx, grad):
+def _conv2d_grads(ctx, grad, ops: dict) -> tuple:
     input, weight = ctx.saved_tensors
     gx = gw = gb = None
     if ctx.needs_input_grad[0]:
-        gx = _conv2d_input_op(grad, weight, ctx.input_size, *ctx.config)
+        gx = ops["conv_input"](grad, weight, ctx.input_size, *ctx.config)
     if ctx.needs_input_grad[1]:
-        gw = _conv2d_weight_op(grad, input, ctx.weight_size, *ctx.config)
+        gw = ops["conv_weight"](grad, input, ctx.weight_size, *ctx.config)
     if ctx.needs_input_grad[2]:
         # summed in float64 and rounded once, as fastconv.grad.conv2d_bias (a torch op: traceable)
         gb = grad.sum((0, 2, 3), dtype=torch.float64).to(grad.dtype)
@@ -479,9 +529,9 @@ def _max_pool2d_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(input, output[1])
 
 
-def _max_pool2d_backward(ctx, grad, _grad_indices):
+def _max_pool2d_grads(ctx, grad, ops: dict) -> tuple:
     input, indices = ctx.saved_tensors
-    return (_max_pool2d_backward_op(grad, input, indices, *ctx.config),) + (None,) * 5
+    return (ops["max"](grad, input, indices, *ctx.config),) + (None,) * 5
 
 
 def _avg_pool2d_setup(ctx, inputs, output) -> None:
@@ -489,22 +539,80 @@ def _avg_pool2d_setup(ctx, inputs, output) -> None:
     ctx.input_size, ctx.config = list(input.shape), config
 
 
-def _avg_pool2d_backward(ctx, grad):
-    return (_avg_pool2d_backward_op(grad, ctx.input_size, *ctx.config),) + (None,) * 6
+def _avg_pool2d_grads(ctx, grad, ops: dict) -> tuple:
+    return (ops["avg"](grad, ctx.input_size, *ctx.config),) + (None,) * 6
 
 
 def _adaptive_setup(ctx, inputs, output) -> None:
     ctx.input_size = list(inputs[0].shape)
 
 
-def _adaptive_backward(ctx, grad):
-    return _adaptive_avg_pool2d_backward_op(grad, ctx.input_size), None
+def _adaptive_grads(ctx, grad, ops: dict) -> tuple:
+    return ops["adaptive"](grad, ctx.input_size), None
 
 
-_conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup)
-_max_pool2d_op.register_autograd(_max_pool2d_backward, setup_context=_max_pool2d_setup)
-_avg_pool2d_op.register_autograd(_avg_pool2d_backward, setup_context=_avg_pool2d_setup)
-_adaptive_avg_pool2d_op.register_autograd(_adaptive_backward, setup_context=_adaptive_setup)
+_conv2d_op.register_autograd(lambda ctx, g: _conv2d_grads(ctx, g, _TRACED), setup_context=_conv2d_setup)
+_max_pool2d_op.register_autograd(lambda ctx, g, _: _max_pool2d_grads(ctx, g, _TRACED), setup_context=_max_pool2d_setup)
+_avg_pool2d_op.register_autograd(lambda ctx, g: _avg_pool2d_grads(ctx, g, _TRACED), setup_context=_avg_pool2d_setup)
+_adaptive_avg_pool2d_op.register_autograd(
+    lambda ctx, g: _adaptive_grads(ctx, g, _TRACED), setup_context=_adaptive_setup
+)
+
+
+class _Conv2dFunction(torch.autograd.Function):
+    """Eager autograd of ``fastconv::conv2d`` (same arguments, same formula, no dispatcher)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        y = _conv2d_impl(*inputs)
+        _conv2d_setup(ctx, inputs, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _conv2d_grads(ctx, grad, _EAGER)
+
+
+class _MaxPool2dFunction(torch.autograd.Function):
+    """Eager autograd of ``fastconv::max_pool2d``."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = _max_pool2d_impl(*inputs)
+        _max_pool2d_setup(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad, _grad_indices):
+        return _max_pool2d_grads(ctx, grad, _EAGER)
+
+
+class _AvgPool2dFunction(torch.autograd.Function):
+    """Eager autograd of ``fastconv::avg_pool2d``."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        y = _avg_pool2d_impl(*inputs)
+        _avg_pool2d_setup(ctx, inputs, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _avg_pool2d_grads(ctx, grad, _EAGER)
+
+
+class _AdaptiveAvgPool2dFunction(torch.autograd.Function):
+    """Eager autograd of ``fastconv::adaptive_avg_pool2d``."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        y = _adaptive_avg_pool2d_impl(*inputs)
+        _adaptive_setup(ctx, inputs, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _adaptive_grads(ctx, grad, _EAGER)
 
 
 # --- differentiable functions (torch.nn.functional's signatures) ---------------------------------
@@ -548,7 +656,9 @@ def conv2d(
     if route == _DIRECT:
         return functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
     x, unbatched = _batched(input)
-    y = _conv2d_op(x, weight, bias, *_conv_config(stride, padding, dilation, groups, tuple(weight.shape[2:])), -1)
+    y = (_Conv2dFunction.apply if route == _AUTOGRAD else _conv2d_op)(
+        x, weight, bias, *_conv_config(stride, padding, dilation, groups, tuple(weight.shape[2:])), -1
+    )
     return y.squeeze(0) if unbatched else y
 
 
@@ -578,7 +688,7 @@ def max_pool2d(
     if route == _DIRECT:
         return functional.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     x, unbatched = _batched(input)
-    y, i = _max_pool2d_op(
+    y, i = (_MaxPool2dFunction.apply if route == _AUTOGRAD else _max_pool2d_op)(
         x,
         [*validate.pair(kernel_size, "kernel_size")],
         [*validate.pair(stride, "stride")],
@@ -610,7 +720,7 @@ def avg_pool2d(
             input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
         )
     x, unbatched = _batched(input)
-    y = _avg_pool2d_op(
+    y = (_AvgPool2dFunction.apply if route == _AUTOGRAD else _avg_pool2d_op)(
         x,
         [*validate.pair(kernel_size, "kernel_size")],
         [*validate.pair(stride, "stride")],
@@ -632,7 +742,7 @@ def adaptive_avg_pool2d(input: Tensor, output_size: Any) -> Tensor:
         return functional.adaptive_avg_pool2d(input, output_size)
     x, unbatched = _batched(input)
     size = [x.shape[2 + i] if v is None else v for i, v in enumerate(validate.adaptive_output_size(output_size))]
-    y = _adaptive_avg_pool2d_op(x, size)
+    y = (_AdaptiveAvgPool2dFunction.apply if route == _AUTOGRAD else _adaptive_avg_pool2d_op)(x, size)
     return y.squeeze(0) if unbatched else y
 
 
@@ -724,7 +834,9 @@ class FastConv2d(_FastModule):
         if route == _TORCH:
             return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         x, unbatched = _batched(input)
-        y = _conv2d_op(x, weight, bias, *self._op_args, self._prepared.handle)
+        y = (_Conv2dFunction.apply if route == _AUTOGRAD else _conv2d_op)(
+            x, weight, bias, *self._op_args, self._prepared.handle
+        )
         return y.squeeze(0) if unbatched else y
 
 
@@ -759,7 +871,7 @@ class FastMaxPool2d(_FastModule):
                 return_indices=self.return_indices,
             )
         x, unbatched = _batched(input)
-        y, i = _max_pool2d_op(x, *self._op_args)
+        y, i = (_MaxPool2dFunction.apply if route == _AUTOGRAD else _max_pool2d_op)(x, *self._op_args)
         if unbatched:
             y, i = y.squeeze(0), i.squeeze(0)
         return (y, i) if self.return_indices else y
@@ -804,7 +916,7 @@ class FastAvgPool2d(_FastModule):
                 self.divisor_override,
             )
         x, unbatched = _batched(input)
-        y = _avg_pool2d_op(x, *self._op_args)
+        y = (_AvgPool2dFunction.apply if route == _AUTOGRAD else _avg_pool2d_op)(x, *self._op_args)
         return y.squeeze(0) if unbatched else y
 
 
@@ -830,7 +942,9 @@ class FastAdaptiveAvgPool2d(_FastModule):
             return F.adaptive_avg_pool2d(input, self.output_size)
         x, unbatched = _batched(input)
         oh, ow = self.output_size
-        y = _adaptive_avg_pool2d_op(x, [x.shape[2] if oh is None else oh, x.shape[3] if ow is None else ow])
+        y = (_AdaptiveAvgPool2dFunction.apply if route == _AUTOGRAD else _adaptive_avg_pool2d_op)(
+            x, [x.shape[2] if oh is None else oh, x.shape[3] if ow is None else ow]
+        )
         return y.squeeze(0) if unbatched else y
 
 

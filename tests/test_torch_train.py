@@ -296,19 +296,23 @@ def test_deepcopy_has_its_own_prepared_weights():
         assert float(twin(x).abs().max()) == 0 and float(fast(x).abs().max()) > 0
 
 
-def test_inference_skips_the_dispatcher(monkeypatch):
+def test_routes_inference_autograd_and_tracing(monkeypatch):
     calls = []
-    real = fct._conv2d_op
-    monkeypatch.setattr(fct, "_conv2d_op", lambda *a: calls.append(1) or real(*a))
+    real_op, real_fn = fct._conv2d_op, fct._Conv2dFunction.apply
+    monkeypatch.setattr(fct, "_conv2d_op", lambda *a: calls.append("op") or real_op(*a))
+    monkeypatch.setattr(fct._Conv2dFunction, "apply", lambda *a: calls.append("autograd") or real_fn(*a))
     fast = fct.convert(nn.Sequential(nn.Conv2d(2, 3, 3)))
     x = torch.randn(1, 2, 5, 5)
     with torch.no_grad():
         fast(x)
     with torch.inference_mode():
         fast(x)
-    assert calls == []
-    fast(x)  # the weight requires grad: autograd needs the op
-    assert calls == [1]
+    assert calls == []  # inference: fastconv directly, no dispatcher, no autograd node
+    y = fast(x)  # the weight requires grad: eager autograd
+    assert calls == ["autograd"] and y.grad_fn is not None
+    with torch.no_grad():
+        torch.jit.trace(fast, (x,))  # a tracer must record the op
+    assert calls[-1] == "op"
 
 
 # --- gradcheck per op (float64) -------------------------------------------------------------------
@@ -360,6 +364,24 @@ def test_gradcheck_pools(case):
     x = _r(2, 3, 9, 8, seed=4)
     assert gradcheck(ours, (x,))
     torch.testing.assert_close(ours(x), theirs(x))
+
+
+OP_CASES = {
+    "conv2d": lambda x, w, b: torch.ops.fastconv.conv2d(x, w, b, [2, 1], [1, 1, 0, 0], [1, 2], 1, -1),
+    "conv2d_same": lambda x, w, b: torch.ops.fastconv.conv2d(x, w, None, [1, 1], [1, 1, 0, 1], [1, 1], 1, -1),
+    "max_pool2d": lambda x, w, b: torch.ops.fastconv.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], True)[0],
+    "avg_pool2d": lambda x, w, b: torch.ops.fastconv.avg_pool2d(x, [3, 2], [2, 2], [1, 1], True, False, None),
+    "adaptive_avg_pool2d": lambda x, w, b: torch.ops.fastconv.adaptive_avg_pool2d(x, [4, 3]),
+}
+
+
+@pytest.mark.parametrize("case", list(OP_CASES))
+def test_gradcheck_custom_ops(case):
+    # the formulas registered on the ops (torch.compile and torch.export differentiate these)
+    x, w, b = _r(2, 3, 7, 6, seed=8), _r(4, 3, 3, 2, seed=9), _r(4, seed=10)
+    if case == "conv2d_same":
+        w = _r(4, 3, 3, 2, seed=9)  # kernel width 2: "same" pads the odd column after
+    assert gradcheck(OP_CASES[case], (x, w, b))
 
 
 def test_max_pool_indices_and_opcheck():
