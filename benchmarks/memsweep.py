@@ -17,8 +17,8 @@ output allocated before the limit).
 
 Layers: 8x256x56x56 -> 256, 3x3, padding 1 for the convolutions (1x1 for pointwise), 8x256x56x56
 for the pools (``--small``: 2x32x28x28, the test's size). Prints one line per op (``.`` ok,
-``M`` MemoryError, ``E`` another exception, ``X`` dead) and ``N runs, K dead``; exits 1 if any
-run died.
+``M`` MemoryError, ``E`` another exception, ``X`` dead, ``S`` the child failed before setting the
+limit: not a run) and ``N runs, K dead``; exits 1 if any run died.
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def child(op: str, via: str, small: bool, cold: bool, headroom: int | None) -> N
     keep, call = _make_call(op, via, small, warm=False)
     before, peak0 = _vm_bytes(), _vm_peak()
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    print("LIMIT", flush=True)  # from here on a death is the call's
     if headroom is not None:
         resource.setrlimit(resource.RLIMIT_AS, (before + headroom, hard))
     try:
@@ -144,7 +145,8 @@ def child(op: str, via: str, small: bool, cold: bool, headroom: int | None) -> N
 
 
 def _run_child(op: str, args, headroom: int | None) -> tuple[str, int, str]:
-    """(outcome, need bytes, detail): outcome ok / MemoryError / error:... / dead."""
+    """(outcome, peak-rise bytes, detail): outcome ok / MemoryError / error:... / dead / setup (the
+    child failed before it set the limit)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", op, "--via", args.via]
     cmd += ["--small"] * args.small + ["--cold"] * args.cold
     if headroom is not None:
@@ -159,6 +161,8 @@ def _run_child(op: str, args, headroom: int | None) -> tuple[str, int, str]:
         return what, int(need), ""
     err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     last = err[-1].strip() if err else "(no stderr)"
+    if "LIMIT" not in proc.stdout.split():  # failed before the limit was set (e.g. an import)
+        return "setup", 0, f"exit {proc.returncode} before the limit: {last[:160]}"
     if proc.returncode < 0:
         why = f"signal {signal.Signals(-proc.returncode).name}"
     else:
@@ -174,7 +178,7 @@ def _find_need(op: str, args) -> tuple[int | None, int, list[str]]:
     def ok(headroom: int) -> bool:
         nonlocal runs
         what, _, detail = _run_child(op, args, headroom)
-        runs += 1
+        runs += what != "setup"
         if what == "dead":
             died.append(f"    (finding the need) headroom {headroom / 2**20:.1f} MiB: {detail}")
         return what == "ok"
@@ -216,13 +220,15 @@ def sweep(args) -> int:
         for i in range(args.steps):
             headroom = int(top * i / max(1, args.steps - 1))
             what, _, detail = _run_child(op, args, headroom)
-            total += 1
+            total += what != "setup"
             if what == "dead":
                 dead += 1
                 deaths.append(f"    headroom {headroom / 2**20:.1f} MiB: {detail}")
             if what == "ok" and first_ok is None:
                 first_ok = headroom
-            marks.append({"ok": ".", "MemoryError": "M", "dead": "X"}.get(what, "E"))
+            if what == "setup":
+                deaths.append(f"    headroom {headroom / 2**20:.1f} MiB: not run, {detail}")
+            marks.append({"ok": ".", "MemoryError": "M", "dead": "X", "setup": "S"}.get(what, "E"))
         ok = "-" if first_ok is None else f"{first_ok / 2**20:.1f}"
         print(f"{op:<13} {need / 2**20:8.1f}  {''.join(marks):<32} {top / 2**20:8.1f} {ok:>8}", flush=True)
         for line in deaths:

@@ -113,9 +113,9 @@ def supports(p, **options) -> str | None:
     return None
 
 
-cdef Py_ssize_t _max_ring_bytes(p):
+cdef inline Py_ssize_t _max_ring_bytes(int kh, int dh, Py_ssize_t OW, Py_ssize_t itemsize) noexcept nogil:
     """One thread's ring of horizontal-max lines."""
-    return ws_round(((p.kernel[0] - 1) * p.dilation[0] + 1) * p.out_w * (4 if p.dtype == "float32" else 8))
+    return ws_round(((kh - 1) * dh + 1) * OW * itemsize)
 
 
 def workspace_bytes(p, nthreads, **options) -> int:
@@ -123,7 +123,8 @@ def workspace_bytes(p, nthreads, **options) -> int:
     row-major scan needs none); avg: the row and column divisors, and per thread an accumulator
     line and a ring of row sums (doubles); adaptive: nothing. Each part starts on a cache line."""
     if p.kind == "max":
-        return nthreads * _max_ring_bytes(p) + WS_ALIGN - 1
+        itemsize = 4 if p.dtype == "float32" else 8
+        return nthreads * _max_ring_bytes(p.kernel[0], p.dilation[0], p.out_w, itemsize) + WS_ALIGN - 1
     if p.kind == "avg":
         return (ws_round((p.out_h + 2 * p.out_w) * 8) + nthreads * (
             ws_round(p.out_w * 8) + ws_round(fc_avg_ring_len(p.kernel[0], p.w, p.out_w) * 8)) + WS_ALIGN - 1)
@@ -137,16 +138,13 @@ def prepare(w, b, p, **options):
 
 def run(x, packed, p, out, workspace, nthreads, indices=None, **options) -> None:
     """Pool ``x`` into ``out`` (and the argmax into ``indices``, max only) by ``p.kind``."""
-    if p.n * p.c == 0 or p.out_h * p.out_w == 0:
-        return
     team(nthreads)
     kind = p.kind
     if kind == "max":
         if indices is not None:
             _max_pool_indices(x, out, indices, *p.kernel, *p.stride, *p.padding, *p.dilation, nthreads)
         else:
-            _max_pool(x, out, workspace, _max_ring_bytes(p), *p.kernel, *p.stride, *p.padding, *p.dilation,
-                      nthreads)
+            _max_pool(x, out, workspace, *p.kernel, *p.stride, *p.padding, *p.dilation, nthreads)
     elif kind == "avg":
         _avg_pool(x, out, workspace, *p.kernel, *p.stride, *p.padding, p.count_include_pad,
                   p.divisor_override or 0, nthreads)
@@ -157,12 +155,14 @@ def run(x, packed, p, out, workspace, nthreads, indices=None, **options) -> None
 
 
 def _max_pool(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const unsigned char[::1] workspace,
-              Py_ssize_t ring_bytes, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
-              int nthreads):
+              int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int nthreads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t plane
     cdef int nt = _threads(N * C, H * W, nthreads)
+    cdef Py_ssize_t ring_bytes = _max_ring_bytes(kh, dh, OW, sizeof(floating))
+    if N * C == 0 or OH * OW == 0:
+        return
     cdef char *ws = ws_base(workspace, nthreads * ring_bytes)
     cdef floating *buf
     cdef const floating *xp = &x[0, 0, 0, 0]
@@ -246,6 +246,8 @@ def _avg_pool(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, const 
     cdef Py_ssize_t div_bytes = ws_round((OH + 2 * OW) * sizeof(double))
     cdef Py_ssize_t buf_bytes = ws_round(OW * sizeof(double))
     cdef Py_ssize_t ring_bytes = ws_round(fc_avg_ring_len(kh, W, OW) * sizeof(double))
+    if N * C == 0 or OH * OW == 0:
+        return
     cdef char *ws = ws_base(workspace, div_bytes + nthreads * (buf_bytes + ring_bytes))
     # divisor = row factor x column factor
     cdef double *hd = <double *>ws
