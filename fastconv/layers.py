@@ -13,22 +13,42 @@ description of each contiguous input shape it has seen, so a repeated call skips
 Plans are built under a per-layer lock: concurrent first calls prepare each plan once.
 Nothing here imports torch at module level (``import fastconv`` stays light);
 arrays in → arrays out, torch tensors in → torch tensors out, as in `fastconv.functional`.
+
+Training (NumPy, no torch needed). Layers start in eval mode, where a call saves nothing, so
+inference costs what it always did. After ``layer.train()`` each call keeps what the backward
+pass needs (a conv its input and weights, a max pool its argmax indices, the others only the
+shape), and ``layer.backward(grad_output)`` returns dL/dinput through `fastconv.grad`'s kernels,
+once per forward call (the saved state is released by it). ``Conv2d`` adds dL/dweight and
+dL/dbias to ``weight_grad`` / ``bias_grad`` (None until the first backward, like torch's
+``.grad``; ``zero_grad()`` resets them) and takes an update through ``set_parameters`` (or the
+``weight``/``bias`` setters): the plans are prepared again at the next call. The input must not
+change between a forward call and its backward (it is kept by reference, not copied), and one
+layer object trains one call at a time (the saved state is per layer, not per thread).
+`fastconv.nn` has the remaining pieces of a small CNN (``Linear``, ``ReLU``, ``Sequential``,
+``cross_entropy``, ``SGD``).
 """
+
 from __future__ import annotations
 
 import math
 import os
 import threading
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, overload
 
 import numpy as np
 
-from . import functional, memory, registry, rules, validate
-from .plan import Plan, run_pool
+from . import functional, grad, memory, registry, rules, validate
 from .params import ConvParams
+from .plan import Plan, run_pool
 from .validate import IntOrPair
 
 
+@overload
+def _readonly(arr: np.ndarray) -> np.ndarray: ...
+@overload
+def _readonly(arr: None) -> None: ...
 def _readonly(arr: np.ndarray | None) -> np.ndarray | None:
     if arr is None:
         return None
@@ -72,26 +92,67 @@ class _Memo:
         ``check(array) -> (x, params, unbatched)`` (a `fastconv.validate` call), remembered."""
         arr, p = self.lookup(input)
         if p is not None:
-            return arr, p, False          # only 4-D inputs are remembered
+            return arr, p, False  # only 4-D inputs are remembered
         x, p, unbatched = check(arr)
         self.remember(arr, x, p)
         return x, p, unbatched
 
 
-def _run_pool(kind: str, x: np.ndarray, p: Any, unbatched: bool, original: Any, return_indices: bool = False):
-    """Run pooling kernel ``kind`` on validated ``x`` (as `fastconv.functional` does)."""
-    if return_indices:
+def _pool_forward(kind: str, x: np.ndarray, p: Any, indices: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run pooling kernel ``kind`` on validated ``x`` → 4-D ``(out, indices or None)``."""
+    if indices:
         memory.check_call(f"{kind}_pool2d", p, np.int64)
     out = np.empty(p.out_shape, dtype=x.dtype)
-    idx = np.empty(p.out_shape, dtype=np.int64) if return_indices else None
+    idx = np.empty(p.out_shape, dtype=np.int64) if indices else None
     run_pool(x, p, out, idx)
-    if unbatched:
-        out, idx = out[0], (None if idx is None else idx[0])
-    out = functional._like(out, original)
-    return (out, functional._like(idx, original)) if return_indices else out
+    return out, idx
 
 
-class Conv2d:
+def _result(a: np.ndarray, unbatched: bool, original: Any):
+    """A 4-D result as the caller passed its input: 3-D for an unbatched input, a tensor for a tensor."""
+    return functional._like(a[0] if unbatched else a, original)
+
+
+def _grad_output(grad_output: Any, out_shape: tuple[int, ...], unbatched: bool, dtype: str) -> np.ndarray:
+    """``grad_output`` checked against the forward output (shape, dtype) → contiguous 4-D."""
+    dy = grad._grad_output(grad_output, np.dtype(dtype), 3 if unbatched else 4)
+    return grad._expect_shape(dy, out_shape, unbatched)
+
+
+class _Trainable:
+    """Train/eval mode and the state one forward call saves for its backward."""
+
+    training = False  # eval mode: a call saves nothing
+    _saved: Any = None
+
+    def train(self, mode: bool = True):
+        """Training mode on (or off with ``mode=False``); returns the layer, as torch's does."""
+        self.training = bool(mode)
+        if not self.training:
+            self._saved = None
+        return self
+
+    def eval(self):
+        """Eval mode (the initial one): calls save nothing. Returns the layer."""
+        return self.train(False)
+
+    def _take_saved(self) -> Any:
+        saved = self._saved
+        if saved is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward needs a forward call in training mode first "
+                "(layer.train(), then call the layer), and runs once per forward call"
+            )
+        self._saved = None  # released: backward runs once per forward, as torch's graph does
+        return saved
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_saved", None)  # a copy starts with no pending backward
+        return state
+
+
+class Conv2d(_Trainable):
     """2-D convolution layer, as ``torch.nn.Conv2d`` (``padding_mode="zeros"`` only).
 
     Weights start as torch initialises them (uniform in ±1/√fan_in) and are set by assigning
@@ -99,6 +160,10 @@ class Conv2d:
     assigned an array of length ``out_channels`` or None. Each new input shape builds a plan
     (the algorithm and its prepared weights) once; assigning ``weight``, ``bias`` or ``algo``
     drops the plans.
+
+    Training: after ``train()``, ``backward(grad_output)`` returns dL/dinput and adds dL/dweight,
+    dL/dbias to ``weight_grad``, ``bias_grad``; ``set_parameters`` applies an update (see the
+    module notes and `fastconv.nn`).
 
     Parameters
     ----------
@@ -126,17 +191,40 @@ class Conv2d:
     >>> conv = Conv2d(3, 8, 3, padding=1)
     >>> conv(np.zeros((2, 3, 32, 32), np.float32)).shape
     (2, 8, 32, 32)
+
+    One training step by hand (`fastconv.nn.SGD` does the update for a whole model):
+
+    >>> conv = Conv2d(3, 8, 3, padding=1, seed=0).train()
+    >>> y = conv(np.ones((2, 3, 8, 8), np.float32))
+    >>> dx = conv.backward(np.ones_like(y))          # dL/dinput for L = y.sum()
+    >>> dx.shape, conv.weight_grad.shape, conv.bias_grad.tolist() == [128.0] * 8
+    ((2, 3, 8, 8), (8, 3, 3, 3), True)
+    >>> conv.set_parameters({"weight": conv.weight - 0.1 * conv.weight_grad})
+    >>> conv.zero_grad()
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
-                 stride: IntOrPair = 1, padding: IntOrPair | str = 0, dilation: IntOrPair = 1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *,
-                 algo: str = "auto", dtype: Any = np.float32, seed: int | None = None):
-        a = validate.conv_layer_args(in_channels, out_channels, kernel_size, stride, padding,
-                                     dilation, groups, bias, padding_mode)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair | str = 0,
+        dilation: IntOrPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        algo: str = "auto",
+        dtype: Any = np.float32,
+        seed: int | None = None,
+    ):
+        a = validate.conv_layer_args(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode
+        )
         self._cfg = a
         self._lock = threading.Lock()
-        self._plans: dict[ConvParams, Plan] = {}           # full shape → plan
+        self._plans: dict[ConvParams, Plan] = {}  # full shape → plan
         self._prepared: dict[tuple[ConvParams, str], Plan] = {}  # (batch-1 shape, algo) → plan
         self._memo = _Memo()
         self._algo = validate.algo_name(algo, registry.names() + ["tune"])
@@ -145,9 +233,15 @@ class Conv2d:
         bound = 1.0 / math.sqrt(self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1])
         dt = np.dtype(dtype)
         self._weight = validate.layer_param(
-            rng.uniform(-bound, bound, self.weight_shape).astype(dt), "weight", self.weight_shape)
-        self._bias = (validate.layer_param(rng.uniform(-bound, bound, self.out_channels).astype(dt),
-                                           "bias", (self.out_channels,)) if a["bias"] else None)
+            rng.uniform(-bound, bound, self.weight_shape).astype(dt), "weight", self.weight_shape
+        )
+        self._bias = (
+            validate.layer_param(rng.uniform(-bound, bound, self.out_channels).astype(dt), "bias", (self.out_channels,))
+            if a["bias"]
+            else None
+        )
+        self.weight_grad: np.ndarray | None = None  # dL/dweight summed over backward calls
+        self.bias_grad: np.ndarray | None = None
 
     in_channels, out_channels, kernel_size = _fixed("in_channels"), _fixed("out_channels"), _fixed("kernel_size")
     stride, padding, dilation, groups = _fixed("stride"), _fixed("padding"), _fixed("dilation"), _fixed("groups")
@@ -155,9 +249,18 @@ class Conv2d:
     @classmethod
     def from_torch(cls, module: Any, *, algo: str = "auto") -> "Conv2d":
         """A copy of a ``torch.nn.Conv2d``'s configuration and weights."""
-        layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                    module.padding, module.dilation, module.groups, module.bias is not None,
-                    module.padding_mode, algo=algo)
+        layer = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            module.bias is not None,
+            module.padding_mode,
+            algo=algo,
+        )
         layer.weight = module.weight
         layer.bias = module.bias
         return layer
@@ -174,10 +277,7 @@ class Conv2d:
 
     @weight.setter
     def weight(self, value: Any) -> None:
-        w = validate.layer_param(value, "weight", self.weight_shape)
-        with self._lock:
-            self._weight = w
-            self._invalidate()
+        self.set_parameters({"weight": value})
 
     @property
     def bias(self) -> np.ndarray | None:
@@ -185,10 +285,46 @@ class Conv2d:
 
     @bias.setter
     def bias(self, value: Any) -> None:
-        b = None if value is None else validate.layer_param(value, "bias", (self.out_channels,))
+        self.set_parameters({"bias": value})
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """``{"weight": ..., "bias": ...}`` (no ``"bias"`` without one), read-only, as `set_parameters` takes them."""
+        params, b = {"weight": self.weight}, self._bias
+        if b is not None:
+            params["bias"] = _readonly(b)
+        return params
+
+    def gradients(self) -> dict[str, np.ndarray | None]:
+        """The accumulated gradients under `parameters`' names (None before any backward)."""
+        grads = {"weight": self.weight_grad}
+        if self._bias is not None:
+            grads["bias"] = self.bias_grad
+        return grads
+
+    def zero_grad(self) -> None:
+        """Forget the accumulated gradients (``weight_grad``/``bias_grad`` back to None)."""
+        self.weight_grad = self.bias_grad = None
+
+    def set_parameters(self, values: Mapping[str, Any]) -> None:
+        """Assign ``"weight"`` and/or ``"bias"`` (arrays or tensors, validated and copied as the
+        setters do; ``"bias": None`` removes the bias). The plans are dropped once and prepared
+        again at the next call; the validated input shapes are kept while the dtypes and the
+        presence of a bias stay the same, so an optimizer step costs one preparation per shape."""
+        unknown = set(values) - {"weight", "bias"}
+        if unknown:
+            raise KeyError(f"Conv2d has parameters 'weight' and 'bias', got {sorted(unknown)}")
+        w = validate.layer_param(values["weight"], "weight", self.weight_shape) if "weight" in values else None
+        b = self._bias
+        if "bias" in values:
+            b = None if values["bias"] is None else validate.layer_param(values["bias"], "bias", (self.out_channels,))
         with self._lock:
-            self._bias = b
-            self._invalidate()
+            w = self._weight if w is None else w
+            same_kind = w.dtype == self._weight.dtype and (
+                (b is None and self._bias is None)
+                or (b is not None and self._bias is not None and b.dtype == self._bias.dtype)
+            )
+            self._weight, self._bias = w, b
+            self._invalidate(keep_memo=same_kind)
 
     @property
     def algo(self) -> str:
@@ -201,15 +337,17 @@ class Conv2d:
             self._algo = name
             self._invalidate()
 
-    def _invalidate(self) -> None:
+    def _invalidate(self, keep_memo: bool = False) -> None:
         self._plans, self._prepared = {}, {}
-        self._memo = _Memo()  # bias presence and dtype are part of each shape's ConvParams
+        if not keep_memo:
+            self._memo = _Memo()  # bias presence and dtype are part of each shape's ConvParams
 
     # pickling / deepcopy: the weights travel, the lock and the plans are rebuilt
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         for k in ("_lock", "_plans", "_prepared", "_memo"):
             del state[k]
+        state.pop("_saved", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -219,8 +357,9 @@ class Conv2d:
 
     # --- running -------------------------------------------------------------------------
     def _params(self, input: Any):
-        return validate.conv2d_args(input, self._weight, self._bias, self.stride, self.padding,
-                                    self.dilation, self.groups)
+        return validate.conv2d_args(
+            input, self._weight, self._bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def _plan(self, p: ConvParams) -> Plan:
         plan = self._plans.get(p)
@@ -244,6 +383,7 @@ class Conv2d:
         the user's cache (`fastconv.tune`); anything else is `rules.select`."""
         if self._algo == "tune" or (self._algo == "auto" and os.environ.get("FASTCONV_TUNE") == "1"):
             from . import tune
+
             return registry.get(tune.tune_layer(p))
         return rules.select(p, self._algo)
 
@@ -256,15 +396,41 @@ class Conv2d:
         def check(arr):
             x, _, _, p, unbatched = self._params(arr)
             return x, p, unbatched
+
         x, p, unbatched = self._memo.validated(input, check)
         out = self._plan(p).run(x, p=p)
-        return functional._like(out[0] if unbatched else out, input)
+        if self.training:
+            self._saved = (x, self._weight, p, unbatched)  # the weights this call used
+        return _result(out, unbatched, input)
 
     forward = __call__
 
+    def backward(self, grad_output: Any, *, input_grad: bool = True):
+        """dL/dinput of the last training-mode call, given dL/doutput; adds dL/dweight and
+        dL/dbias to ``weight_grad`` and ``bias_grad``.
+
+        The kernels are `fastconv.grad`'s (results equal ``conv2d_input``/``conv2d_weight``/
+        ``conv2d_bias`` on the saved input). ``input_grad=False`` skips dL/dinput and returns None
+        (a first layer, whose input is data). ``grad_output`` must have the output's shape and dtype.
+        """
+        x, w, p, unbatched = self._take_saved()
+        dy = _grad_output(grad_output, p.out_shape, unbatched, p.dtype)
+        gp = replace(p, has_bias=False)  # the gradient passes take no bias (as fastconv.grad builds them)
+        dw = grad._weight_grad(x, dy, gp.with_pass("weight_grad"))
+        self.weight_grad = dw if self.weight_grad is None else self.weight_grad + dw
+        if p.has_bias:
+            db = grad.conv2d_bias(dy)
+            self.bias_grad = db if self.bias_grad is None else self.bias_grad + db
+        if not input_grad:
+            return None
+        grad._check_alloc("conv2d_input", p.input_shape, p.dtype)
+        return _result(grad._input_grad(dy, w, gp.with_pass("input_grad")), unbatched, grad_output)
+
     def __repr__(self) -> str:
-        s = (f"{type(self).__name__}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}")
+        s = (
+            f"{type(self).__name__}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
         if self.padding != (0, 0):
             s += f", padding={self.padding!r}"
         if self.dilation != (1, 1):
@@ -278,11 +444,23 @@ class Conv2d:
         return s + ")"
 
 
-class MaxPool2d:
-    """Max pooling layer, as ``torch.nn.MaxPool2d`` (``stride`` defaults to ``kernel_size``)."""
+class MaxPool2d(_Trainable):
+    """Max pooling layer, as ``torch.nn.MaxPool2d`` (``stride`` defaults to ``kernel_size``).
 
-    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0,
-                 dilation: IntOrPair = 1, return_indices: bool = False, ceil_mode: bool = False):
+    In training mode a call also finds the argmax indices (whatever ``return_indices`` says) and
+    ``backward(grad_output)`` sends each output's gradient to the input pixel it took
+    (`fastconv.grad.max_pool2d_input`).
+    """
+
+    def __init__(
+        self,
+        kernel_size: IntOrPair,
+        stride: IntOrPair | None = None,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
+        return_indices: bool = False,
+        ceil_mode: bool = False,
+    ):
         a = validate.max_pool_layer_args(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
         self._cfg, self._memo = a, _Memo()
 
@@ -291,28 +469,56 @@ class MaxPool2d:
 
     @classmethod
     def from_torch(cls, module: Any) -> "MaxPool2d":
-        return cls(module.kernel_size, module.stride, module.padding, module.dilation,
-                   module.return_indices, module.ceil_mode)
+        return cls(
+            module.kernel_size, module.stride, module.padding, module.dilation, module.return_indices, module.ceil_mode
+        )
 
     def __call__(self, input: Any):
-        x, p, unbatched = self._memo.validated(input, lambda a: validate.max_pool2d_args(
-            a, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode))
-        return _run_pool("max", x, p, unbatched, input, self.return_indices)
+        x, p, unbatched = self._memo.validated(
+            input,
+            lambda a: validate.max_pool2d_args(
+                a, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+            ),
+        )
+        out, idx = _pool_forward("max", x, p, self.return_indices or self.training)
+        if self.training:
+            self._saved = (idx, p, unbatched)
+        if self.return_indices:
+            assert idx is not None
+            return _result(out, unbatched, input), _result(idx, unbatched, input)
+        return _result(out, unbatched, input)
 
     forward = __call__
 
+    def backward(self, grad_output: Any, *, input_grad: bool = True):
+        """dL/dinput of the last training-mode call, given dL/doutput (None if not ``input_grad``)."""
+        idx, p, unbatched = self._take_saved()
+        if not input_grad:
+            return None
+        dy = _grad_output(grad_output, p.out_shape, unbatched, p.dtype)
+        grad._check_alloc("max_pool2d_input", p.input_shape, p.dtype)
+        return _result(grad._max_input_grad(dy, idx, replace(p, pass_="input_grad")), unbatched, grad_output)
+
     def __repr__(self) -> str:
-        return (f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, ceil_mode={self.ceil_mode})")
+        return (
+            f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode})"
+        )
 
 
-class AvgPool2d:
-    """Average pooling layer, as ``torch.nn.AvgPool2d``."""
+class AvgPool2d(_Trainable):
+    """Average pooling layer, as ``torch.nn.AvgPool2d``; ``backward`` as `fastconv.grad.avg_pool2d_input`."""
 
-    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0,
-                 ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None):
-        a = validate.avg_pool_layer_args(kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                         divisor_override)
+    def __init__(
+        self,
+        kernel_size: IntOrPair,
+        stride: IntOrPair | None = None,
+        padding: IntOrPair = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+    ):
+        a = validate.avg_pool_layer_args(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
         self._cfg, self._memo = a, _Memo()
 
     kernel_size, stride, padding = _fixed("kernel_size"), _fixed("stride"), _fixed("padding")
@@ -321,24 +527,54 @@ class AvgPool2d:
 
     @classmethod
     def from_torch(cls, module: Any) -> "AvgPool2d":
-        return cls(module.kernel_size, module.stride, module.padding, module.ceil_mode,
-                   module.count_include_pad, module.divisor_override)
+        return cls(
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.ceil_mode,
+            module.count_include_pad,
+            module.divisor_override,
+        )
 
     def __call__(self, input: Any):
-        x, p, unbatched = self._memo.validated(input, lambda a: validate.avg_pool2d_args(
-            a, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
-            self.divisor_override))
-        return _run_pool("avg", x, p, unbatched, input)
+        x, p, unbatched = self._memo.validated(
+            input,
+            lambda a: validate.avg_pool2d_args(
+                a,
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.ceil_mode,
+                self.count_include_pad,
+                self.divisor_override,
+            ),
+        )
+        out, _ = _pool_forward("avg", x, p, False)
+        if self.training:
+            self._saved = (p, unbatched)
+        return _result(out, unbatched, input)
 
     forward = __call__
 
+    def backward(self, grad_output: Any, *, input_grad: bool = True):
+        """dL/dinput of the last training-mode call, given dL/doutput (None if not ``input_grad``)."""
+        p, unbatched = self._take_saved()
+        if not input_grad:
+            return None
+        dy = _grad_output(grad_output, p.out_shape, unbatched, p.dtype)
+        grad._check_alloc("avg_pool2d_input", p.input_shape, p.dtype)
+        return _result(grad._avg_input_grad(dy, replace(p, pass_="input_grad")), unbatched, grad_output)
+
     def __repr__(self) -> str:
-        return (f"AvgPool2d(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad})")
+        return (
+            f"AvgPool2d(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad})"
+        )
 
 
-class AdaptiveAvgPool2d:
-    """Adaptive average pooling layer, as ``torch.nn.AdaptiveAvgPool2d`` (None keeps that size)."""
+class AdaptiveAvgPool2d(_Trainable):
+    """Adaptive average pooling layer, as ``torch.nn.AdaptiveAvgPool2d`` (None keeps that size);
+    ``backward`` as `fastconv.grad.adaptive_avg_pool2d_input`."""
 
     def __init__(self, output_size: IntOrPair | tuple[int | None, int | None]):
         self._cfg = {"output_size": validate.adaptive_output_size(output_size)}
@@ -351,11 +587,22 @@ class AdaptiveAvgPool2d:
         return cls(module.output_size)
 
     def __call__(self, input: Any):
-        x, p, unbatched = self._memo.validated(
-            input, lambda a: validate.adaptive_avg_pool2d_args(a, self.output_size))
-        return _run_pool("adaptive_avg", x, p, unbatched, input)
+        x, p, unbatched = self._memo.validated(input, lambda a: validate.adaptive_avg_pool2d_args(a, self.output_size))
+        out, _ = _pool_forward("adaptive_avg", x, p, False)
+        if self.training:
+            self._saved = (p, unbatched)
+        return _result(out, unbatched, input)
 
     forward = __call__
+
+    def backward(self, grad_output: Any, *, input_grad: bool = True):
+        """dL/dinput of the last training-mode call, given dL/doutput (None if not ``input_grad``)."""
+        p, unbatched = self._take_saved()
+        if not input_grad:
+            return None
+        dy = _grad_output(grad_output, p.out_shape, unbatched, p.dtype)
+        grad._check_alloc("adaptive_avg_pool2d_input", p.input_shape, p.dtype)
+        return _result(grad._adaptive_input_grad(dy, replace(p, pass_="input_grad")), unbatched, grad_output)
 
     def __repr__(self) -> str:
         return f"AdaptiveAvgPool2d(output_size={self.output_size})"
