@@ -18,7 +18,9 @@ kind of row and the smallest.
 
     python benchmarks/backward.py                         # default + resnet18, 2 threads
     python benchmarks/backward.py --suite resnet18 --repeats 21 --json out.json
+    python benchmarks/backward.py --threads 1 --clock cpu     # per-thread work, robust to a busy machine
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,12 +60,19 @@ def _conv_rows(layer, rng):
 
     flops = 2 * p.macs
     return [
-        ("input", flops, lambda: grad.conv2d_input(x.shape, w, dy, **kw),
-         lambda: torch.nn.grad.conv2d_input(tx.shape, twd, tdy, s, pad, d, g)),
-        ("weight", flops, lambda: grad.conv2d_weight(x, w.shape, dy, **kw),
-         lambda: torch.nn.grad.conv2d_weight(txd, tw.shape, tdy, s, pad, d, g)),
-        ("backward", 2 * flops, ours_bwd,
-         lambda: torch.autograd.grad(y, (tx, tw, tb), tdy, retain_graph=True)),
+        (
+            "input",
+            flops,
+            lambda: grad.conv2d_input(x.shape, w, dy, **kw),
+            lambda: torch.nn.grad.conv2d_input(tx.shape, twd, tdy, s, pad, d, g),
+        ),
+        (
+            "weight",
+            flops,
+            lambda: grad.conv2d_weight(x, w.shape, dy, **kw),
+            lambda: torch.nn.grad.conv2d_weight(txd, tw.shape, tdy, s, pad, d, g),
+        ),
+        ("backward", 2 * flops, ours_bwd, lambda: torch.autograd.grad(y, (tx, tw, tb), tdy, retain_graph=True)),
     ]
 
 
@@ -82,8 +91,14 @@ def _pool_rows(layer, rng):
         dy = rng.standard_normal(tuple(y.shape), dtype=np.float32)
         ours = lambda: grad.adaptive_avg_pool2d_input(x.shape, dy)  # noqa: E731
     else:
-        kw = dict(kernel_size=p.kernel, stride=p.stride, padding=p.padding, ceil_mode=p.ceil_mode,
-                  count_include_pad=p.count_include_pad, divisor_override=p.divisor_override)
+        kw = dict(
+            kernel_size=p.kernel,
+            stride=p.stride,
+            padding=p.padding,
+            ceil_mode=p.ceil_mode,
+            count_include_pad=p.count_include_pad,
+            divisor_override=p.divisor_override,
+        )
         y = F.avg_pool2d(tx, **kw)
         dy = rng.standard_normal(tuple(y.shape), dtype=np.float32)
         ours = lambda: grad.avg_pool2d_input(x.shape, dy, **kw)  # noqa: E731
@@ -91,18 +106,18 @@ def _pool_rows(layer, rng):
     return [("input", 0, ours, lambda: torch.autograd.grad(y, (tx,), tdy, retain_graph=True))]
 
 
-def time_pair(ours, theirs, repeats: int) -> tuple[float, float]:
+def time_pair(ours, theirs, repeats: int, clock=time.perf_counter) -> tuple[float, float]:
     """Interleaved medians (seconds) of ``ours`` and ``theirs``, after one warm-up call each."""
     ours()
     theirs()
     a, b = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         ours()
-        a.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        a.append(clock() - t)
+        t = clock()
         theirs()
-        b.append(time.perf_counter() - t)
+        b.append(clock() - t)
     return statistics.median(a), statistics.median(b)
 
 
@@ -114,14 +129,26 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", default="input,weight,backward", help="comma-separated rows to run")
     ap.add_argument("--layers", default="", help="only layers whose name contains this")
     ap.add_argument("--json", default="", help="write the rows here")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: the calling thread's CPU time (time.thread_time), with --threads 1 only — "
+        "a comparison that other processes on a shared machine disturb much less",
+    )
     args = ap.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        ap.error("--clock cpu measures the calling thread only: use it with --threads 1")
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     fastconv.set_num_threads(args.threads)
     ops = set(args.ops.split(","))
     rng = np.random.default_rng(0)
     rows = []
-    print(f"# fastconv.grad vs torch {torch.__version__}, {args.threads} threads, interleaved medians of "
-          f"{args.repeats}; ratio = torch / ours")
+    print(
+        f"# fastconv.grad vs torch {torch.__version__}, {args.threads} threads, {args.clock} clock, interleaved "
+        f"medians of {args.repeats}; ratio = torch / ours"
+    )
     print(f"{'layer':34s} {'row':8s} {'ours ms':>9s} {'GF/s':>6s} {'torch ms':>9s} {'GF/s':>6s} {'ratio':>6s}")
     for suite in args.suite:
         for layer in suites.load(suite):
@@ -131,20 +158,36 @@ def main(argv=None) -> int:
             for op, flops, ours, theirs in make(layer, rng):
                 if op not in ops:
                     continue
-                a, b = time_pair(ours, theirs, args.repeats)
-                gf = (lambda t: f"{flops / t / 1e9:6.1f}") if flops else (lambda t: f"{'':6s}")
-                print(f"{layer.name:34s} {op:8s} {a * 1e3:9.3f} {gf(a)} {b * 1e3:9.3f} {gf(b)} {b / a:6.2f}",
-                      flush=True)
-                rows.append(dict(suite=suite, layer=layer.name, row=op, pool=layer.is_pool, ours_s=a, torch_s=b,
-                                 flops=flops, ratio=b / a))
+                a, b = time_pair(ours, theirs, args.repeats, clock)
+
+                def gf(t, flops=flops):
+                    return f"{flops / t / 1e9:6.1f}" if flops else f"{'':6s}"
+
+                print(
+                    f"{layer.name:34s} {op:8s} {a * 1e3:9.3f} {gf(a)} {b * 1e3:9.3f} {gf(b)} {b / a:6.2f}", flush=True
+                )
+                rows.append(
+                    dict(
+                        suite=suite,
+                        layer=layer.name,
+                        row=op,
+                        pool=layer.is_pool,
+                        ours_s=a,
+                        torch_s=b,
+                        flops=flops,
+                        ratio=b / a,
+                    )
+                )
     print()
     for op in ("input", "weight", "backward"):
         for pool in (False, True):
             r = [x["ratio"] for x in rows if x["row"] == op and x["pool"] == pool]
             if r:
                 what = f"{op} ({'pools' if pool else 'conv'})"
-                print(f"{what:20s} geomean {math.exp(sum(map(math.log, r)) / len(r)):5.2f}x  min {min(r):5.2f}x  "
-                      f"({len(r)} rows, {sum(x < 1 for x in r)} below 1.0x)")
+                print(
+                    f"{what:20s} geomean {math.exp(sum(map(math.log, r)) / len(r)):5.2f}x  min {min(r):5.2f}x  "
+                    f"({len(r)} rows, {sum(x < 1 for x in r)} below 1.0x)"
+                )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(threads=args.threads, repeats=args.repeats, torch=torch.__version__, rows=rows), f, indent=1)
