@@ -22,10 +22,11 @@ What runs (all deterministic: bit-identical results for any `fastconv.set_num_th
 
 * weight gradient: the compiled ``conv_grad`` kernel (``pass_="weight_grad"``), bias gradient its
   ``bias_grad`` (double sums per channel);
-* input gradient: for stride 1, a forward convolution of ``grad_output`` with the flipped,
-  in/out-transposed weights and padding ``d·(k−1) − p`` through `fastconv.conv2d` (so the forward
-  kernels' algorithms, Winograd included, and their accuracy contract apply: `input_grad_route`);
-  for strided layers the compiled ``conv_grad`` kernel (``pass_="input_grad"``: GEMM + col2im);
+* input gradient: for stride 1 on maps of at least ``conv_grad.IG_ROWS_MAX_P`` (256) output
+  pixels, a forward convolution of ``grad_output`` with the flipped, in/out-transposed weights and
+  padding ``d·(k−1) − p`` through `fastconv.conv2d` (so the forward kernels' algorithms, Winograd
+  included, and their accuracy contract apply); for strided layers and small maps the compiled
+  ``conv_grad`` kernel (``pass_="input_grad"``); `input_grad_route` says which;
 * pools: the compiled ``pool_grad`` kernels.
 """
 
