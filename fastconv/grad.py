@@ -201,7 +201,8 @@ def conv_weight_args(
     x4, unbatched = validate._batched(x, "input")
     dy = _grad_output(grad_output, x.dtype, x.ndim)
     wshape = _size(weight_size, "weight_size", (4,))
-    p = _conv_params(*x4.shape, wshape, stride, padding, dilation, groups, x.dtype, "input", "weight_size")
+    n, c_in, h, w = x4.shape
+    p = _conv_params(n, c_in, h, w, wshape, stride, padding, dilation, groups, x.dtype, "input", "weight_size")
     dy4 = _expect_shape(dy, p.out_shape, unbatched)
     return np.ascontiguousarray(x4), dy4, p.with_pass("weight_grad")
 
@@ -372,9 +373,13 @@ def max_pool_input_args(
     if min(x4.shape[1:]) < 1:
         raise ValueError(f"input must have non-zero channels, height and width, got shape {x4.shape[1:]}")
     k, s, pad, d, ceil = validate._pool_window(kernel_size, stride, padding, dilation, ceil_mode)
+    n, c, h, w = x4.shape
     p = PoolParams(
         "max",
-        *x4.shape,
+        n,
+        c,
+        h,
+        w,
         kernel=k,
         stride=s,
         padding=pad,

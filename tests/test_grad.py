@@ -431,6 +431,7 @@ def _torch_pool_backward(fn, x: np.ndarray, dy: np.ndarray, **kw):
     tx = torch.tensor(x, requires_grad=True)
     y = fn(tx, **kw)
     y.backward(torch.from_numpy(dy))
+    assert tx.grad is not None
     return tx.grad.numpy()
 
 
