@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from . import threads, validate
+from . import plan, registry, threads, validate
 from .params import ConvParams, PoolParams
 from .validate import IntOrPair
 
@@ -143,38 +143,10 @@ def _conv_params(
     input_name: str,
     weight_name: str,
 ) -> ConvParams:
-    """The checks of `validate.conv2d_args`, on shapes."""
-    g = validate._as_int(groups, "groups")
-    if g < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
-    if h < 1 or w < 1:
-        raise ValueError(f"{input_name} must have non-zero height and width, got {(n, c_in, h, w)}")
-    c_out, c_in_g, kh, kw = wshape
-    if min(c_out, c_in_g, kh, kw) < 1:
-        raise ValueError(f"{weight_name} must have positive sizes (C_out, C_in/groups, kH, kW), got {tuple(wshape)}")
-    if c_in % g:
-        raise ValueError(f"input channels C_in={c_in} must be divisible by groups={g}")
-    if c_out % g:
-        raise ValueError(f"{weight_name}[0] (C_out={c_out}) must be divisible by groups={g}")
-    if c_in != c_in_g * g:
-        raise ValueError(
-            f"{input_name} has C_in={c_in} channels but {weight_name} expects "
-            f"{weight_name}[1] * groups = {c_in_g} * {g} = {c_in_g * g}"
-        )
-    s = validate.positive_pair(stride, "stride")
-    d = validate.positive_pair(dilation, "dilation")
-    pad = validate.conv_padding(padding, s, d, (kh, kw))
-    for axis, size, k, dil, before, after in (
-        ("height", h, kh, d[0], pad[0], pad[1]),
-        ("width", w, kw, d[1], pad[2], pad[3]),
-    ):
-        effective = dil * (k - 1) + 1
-        if effective > size + before + after:
-            raise ValueError(
-                f"kernel {axis} (dilation·(K−1)+1 = {effective}) is larger than the padded "
-                f"input {axis} ({size} + {before} + {after} = {size + before + after})"
-            )
-    return ConvParams(n, c_in, h, w, c_out, kh, kw, s, pad, d, g, validate._dtype_name(dtype), False)
+    """The forward call's checks (`validate.conv_shape`), on shapes."""
+    return validate.conv_shape(
+        (n, c_in, h, w), wshape, stride, padding, dilation, groups, dtype, input_name, weight_name
+    )
 
 
 def conv_input_args(
@@ -256,22 +228,9 @@ def conv2d_bias(grad_output: Any):
 
 
 # --- convolution: implementations ---------------------------------------------------------------
-def _conv_kernel():
-    from .kernels import conv_grad
-
-    return conv_grad
-
-
-def _workspace(kernel, p: Any, nthreads: int, label: str, **opts) -> np.ndarray:
-    from . import get_workspace_limit
-
-    need = int(kernel.workspace_bytes(p, nthreads, **opts))
-    if need > get_workspace_limit():
-        raise MemoryError(
-            f"{label} ({p.describe()}) needs a {need:,}-byte workspace, over the limit of "
-            f"{get_workspace_limit():,} bytes (fastconv.set_workspace_limit)"
-        )
-    return np.empty(need, dtype=np.uint8)
+def _conv_kernel() -> Any:
+    """The compiled module both convolution passes share (for its blocking constants)."""
+    return registry.GRADS["conv2d_input"].kernel
 
 
 def input_grad_route(p: ConvParams) -> str:
@@ -320,9 +279,9 @@ def _input_grad(dy: np.ndarray, w: np.ndarray, p: ConvParams) -> np.ndarray:
         return np.zeros(p.input_shape, dtype=p.dtype)
     if input_grad_route(p) == "forward":
         return _forward_input_grad(dy, w, p)
-    k = _conv_kernel()
+    k = registry.GRADS["conv2d_input"]
     nt = threads.get_num_threads()
-    ws = _workspace(k, p, nt, "conv2d_input")
+    ws = plan.workspace(k, p, nt)
     dx = np.empty(p.input_shape, dtype=p.dtype)
     k.run(dy, k.prepare(w, None, p), p, dx, ws, nt)
     return dx
@@ -333,9 +292,9 @@ def _weight_grad(x: np.ndarray, dy: np.ndarray, p: ConvParams) -> np.ndarray:
     if p.n == 0:
         dw[...] = 0
         return dw
-    k = _conv_kernel()
+    k = registry.GRADS["conv2d_weight"]
     nt = threads.get_num_threads()
-    k.run(x, None, p, dw, _workspace(k, p, nt, "conv2d_weight"), nt, grad_output=dy)
+    k.run(x, None, p, dw, plan.workspace(k, p, nt), nt, grad_output=dy)
     return dw
 
 
@@ -519,16 +478,11 @@ def adaptive_avg_pool2d_input(input_size: Any, grad_output: Any):
 
 
 # --- pools: implementations (kernels/pool_grad.pyx) -------------------------------------------------
-def _pool_kernel():
-    from .kernels import pool_grad
-
-    return pool_grad
-
-
 def _pool_run(dy: np.ndarray, p: PoolParams, indices: np.ndarray | None = None) -> np.ndarray:
     dx = np.empty(p.input_shape, dtype=p.dtype)
     if dx.size:
-        _pool_kernel().run(dy, None, p, dx, np.empty(0, dtype=np.uint8), threads.get_num_threads(), indices=indices)
+        k, nt = registry.GRADS["pool_input"], threads.get_num_threads()
+        k.run(dy, None, p, dx, plan.workspace(k, p, nt), nt, indices=indices)
     return dx
 
 

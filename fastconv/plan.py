@@ -19,7 +19,8 @@ from .params import ConvParams, PoolParams
 _EMPTY = np.empty(0, dtype=np.uint8)
 
 
-def _workspace(kernel: registry.Kernel, p: Any, nthreads: int) -> np.ndarray:
+def workspace(kernel: registry.Kernel, p: Any, nthreads: int) -> np.ndarray:
+    """The caller-owned scratch ``kernel`` needs for ``p``, checked against the limit first."""
     need = kernel.workspace_bytes(p, nthreads)
     if need == 0:
         return _EMPTY
@@ -73,7 +74,7 @@ class Plan:
         if self.algorithm.needs_finite and not (self._weights_finite and _finite(x)):
             return self._direct().run(x, out, p)
         nt = threads.get_num_threads()
-        ws = _workspace(self.algorithm, p, nt)
+        ws = workspace(self.algorithm, p, nt)
         self.algorithm.run(x, self.packed, p, out, ws, nt)
         return out
 
@@ -84,4 +85,4 @@ def run_pool(x: np.ndarray, p: PoolParams, out: np.ndarray, indices: np.ndarray 
         return
     kernel = registry.POOLS[p.kind]
     nt = threads.get_num_threads()
-    kernel.run(x, None, p, out, _workspace(kernel, p, nt), nt, indices=indices)
+    kernel.run(x, None, p, out, workspace(kernel, p, nt), nt, indices=indices)

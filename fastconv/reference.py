@@ -10,6 +10,7 @@ real layer sizes; the loops over the kernel taps (u, v) and groups are literal. 
 is accumulated in float64, whatever the input dtype. Arguments are assumed valid: the
 public ops (and the tests) go through `fastconv.validate` first.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,7 @@ def _pad(x: np.ndarray, top: int, bottom: int, left: int, right: int, value: flo
 def _tap(xp: np.ndarray, u: int, v: int, oh: int, ow: int, s: tuple[int, int], d: tuple[int, int]) -> np.ndarray:
     """The input pixels that kernel tap (u, v) meets, for every output pixel: [N, C, oh, ow]."""
     r0, c0 = u * d[0], v * d[1]
-    return xp[:, :, r0:r0 + s[0] * (oh - 1) + 1:s[0], c0:c0 + s[1] * (ow - 1) + 1:s[1]]
+    return xp[:, :, r0 : r0 + s[0] * (oh - 1) + 1 : s[0], c0 : c0 + s[1] * (ow - 1) + 1 : s[1]]
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams) -> np.ndarray:
@@ -35,13 +36,14 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, p: ConvParams) ->
     out = np.zeros(p.out_shape, dtype=np.float64)
     cig, cog = p.c_in_per_group, p.c_out_per_group
     for g in range(p.groups):
-        xg = xp[:, g * cig:(g + 1) * cig]
-        wg = w[g * cog:(g + 1) * cog]
+        xg = xp[:, g * cig : (g + 1) * cig]
+        wg = w[g * cog : (g + 1) * cog]
         for u in range(p.kh):
             for v in range(p.kw):
                 # Σ_d W[p, d, u, v] · X[n, d, ...] for every (n, p, i, j)
-                out[:, g * cog:(g + 1) * cog] += np.einsum(
-                    "pd,ndij->npij", wg[:, :, u, v], _tap(xg, u, v, p.out_h, p.out_w, p.stride, p.dilation))
+                out[:, g * cog : (g + 1) * cog] += np.einsum(
+                    "pd,ndij->npij", wg[:, :, u, v], _tap(xg, u, v, p.out_h, p.out_w, p.stride, p.dilation)
+                )
     if b is not None:
         out += np.asarray(b, dtype=np.float64)[None, :, None, None]
     return out
@@ -74,7 +76,9 @@ def max_pool2d(x: np.ndarray, p: PoolParams, return_indices: bool = False):
     return (best, idx) if return_indices else best
 
 
-def _avg_divisors(size: int, out: int, k: int, s: int, pad: int, include_pad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _avg_divisors(
+    size: int, out: int, k: int, s: int, pad: int, include_pad: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per output pixel along one axis: clipped window start/end and the count torch divides by."""
     start = np.arange(out) * s - pad
     end = np.minimum(start + k, size + pad)
@@ -88,7 +92,8 @@ def avg_pool2d(x: np.ndarray, p: PoolParams) -> np.ndarray:
     hs, he, hdiv = _avg_divisors(p.h, p.out_h, p.kernel[0], p.stride[0], p.padding[0], p.count_include_pad)
     ws, we, wdiv = _avg_divisors(p.w, p.out_w, p.kernel[1], p.stride[1], p.padding[1], p.count_include_pad)
     return _window_sums(x, hs, he, ws, we) / (
-        p.divisor_override if p.divisor_override is not None else np.outer(hdiv, wdiv))
+        p.divisor_override if p.divisor_override is not None else np.outer(hdiv, wdiv)
+    )
 
 
 def adaptive_avg_pool2d(x: np.ndarray, p: PoolParams) -> np.ndarray:
@@ -127,13 +132,14 @@ def conv2d_input_grad(dy: np.ndarray, w: np.ndarray, p: ConvParams) -> np.ndarra
     dxp = np.zeros((p.n, p.c_in, p.h + pt + pb, p.w + pl + pr))
     cig, cog = p.c_in_per_group, p.c_out_per_group
     for g in range(p.groups):
-        dyg = dy[:, g * cog:(g + 1) * cog]
+        dyg = dy[:, g * cog : (g + 1) * cog]
         for u in range(p.kh):
             for v in range(p.kw):
                 # the input pixels tap (u, v) met, one per output pixel (distinct, so += is exact)
-                _tap(dxp[:, g * cig:(g + 1) * cig], u, v, p.out_h, p.out_w, p.stride, p.dilation)[...] += \
-                    np.einsum("pd,npij->ndij", w[g * cog:(g + 1) * cog, :, u, v], dyg)
-    return dxp[:, :, pt:pt + p.h, pl:pl + p.w]
+                _tap(dxp[:, g * cig : (g + 1) * cig], u, v, p.out_h, p.out_w, p.stride, p.dilation)[...] += np.einsum(
+                    "pd,npij->ndij", w[g * cog : (g + 1) * cog, :, u, v], dyg
+                )
+    return dxp[:, :, pt : pt + p.h, pl : pl + p.w]
 
 
 def conv2d_weight_grad(x: np.ndarray, dy: np.ndarray, p: ConvParams) -> np.ndarray:
@@ -144,12 +150,13 @@ def conv2d_weight_grad(x: np.ndarray, dy: np.ndarray, p: ConvParams) -> np.ndarr
     dw = np.zeros(p.weight_shape)
     cig, cog = p.c_in_per_group, p.c_out_per_group
     for g in range(p.groups):
-        xg = xp[:, g * cig:(g + 1) * cig]
-        dyg = dy[:, g * cog:(g + 1) * cog]
+        xg = xp[:, g * cig : (g + 1) * cig]
+        dyg = dy[:, g * cog : (g + 1) * cog]
         for u in range(p.kh):
             for v in range(p.kw):
-                dw[g * cog:(g + 1) * cog, :, u, v] = np.einsum(
-                    "npij,ndij->pd", dyg, _tap(xg, u, v, p.out_h, p.out_w, p.stride, p.dilation))
+                dw[g * cog : (g + 1) * cog, :, u, v] = np.einsum(
+                    "npij,ndij->pd", dyg, _tap(xg, u, v, p.out_h, p.out_w, p.stride, p.dilation)
+                )
     return dw
 
 
@@ -185,8 +192,11 @@ def avg_pool2d_input_grad(dy: np.ndarray, p: PoolParams) -> np.ndarray:
     dy = np.asarray(dy, dtype=np.float64)
     hs, he, hdiv = _avg_divisors(p.h, p.out_h, p.kernel[0], p.stride[0], p.padding[0], p.count_include_pad)
     ws, we, wdiv = _avg_divisors(p.w, p.out_w, p.kernel[1], p.stride[1], p.padding[1], p.count_include_pad)
-    div = (np.full((p.out_h, p.out_w), float(p.divisor_override)) if p.divisor_override is not None
-           else np.outer(hdiv, wdiv).astype(np.float64))
+    div = (
+        np.full((p.out_h, p.out_w), float(p.divisor_override))
+        if p.divisor_override is not None
+        else np.outer(hdiv, wdiv).astype(np.float64)
+    )
     return _spread(dy, p.input_shape, hs, he, ws, we, div)
 
 

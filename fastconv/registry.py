@@ -139,6 +139,33 @@ POOL_REGISTRY: list[Kernel] = [
 POOLS: dict[str, Kernel] = {k.name: k for k in POOL_REGISTRY}
 
 
+# Backward passes (`fastconv.grad`): one compiled module per op family, an entry per pass.
+GRAD_REGISTRY: list[Kernel] = [
+    Kernel(
+        "conv2d_input",
+        _K + "conv_grad",
+        "input gradient of strided layers and small maps (stride-1 maps run as a forward convolution)",
+        passes=("input_grad",),
+        options={"pass_": "input_grad"},
+    ),
+    Kernel(
+        "conv2d_weight",
+        _K + "conv_grad",
+        "weight (and bias) gradient: a reduction over batch and pixels in fixed chunks (deterministic)",
+        passes=("weight_grad",),
+        options={"pass_": "weight_grad"},
+    ),
+    Kernel(
+        "pool_input",
+        _K + "pool_grad",
+        "input gradient of max (by indices), average and adaptive average pooling",
+        op="pool",
+        passes=("input_grad",),
+    ),
+]
+GRADS: dict[str, Kernel] = {k.name: k for k in GRAD_REGISTRY}
+
+
 def names() -> list[str]:
     """The convolution algorithms' names (valid values of ``algo=``)."""
     return [a.name for a in REGISTRY]

@@ -129,35 +129,60 @@ def conv2d_args(
         raise ValueError(f"weight must be 4-D (C_out, C_in/groups, kH, kW), got {w.ndim}-D array of shape {w.shape}")
     if w.dtype != x.dtype:
         raise TypeError(f"weight dtype {w.dtype} does not match input dtype {x.dtype}; cast one of them")
-    g = _as_int(groups, "groups")
-    if g < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
-    n, c_in, h, wd = x4.shape
-    if h < 1 or wd < 1:  # as torch: only the batch may be empty
-        raise ValueError(f"input must have non-zero height and width, got shape {x.shape}")
-    c_out, c_in_g, kh, kw = w.shape
-    if min(c_out, c_in_g, kh, kw) < 1:
-        raise ValueError(f"weight must have positive sizes (C_out, C_in/groups, kH, kW), got shape {w.shape}")
-    if c_in % g:
-        raise ValueError(f"input channels C_in={c_in} must be divisible by groups={g}")
-    if c_out % g:
-        raise ValueError(f"weight.shape[0] (C_out={c_out}) must be divisible by groups={g}")
-    if c_in != c_in_g * g:
-        raise ValueError(
-            f"input has C_in={c_in} channels (shape {x.shape}) but weight expects "
-            f"weight.shape[1] * groups = {c_in_g} * {g} = {c_in_g * g}"
-        )
-    s = positive_pair(stride, "stride")
-    d = positive_pair(dilation, "dilation")
-    pad = conv_padding(padding, s, d, (kh, kw))
+    p = conv_shape(
+        x4.shape, w.shape, stride, padding, dilation, groups, x.dtype, shape=x.shape, has_bias=bias is not None
+    )
     b = None
     if bias is not None:
         b = as_array(bias, "bias")
         if b.dtype != x.dtype:
             raise TypeError(f"bias dtype {b.dtype} does not match input dtype {x.dtype}")
-        if b.shape != (c_out,):
-            raise ValueError(f"bias must be 1-D of length C_out={c_out}, got shape {b.shape}")
+        if b.shape != (p.c_out,):
+            raise ValueError(f"bias must be 1-D of length C_out={p.c_out}, got shape {b.shape}")
         b = _contiguous(b)
+
+    memory.check_call("conv2d", p, x.dtype, (("input", _copy_bytes(x4)), ("weight", _copy_bytes(w))))
+    return _contiguous(x4), _contiguous(w), b, p, unbatched
+
+
+def conv_shape(
+    xshape: tuple[int, ...],
+    wshape: tuple[int, ...],
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: Any,
+    dtype: np.dtype,
+    input_name: str = "input",
+    weight_name: str = "weight",
+    shape: tuple[int, ...] | None = None,
+    has_bias: bool = False,
+) -> ConvParams:
+    """The checks of a convolution's shapes and arguments (every pass) → its `ConvParams`.
+    ``xshape`` is 4-D; ``shape`` is the shape to name in messages."""
+    g = _as_int(groups, "groups")
+    if g < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    n, c_in, h, wd = xshape
+    if h < 1 or wd < 1:  # as torch: only the batch may be empty
+        raise ValueError(f"{input_name} must have non-zero height and width, got shape {shape or tuple(xshape)}")
+    c_out, c_in_g, kh, kw = wshape
+    if min(c_out, c_in_g, kh, kw) < 1:
+        raise ValueError(
+            f"{weight_name} must have positive sizes (C_out, C_in/groups, kH, kW), got shape {tuple(wshape)}"
+        )
+    if c_in % g:
+        raise ValueError(f"input channels C_in={c_in} must be divisible by groups={g}")
+    if c_out % g:
+        raise ValueError(f"{weight_name}.shape[0] (C_out={c_out}) must be divisible by groups={g}")
+    if c_in != c_in_g * g:
+        raise ValueError(
+            f"{input_name} has C_in={c_in} channels (shape {shape or tuple(xshape)}) but {weight_name} expects "
+            f"{weight_name}.shape[1] * groups = {c_in_g} * {g} = {c_in_g * g}"
+        )
+    s = positive_pair(stride, "stride")
+    d = positive_pair(dilation, "dilation")
+    pad = conv_padding(padding, s, d, (kh, kw))
     for axis, size, k, dil, before, after in (
         ("height", h, kh, d[0], pad[0], pad[1]),
         ("width", wd, kw, d[1], pad[2], pad[3]),
@@ -168,9 +193,7 @@ def conv2d_args(
                 f"kernel {axis} (dilation·(K−1)+1 = {effective}) is larger than the padded "
                 f"input {axis} ({size} + {before} + {after} = {size + before + after})"
             )
-    p = ConvParams(n, c_in, h, wd, c_out, kh, kw, s, pad, d, g, _dtype_name(x.dtype), b is not None)
-    memory.check_call("conv2d", p, x.dtype, (("input", _copy_bytes(x4)), ("weight", _copy_bytes(w))))
-    return _contiguous(x4), _contiguous(w), b, p, unbatched
+    return ConvParams(n, c_in, h, wd, c_out, kh, kw, s, pad, d, g, _dtype_name(dtype), has_bias)
 
 
 def conv_padding(

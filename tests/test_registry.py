@@ -84,7 +84,7 @@ def test_functional_conv2d_chooses_one_shot(monkeypatch):
 
 def test_registry_names_unique_and_contract_complete():
     assert len(set(registry.names())) == len(registry.REGISTRY)
-    for alg in registry.REGISTRY + registry.POOL_REGISTRY:
+    for alg in ALL_KERNELS:
         for fn in ("supports", "workspace_bytes", "prepare", "run"):
             assert callable(getattr(alg.kernel, fn)), f"{alg.name} lacks {fn}"
         assert alg.kernel.__doc__ and len(alg.kernel.__doc__) > 200, f"{alg.name}: document the design"
@@ -100,16 +100,16 @@ POOL_OF = {
 }
 
 
-@pytest.mark.parametrize(
-    "kernel",
-    registry.REGISTRY + registry.POOL_REGISTRY,
-    ids=[k.op + "." + k.name for k in registry.REGISTRY + registry.POOL_REGISTRY],
-)
+ALL_KERNELS = registry.REGISTRY + registry.POOL_REGISTRY + registry.GRAD_REGISTRY
+
+
+@pytest.mark.parametrize("kernel", ALL_KERNELS, ids=[k.op + "." + k.name for k in ALL_KERNELS])
 def test_every_kernel_answers_for_every_contract_field(kernel):
     """A pass, layout or epilogue a kernel does not run is refused with its name, never run."""
-    base = CONV if kernel.op == "conv2d" else POOL_OF[kernel.name]
+    base = CONV if kernel.op == "conv2d" else POOL_OF.get(kernel.name, POOL_OF["max"])
     if kernel.op == "conv2d" and kernel.name == "pointwise":
         base = ConvParams.from_layer(1, 16, 9, 16, 1)
+    base = dataclasses.replace(base, pass_=kernel.passes[0])
     assert kernel.supports(base) is None
     for pass_ in contract.PASSES:
         if pass_ not in kernel.passes:
