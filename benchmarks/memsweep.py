@@ -61,14 +61,15 @@ def _make_call(op: str, via: str, small: bool, warm: bool):
     import numpy as np
 
     import fastconv
-    from fastconv import registry, threads
     from fastconv.params import ConvParams, PoolParams
 
+    if via == "kernel":  # (imported here: --via api also runs on older fastconv versions)
+        from fastconv import registry, threads
     n, c, hw = (1, 8, 12) if warm else _shapes(op, small)
     rng = np.random.default_rng(0)
     dt = np.dtype(os.environ.get("MEMSWEEP_DTYPE", "float32"))
     x = rng.standard_normal((n, c, hw, hw)).astype(dt)
-    nt = threads.get_num_threads()
+    nt = threads.get_num_threads() if via == "kernel" else None
     if op in CONVS:
         k = 1 if op == "pointwise" else 3
         pad = 0 if k == 1 else 1
@@ -170,6 +171,10 @@ def _run_child(op: str, args, headroom: int | None) -> tuple[str, int, str]:
     return "dead", 0, f"{why}: {last[:160]}"
 
 
+class _SetupFailed(Exception):
+    """A child failed before it set the limit (not a run: nothing to measure)."""
+
+
 def _find_need(op: str, args) -> tuple[int | None, int, list[str]]:
     """The least headroom (within 1/16) with which the call succeeds: doubling from 16 MiB, then
     bisecting. Returns (need, runs made, their deaths)."""
@@ -181,6 +186,8 @@ def _find_need(op: str, args) -> tuple[int | None, int, list[str]]:
         runs += what != "setup"
         if what == "dead":
             died.append(f"    (finding the need) headroom {headroom / 2**20:.1f} MiB: {detail}")
+        if what == "setup":
+            raise _SetupFailed(detail)
         return what == "ok"
 
     hi = 16 << 20
@@ -207,7 +214,11 @@ def sweep(args) -> int:
     )
     print(f"{'op':<13} {'need MiB':>8}  runs (headroom 0 -> top, evenly)  {'top MiB':>8} {'first ok':>8}", flush=True)
     for op in ops:
-        need, runs, died = _find_need(op, args)
+        try:
+            need, runs, died = _find_need(op, args)
+        except _SetupFailed as e:
+            print(f"{op:<13} not run: {e}", flush=True)
+            continue
         total += runs
         dead += len(died)
         for line in died:
