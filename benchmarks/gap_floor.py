@@ -17,11 +17,11 @@ import argparse
 import statistics
 
 import numpy as np
-from fastconv.kernels import _common
 from scaling import sample  # (benchmarks/ is on sys.path when this script runs)
 
 import fastconv
 from fastconv import plan, validate
+from fastconv.kernels import _common
 
 
 def main() -> None:

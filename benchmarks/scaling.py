@@ -23,12 +23,12 @@ import statistics
 import time
 
 import numpy as np
-from fastconv.kernels import _peak
 
 import fastconv
 from fastconv import plan as plans
 from fastconv import rules
 from fastconv.bench import machine, suites
+from fastconv.kernels import _peak
 
 FMA_ITERS = 100_000  # ~1 ms of the FMA loop per call on one thread
 

@@ -73,7 +73,6 @@ def test_winograd_weight_transform_is_g_w_gt(dtype, k, m, cin, cout, groups):
     """The packed U (compiled, kernels/wino_impl.h) is G w Gᵀ in float64 rounded once, at
     [group][point][panel][ci][lane], with zero lanes past each group's last output channel."""
     from fastconv.kernels import winograd
-
     from fastconv.params import ConvParams
 
     p = ConvParams.from_layer(

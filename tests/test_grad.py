@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fastconv.kernels import conv_grad, pool_grad
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastconv
 from fastconv import grad, reference, testing
+from fastconv.kernels import conv_grad, pool_grad
 from fastconv.params import ConvParams, PoolParams
 from fastconv.testing import ADAPTIVE_CASES, AVG_POOL_CASES, CONV_CASES, MAX_POOL_CASES, describe
 
