@@ -5,6 +5,7 @@ The kernels are compiled for the machine that builds them (``-march=native``), b
 fastconv is installed from source on the machine that runs it; set
 ``FASTCONV_MARCH=x86-64-v3`` (or any gcc ``-march`` value) to build a portable binary.
 """
+
 import glob
 import os
 import re
@@ -17,6 +18,8 @@ march = os.environ.get("FASTCONV_MARCH", "native")
 # -Wall -Wextra: the kernels' own C and the code Cython generates for them compile without a
 # warning (no -Wno-... is needed: keep it that way)
 compile_args = ["-Wall", "-Wextra", "-O3", f"-march={march}", "-fopenmp", "-ffp-contract=fast"]
+if os.environ.get("FASTCONV_WERROR"):  # CI (.ci/run): a new warning fails the build
+    compile_args.append("-Werror")
 link_args = ["-fopenmp"]
 
 
@@ -55,7 +58,6 @@ setup(
     ext_modules=cythonize(
         extensions,
         language_level=3,
-        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,
-                             "initializedcheck": False},
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True, "initializedcheck": False},
     ),
 )
