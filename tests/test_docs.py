@@ -48,3 +48,26 @@ def test_docstring_examples(name):
     flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE | doctest.IGNORE_EXCEPTION_DETAIL
     result = doctest.testmod(mod, optionflags=flags, extraglobs={"np": np}, verbose=False)
     assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed (run doctest -v)"
+
+
+def test_source_checkout_says_it_is_not_built(tmp_path):
+    """``python`` started in a checkout imports the bare source folder: one clear line, not a
+    traceback from deep inside the first call."""
+    import shutil
+    import subprocess
+    import sys
+
+    import fastconv
+
+    shutil.copytree(Path(fastconv.__file__).parent, tmp_path / "fastconv", ignore=shutil.ignore_patterns("__pycache__"))
+    code = (
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+        f"sys.path.insert(0, {str(tmp_path)!r}); import fastconv"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert (
+        r.stderr.strip()
+        .splitlines()[-1]
+        .startswith("ImportError: fastconv is not built here: `pip install .` and run from elsewhere")
+    )

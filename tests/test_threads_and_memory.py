@@ -266,3 +266,26 @@ def test_no_leaks_10000_calls_each():
     print(report)
     for name, before, after in rows:
         assert float(after) - float(before) < LEAK_MARGIN_MB, f"{name} grew resident memory:\n{report}"
+
+
+def test_input_copy_is_sized_before_it_is_made(limits):
+    """A non-contiguous input is copied to contiguous memory: that copy counts against the limit
+    and is refused, naming it, before a byte of it is allocated."""
+    big = np.ones((2, 8, 64, 128), np.float32)
+    view = big[:, :, :, ::2]  # not contiguous: the op must copy it (2 * 8 * 64 * 64 * 4 bytes)
+    copy_bytes = view.size * 4
+    memory.set_output_limit(copy_bytes)  # the copy alone fits, copy + output do not
+    for call in (
+        lambda: fastconv.max_pool2d(view, 2),
+        lambda: fastconv.conv2d(view, np.ones((8, 8, 1, 1), np.float32)),
+    ):
+        peak = _peak_during(lambda call=call: pytest.raises(MemoryError, call))
+        assert peak < copy_bytes // 2, f"{peak} bytes allocated before the MemoryError"
+        with pytest.raises(MemoryError, match=rf"the copy of input {copy_bytes:,} \+ the output"):
+            call()
+    memory.set_output_limit(10 * copy_bytes)
+    assert fastconv.max_pool2d(view, 2).shape == (2, 8, 32, 32)
+
+
+def test_default_limit_leaves_room_for_the_rest_of_the_process():
+    assert 0 < memory.get_output_limit() <= memory.available_memory() // 2
