@@ -24,7 +24,10 @@ cdef extern from *:
       #define VSET(x) _mm256_set1_ps(x)
       #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
       #define VADD(a, b) _mm256_add_ps(a, b)
-      static inline float VSUM(__m256 a) { float t[8]; _mm256_storeu_ps(t, a); return t[0]+t[1]+t[2]+t[3]+t[4]+t[5]+t[6]+t[7]; }
+      static inline float VSUM(__m256 a) {
+          float t[8]; _mm256_storeu_ps(t, a);
+          return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+      }
     #else
       typedef float vec_t;
       #define VLANES 1
