@@ -7,9 +7,17 @@
 
 Pick one with ``--hypothesis-profile=NAME`` (hypothesis' own pytest option, which overrides
 the default loaded here).
+
+The README runs ``pytest`` from the checkout's root, where the source folder ``fastconv/``
+(without its compiled kernels) would shadow the installed package in every Python the tests
+start (``python -c``, ``-m``): ``PYTHONSAFEPATH`` keeps the working directory off their path.
 """
 
+import os
+
 from hypothesis import HealthCheck, settings
+
+os.environ["PYTHONSAFEPATH"] = "1"
 
 _COMMON = dict(
     deadline=None,
