@@ -51,7 +51,8 @@ def test_docstring_examples(name):
 
 
 def test_source_checkout_says_it_is_not_built(tmp_path):
-    """``python`` started in a checkout imports the bare source folder: one clear line, not a
+    """``python`` started in a checkout imports the bare source folder (the Python files without
+    the compiled ``kernels``): one clear line, not a
     traceback from deep inside the first call."""
     import shutil
     import subprocess
@@ -59,7 +60,9 @@ def test_source_checkout_says_it_is_not_built(tmp_path):
 
     import fastconv
 
-    shutil.copytree(Path(fastconv.__file__).parent, tmp_path / "fastconv", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(fastconv.__file__).parent, tmp_path / "fastconv", ignore=shutil.ignore_patterns("__pycache__", "kernels")
+    )
     code = (
         "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
         f"sys.path.insert(0, {str(tmp_path)!r}); import fastconv"
