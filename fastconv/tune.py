@@ -65,7 +65,9 @@ MIN_SAMPLE_S = 0.01  # a sample repeats the call until it lasts this long
 
 # --- where --------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
-def _machine_tag() -> str:
+def machine_tag() -> str:
+    """``<cpu-model-slug>-<cpu-flags-hash>``: what names this machine's tune cache and CI gate
+    baseline (`benchmarks/baselines/`), whose numbers only hold on the CPU they were measured on."""
     from .bench import machine
 
     c = machine.cpu()
@@ -93,7 +95,7 @@ def cache_path(threads_: int | None = None) -> Path:
     from .bench.machine import cache_dir
 
     nt = threads_ if threads_ is not None else threads.get_num_threads()
-    return cache_dir() / f"tune-{_machine_tag()}-t{nt}.json"
+    return cache_dir() / f"tune-{machine_tag()}-t{nt}.json"
 
 
 def layer_key(p: ConvParams) -> str:
