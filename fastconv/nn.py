@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from . import validate
+from . import threads, validate
 from .layers import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d, _Trainable
 
 __all__ = ["Linear", "ReLU", "Flatten", "Sequential", "cross_entropy", "SGD"]
@@ -71,6 +71,11 @@ def _param(value: Any, name: str, shape: tuple[int, ...], dtype: np.dtype | None
 
 class Linear(_Trainable):
     """Fully connected layer ``y = x @ weight.T + bias``, as ``torch.nn.Linear``.
+
+    Its GEMMs run on one BLAS thread: a multi-threaded BLAS pool keeps its threads spinning for a
+    while after each call, on the cores the next convolution's OpenMP threads need (the two pools
+    fight, `fastconv.threads`); the classifier GEMMs of the small CNNs this module trains are
+    small next to their convolutions.
 
     Parameters
     ----------
@@ -136,7 +141,8 @@ class Linear(_Trainable):
                 f"Linear({self.in_features}, {self.out_features}) takes (..., {self.in_features}) "
                 f"{self.weight.dtype} input, got {x.shape} {x.dtype}"
             )
-        y = x @ self.weight.T
+        with threads.blas_limit(1):
+            y = x @ self.weight.T
         if self.bias is not None:
             y += self.bias
         if self.training:
@@ -154,12 +160,14 @@ class Linear(_Trainable):
                 f"grad_output must have the output's shape {x.shape[:-1] + (self.out_features,)}, got {dy.shape}"
             )
         x2, dy2 = x.reshape(-1, self.in_features), dy.reshape(-1, self.out_features)
-        dw = dy2.T @ x2
+        with threads.blas_limit(1):
+            dw = dy2.T @ x2
+            dx = dy @ self.weight if input_grad else None
         self.weight_grad = dw if self.weight_grad is None else self.weight_grad + dw
         if self.bias is not None:
             db = dy2.sum(axis=0)
             self.bias_grad = db if self.bias_grad is None else self.bias_grad + db
-        return dy @ self.weight if input_grad else None
+        return dx
 
     def parameters(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
