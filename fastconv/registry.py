@@ -94,6 +94,11 @@ REGISTRY: list[Kernel] = [
         "im2col + GEMM over bounded tiles of output pixels (AVX-512 micro-kernel for float32, "
         "BLAS otherwise); any stride/padding/dilation/groups",
     ),
+    Kernel(
+        "depthwise",
+        _K + "depthwise",
+        "depthwise layers (one channel per group) read in place: masked row loads, any kernel/stride/padding/dilation",
+    ),
     Kernel("pointwise", _K + "pointwise", "1x1 kernels with padding 0 as GEMMs straight on NCHW, split over threads"),
     # Winograd tolerances, from the contract metric (error_tile: scale = sum|W| x max|X| over the
     # tile, see fastconv.testing.conv_error_bound), measured over the case table x 20 seeds:

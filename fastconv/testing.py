@@ -148,6 +148,14 @@ CONV_CASES: list[ConvCase] = [
     ConvCase("direct_rows_s2_batch", n=9, c_in=4, h=64, w=63, c_out=8, kh=5, kw=5, stride=2, padding=2),
     ConvCase("direct_depthwise_3x3_7x17_bias0", n=2, c_in=8, h=7, w=17, c_out=8, padding=1, groups=8, bias=False),
     ConvCase("direct_depthwise_5x5_13x21", n=2, c_in=8, h=13, w=21, c_out=8, kh=5, kw=5, padding=2, groups=8),
+    # the depthwise kernel (kernels/depthwise_body.h): stride 2 over several column chunks (even-lane
+    # permutes, both loads masked at the edges), stride 3 with dilation (gathers), a kernel wider
+    # than the map, "same" padding of an even kernel (asymmetric), padding wider than a vector
+    ConvCase("depthwise_s2_w70", n=1, c_in=4, h=9, w=70, c_out=4, stride=2, padding=1, groups=4),
+    ConvCase("depthwise_s3_d2", n=2, c_in=5, h=17, w=40, c_out=5, stride=3, dilation=2, padding=2, groups=5),
+    ConvCase("depthwise_k7_on_5x6", n=1, c_in=3, h=5, w=6, c_out=3, kh=7, kw=7, padding=3, groups=3),
+    ConvCase("depthwise_same_k4", n=2, c_in=4, h=6, w=19, c_out=4, kh=4, kw=4, padding="same", groups=4),
+    ConvCase("depthwise_pad17_s2", n=1, c_in=2, h=3, w=5, c_out=2, kh=3, kw=3, stride=2, padding=17, groups=2),
     ConvCase("direct_s2_w200", n=1, c_in=1, h=6, w=200, c_out=9, kh=3, kw=5, stride=2, padding=2),
     ConvCase("direct_stride_over_kernel", h=9, w=10, stride=(7, 5), padding=1),  # unused phases skipped
     # GEMM tiling edges (im2col / pointwise): tiles that split rows mid-way with groups and a

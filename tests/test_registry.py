@@ -25,6 +25,14 @@ SUITE = {  # seed-network layers → the algorithm auto must pick (locks the mea
     "nin.1x1": (ConvParams.from_layer(8, 96, 54, 96, 1), "pointwise"),
     "seed003.1gflop": (ConvParams.from_layer(1, 100, 64, 100, 5, padding=2), "winograd"),
     "mobilenet.dw3x3": (ConvParams.from_layer(1, 256, 56, 256, 3, padding=1, groups=256), "direct"),
+    "mobilenet.dw3x3.f64": (
+        ConvParams.from_layer(1, 256, 56, 256, 3, padding=1, groups=256, dtype="float64"),
+        "depthwise",
+    ),
+    "mobilenetv2.dw3x3 on 14x14": (ConvParams.from_layer(1, 576, 14, 576, 3, padding=1, groups=576), "depthwise"),
+    "mobilenetv2.dw3x3 s2": (ConvParams.from_layer(1, 144, 56, 144, 3, stride=2, padding=1, groups=144), "depthwise"),
+    "efficientnet.dw5x5": (ConvParams.from_layer(1, 672, 14, 672, 5, padding=2, groups=672), "depthwise"),
+    "depthwise x2 (2 outputs a group)": (ConvParams.from_layer(1, 8, 14, 16, 3, padding=1, groups=8), "direct"),
 }
 
 
@@ -109,6 +117,8 @@ def test_every_kernel_answers_for_every_contract_field(kernel):
     base = CONV if kernel.op == "conv2d" else POOL_OF.get(kernel.name, POOL_OF["max"])
     if kernel.op == "conv2d" and kernel.name == "pointwise":
         base = ConvParams.from_layer(1, 16, 9, 16, 1)
+    if kernel.op == "conv2d" and kernel.name == "depthwise":
+        base = ConvParams.from_layer(1, 16, 9, 16, 3, padding=1, groups=16)
     base = dataclasses.replace(base, pass_=kernel.passes[0])
     assert kernel.supports(base) is None
     for pass_ in contract.PASSES:
@@ -166,7 +176,9 @@ def test_one_thread_knob():
         fastconv.set_num_threads(1)
         for algo in fastconv.algorithms():  # every kernel, so every BLAS/OpenMP library is loaded
             k = 1 if algo == "pointwise" else 3
-            fastconv.conv2d(np.ones((1, 2, 5, 5), np.float32), np.ones((2, 2, k, k), np.float32), algo=algo)
+            g = 2 if algo == "depthwise" else 1
+            x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((2, 2 // g, k, k), np.float32)
+            fastconv.conv2d(x, w, groups=g, algo=algo)
         pools = [p for p in threadpool_info() if p["user_api"] in ("blas", "openmp")]
         assert {p["user_api"] for p in pools} == {"blas", "openmp"}, pools
         for pool in pools:

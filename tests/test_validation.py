@@ -239,13 +239,15 @@ def _layouts(a):
 def test_conv2d_layouts_and_no_mutation(algo):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 4, 9, 9)).astype(f32)
-    w = rng.standard_normal((4, 4, 1 if algo == "pointwise" else 3, 1 if algo == "pointwise" else 3)).astype(f32)
+    groups = 4 if algo == "depthwise" else 1
+    k = 1 if algo == "pointwise" else 3
+    w = rng.standard_normal((4, 4 // groups, k, k)).astype(f32)
     b = rng.standard_normal(4).astype(f32)
-    expected = fastconv.conv2d(x, w, b, algo=algo)
+    expected = fastconv.conv2d(x, w, b, algo=algo, groups=groups)
     for name, xl in _layouts(x).items():
         for wname, wl in _layouts(w).items():
             before_x, before_w = xl.copy(), wl.copy()
-            y = fastconv.conv2d(xl, wl, b, algo=algo)
+            y = fastconv.conv2d(xl, wl, b, algo=algo, groups=groups)
             np.testing.assert_array_equal(y, expected, err_msg=f"input {name}, weight {wname}")
             np.testing.assert_array_equal(xl, before_x)
             np.testing.assert_array_equal(wl, before_w)

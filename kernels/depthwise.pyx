@@ -1,0 +1,119 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Depthwise convolution (one input and one output channel per group: MobileNet, EfficientNet,
+ShuffleNet) read in place from NCHW, for any kernel size, stride, padding and dilation.
+
+The design (details in ``depthwise_body.h``): each (image, channel) plane is computed row by row,
+a vector of output columns at a time, 4 rows together (independent FMA chains); each tap of a
+row is a masked load straight from the input row (stride 1), two masked loads and an even-lane
+permute (stride 2) or a masked gather (larger strides). The masks drop the columns in the
+padding, and rows in the padding read a row of zeros, so there is no packed or padded copy of
+the input. That copy is what the direct kernel's general path pays per plane, and on small maps
+and strided layers it costs more than the arithmetic (mobilenetv2's 576-channel stride-2 layer on
+14x14: 207 us against ONNX Runtime's 34, 1 thread); ``benchmarks/NOTES.md`` has the numbers.
+
+Planes are shared out over the threads in contiguous runs (a static schedule: every plane costs
+the same). The workspace holds one row of zeros and the load masks of every column chunk (they depend
+on the chunk and the tap column only, so one table serves every plane and row).
+Builds without AVX-512 run a scalar loop of the same contract (``vector`` is then False and
+``auto`` keeps depthwise layers on ``direct``).
+"""
+from cython cimport floating
+from libc.stddef cimport size_t
+import numpy as np
+
+from fastconv import contract
+
+include "_shared.pxi"
+
+cdef extern from "depthwise_impl.h" nogil:
+    int FC_DW_VECTOR
+    size_t fc_depthwise_tap_bytes(Py_ssize_t OW, int kw)
+    void fc_depthwise_f32(const float *x, const float *w, const float *b, float *y, const float *zrow,
+                          void *tapbuf, Py_ssize_t NP, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
+                          Py_ssize_t OW, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                          int nthreads)
+    void fc_depthwise_f64(const double *x, const double *w, const double *b, double *y, const double *zrow,
+                          void *tapbuf, Py_ssize_t NP, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
+                          Py_ssize_t OW, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                          int nthreads)
+
+vector = bool(FC_DW_VECTOR)
+
+cdef enum:
+    _INT_MAX = 2147483647
+    # below this many multiply-adds a call runs on one thread: waking the second costs more than
+    # it saves (see benchmarks/NOTES.md)
+    _MIN_PARALLEL_MACS = 32768
+
+
+def supports(p, **options) -> str | None:
+    why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=("bias",))
+    if why is not None:
+        return why
+    if options:
+        return f"takes no options, got {sorted(options)}"
+    if p.dtype not in ("float32", "float64"):
+        return f"dtype must be float32 or float64, got {p.dtype}"
+    if not (p.groups == p.c_in == p.c_out):
+        return f"runs depthwise layers only (groups == in == out channels), got groups={p.groups}, " \
+               f"{p.c_in} -> {p.c_out} channels"
+    if min(p.kh, p.kw, *p.stride, *p.dilation) < 1 or min(p.pad) < 0:
+        return "kernel, stride and dilation must be >= 1 and padding >= 0"
+    if max(p.kh, p.kw, *p.stride, *p.dilation, *p.pad, p.w) > _INT_MAX // 64:
+        return "kernel, stride, dilation, padding and width must fit a C int with room for tap offsets"
+    if p.out_h < 1 or p.out_w < 1:
+        return f"output size {p.out_h}x{p.out_w} is empty"
+    return None
+
+
+def _threads(p, int nthreads) -> int:
+    return nthreads if p.macs >= _MIN_PARALLEL_MACS and p.n * p.c_in > 1 else 1
+
+
+def _parts(p):
+    """(bytes of the zero row, bytes of the tap table), each a whole number of cache lines."""
+    return ws_round(p.w * p.itemsize), ws_round(<Py_ssize_t>fc_depthwise_tap_bytes(p.out_w, p.kw))
+
+
+def workspace_bytes(p, nthreads, **options) -> int:
+    zrow, taps = _parts(p)
+    return zrow + taps + WS_ALIGN - 1
+
+
+def prepare(w, b, p, **options):
+    """Weights → ``[channel][kh*kw]`` (contiguous), the bias as given (or None)."""
+    wp = np.ascontiguousarray(w).reshape(p.c_out, p.kh * p.kw)
+    bp = None if b is None else np.ascontiguousarray(b)
+    return wp, bp
+
+
+def run(x, packed, p, out, workspace, nthreads, **options) -> None:
+    wp, bp = packed
+    cdef int nt = _threads(p, nthreads)
+    zrow_bytes, tap_bytes = _parts(p)
+    team(nt)
+    _run(x, wp, bp, out, workspace, zrow_bytes, zrow_bytes + tap_bytes, p.kh, p.kw, p.stride[0],
+         p.stride[1], p.pad[0], p.pad[2], p.dilation[0], p.dilation[1], nt)
+
+
+def _run(const floating[:, :, :, ::1] x, const floating[:, ::1] wp, const floating[::1] bp,
+         floating[:, :, :, ::1] out, const unsigned char[::1] workspace, Py_ssize_t zrow_bytes,
+         Py_ssize_t need, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int nt):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3], i
+    if N == 0 or C == 0:
+        return
+    cdef char *ws = ws_base(workspace, need)
+    cdef floating *zrow = <floating *>ws
+    for i in range(W):
+        zrow[i] = 0
+    cdef const floating *b = NULL
+    if bp is not None:
+        b = &bp[0]
+    with nogil:
+        if floating is float:
+            fc_depthwise_f32(&x[0, 0, 0, 0], &wp[0, 0], b, &out[0, 0, 0, 0], zrow, ws + zrow_bytes,
+                             N * C, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, nt)
+        else:
+            fc_depthwise_f64(&x[0, 0, 0, 0], &wp[0, 0], b, &out[0, 0, 0, 0], zrow, ws + zrow_bytes,
+                             N * C, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, nt)

@@ -1,0 +1,149 @@
+/* depthwise_body.h — the depthwise convolution of one dtype; included by depthwise_impl.h once per
+ * dtype with these defined (not a standalone header):
+ *
+ *   T      the element type (float, double)      DN(name)  name##_##SFX (f32, f64)
+ *   VI     the gather index vector (32-bit lanes), DGIDX(s) its lanes i*s
+ *   VL     lanes per vector (16, 8)              DM        the lane mask type (__mmask16, __mmask8)
+ *   V      the vector type                       DMASK(lo, hi)  lanes [lo, hi) of a mask, as DM
+ *   DLOAD(m, p), DFMA(a, b, c), DSET1(s), DSTORE(p, m, v), DPERM2(a, idx, b), DGATHER(m, idx, p)
+ *   DEVEN  the lane indices 0, 2, 4, ... (2 VL - 2) that pick the even lanes of a two-vector span
+ *
+ * One plane (image n, channel c) is y[oy][ox] = b + sum_{ky,kx} w[ky][kx] x[oy*sh-ph+ky*dh][ox*sw-pw+kx*dw].
+ * Vectors run along an output row (VL output columns); each tap of a row is one masked load from
+ * the input row (stride 1), two masked loads and a permute that keeps the even lanes (stride 2),
+ * or a masked gather (larger strides). The load masks drop the columns that fall in the padding,
+ * so the plane is read in place: no packed copy, no padded buffer. Input rows above or below the
+ * plane read a row of zeros instead (`zrow`), which keeps the row loop free of branches.
+ * DW_ROWS output rows go together: their accumulators are independent FMA chains, which hides
+ * the FMA latency (a single chain of kh*kw dependent FMAs per vector would wait on each one).
+ */
+
+#define DW_ROWS 4
+
+/* The input columns that tap kx of the vector starting at output column ox0 reads: a mask per
+ * load (one for stride 1, two for stride 2, the gather's for larger strides) and the offset of
+ * the first column read. The masks depend on the column chunk and kx only, never on the row. */
+typedef struct {
+    ptrdiff_t off;
+    DM m0, m1;
+} DN(fc_dw_tap);
+
+static inline void DN(fc_dw_taps)(DN(fc_dw_tap) *taps, ptrdiff_t ox0, ptrdiff_t nout, ptrdiff_t W,
+                                  int kw, int sw, int pw, int dw) {
+    for (int kx = 0; kx < kw; kx++) {
+        ptrdiff_t base = ox0 * sw - pw + (ptrdiff_t)kx * dw;
+        taps[kx].off = base;
+        if (sw == 1) {
+            /* lanes i < nout with 0 <= base + i < W */
+            ptrdiff_t lo = base < 0 ? -base : 0, hi = W - base < nout ? W - base : nout;
+            taps[kx].m0 = DMASK(lo, hi);
+            taps[kx].m1 = 0;
+        } else if (sw == 2) {
+            /* positions base + j of the two-vector span, j < 2*nout - 1, inside the row */
+            ptrdiff_t lo = base < 0 ? -base : 0, hi = W - base < 2 * nout - 1 ? W - base : 2 * nout - 1;
+            ptrdiff_t lo0 = lo < VL ? lo : VL, hi0 = hi < VL ? hi : VL;
+            ptrdiff_t lo1 = lo > VL ? lo - VL : 0, hi1 = hi > VL ? hi - VL : 0;
+            taps[kx].m0 = DMASK(lo0, hi0);
+            taps[kx].m1 = DMASK(lo1, hi1);
+        } else {
+            /* gather lanes i < nout with 0 <= base + i*sw < W */
+            DM m = 0;
+            for (ptrdiff_t i = 0; i < nout; i++) {
+                ptrdiff_t c = base + i * sw;
+                if (c >= 0 && c < W) m |= (DM)((DM)1 << i);
+            }
+            taps[kx].m0 = m;
+            taps[kx].m1 = 0;
+        }
+    }
+}
+
+/* Tap values of one input row for the VL output columns `t` describes; SW is 1, 2 or 0 (any
+ * other stride), a constant where it is called. */
+static inline __attribute__((always_inline)) V DN(fc_dw_load)(const T *row, const DN(fc_dw_tap) *t, int SW,
+                                                             VI gidx) {
+    if (SW == 1) return DLOAD(t->m0, row + t->off);
+    if (SW == 2) return DPERM2(DLOAD(t->m0, row + t->off), DEVEN, DLOAD(t->m1, row + t->off + VL));
+    return DGATHER(t->m0, gidx, row + t->off);
+}
+
+/* R output rows from oy of one column chunk (R <= DW_ROWS and SW: constants where it is called, so
+ * the loops over r unroll, the accumulators stay in registers and the load has no branch). */
+static inline __attribute__((always_inline)) void DN(fc_dw_rows)(
+    const T *restrict x, const T *restrict zrow, const T *restrict w, T bias, T *restrict y, ptrdiff_t oy,
+    int R, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OW, const DN(fc_dw_tap) *taps, ptrdiff_t ox0, DM store,
+    int kh, int kw, int sh, int SW, int ph, int dh, VI gidx) {
+    V acc[DW_ROWS];
+    for (int r = 0; r < R; r++) acc[r] = DSET1(bias);
+    for (int ky = 0; ky < kh; ky++) {
+        const T *row[DW_ROWS];
+        for (int r = 0; r < R; r++) {
+            ptrdiff_t iy = (oy + r) * sh - ph + (ptrdiff_t)ky * dh;
+            row[r] = (iy >= 0 && iy < H) ? x + iy * W : zrow;
+        }
+        for (int kx = 0; kx < kw; kx++) {
+            V wv = DSET1(w[ky * kw + kx]);
+            for (int r = 0; r < R; r++) acc[r] = DFMA(DN(fc_dw_load)(row[r], &taps[kx], SW, gidx), wv, acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) DSTORE(y + (oy + r) * OW + ox0, store, acc[r]);
+}
+
+/* One plane at stride class SW (1, 2, or 0: any other), a constant where it is called. */
+static inline __attribute__((always_inline)) void DN(fc_dw_plane_sw)(
+    const T *restrict x, const T *restrict zrow, const T *restrict w, T bias, T *restrict y, ptrdiff_t H,
+    ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, int kh, int kw, int sh, int sw, int ph, const DN(fc_dw_tap) *tab,
+    int dh, int SW) {
+    VI gidx = DGIDX(sw);
+    for (ptrdiff_t ox0 = 0; ox0 < OW; ox0 += VL) {
+        ptrdiff_t nout = OW - ox0 < VL ? OW - ox0 : VL;
+        DM store = DMASK(0, nout);
+        const DN(fc_dw_tap) *taps = tab + (ox0 / VL) * kw;
+        ptrdiff_t oy = 0;
+        for (; oy + DW_ROWS <= OH; oy += DW_ROWS)
+            DN(fc_dw_rows)(x, zrow, w, bias, y, oy, DW_ROWS, H, W, OW, taps, ox0, store, kh, kw, sh, SW, ph, dh, gidx);
+        switch (OH - oy) {
+        case 3:
+            DN(fc_dw_rows)(x, zrow, w, bias, y, oy, 3, H, W, OW, taps, ox0, store, kh, kw, sh, SW, ph, dh, gidx);
+            break;
+        case 2:
+            DN(fc_dw_rows)(x, zrow, w, bias, y, oy, 2, H, W, OW, taps, ox0, store, kh, kw, sh, SW, ph, dh, gidx);
+            break;
+        case 1:
+            DN(fc_dw_rows)(x, zrow, w, bias, y, oy, 1, H, W, OW, taps, ox0, store, kh, kw, sh, SW, ph, dh, gidx);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+/* One plane; `tab` holds the taps of every column chunk (kw per chunk, fc_dw_taps). */
+static void DN(fc_dw_plane)(const T *restrict x, const T *restrict zrow, const T *restrict w, T bias,
+                            T *restrict y, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, int kh, int kw,
+                            int sh, int sw, int ph, int dh, const DN(fc_dw_tap) *tab) {
+    if (sw == 1)
+        DN(fc_dw_plane_sw)(x, zrow, w, bias, y, H, W, OH, OW, kh, kw, sh, sw, ph, tab, dh, 1);
+    else if (sw == 2)
+        DN(fc_dw_plane_sw)(x, zrow, w, bias, y, H, W, OH, OW, kh, kw, sh, sw, ph, tab, dh, 2);
+    else
+        DN(fc_dw_plane_sw)(x, zrow, w, bias, y, H, W, OH, OW, kh, kw, sh, sw, ph, tab, dh, 0);
+}
+
+/* Every plane of x (NP = N*C planes of H x W; weight plane and bias of plane i: channel i % C),
+ * shared out over nthreads in contiguous runs. `zrow` holds W zeros; `tapbuf` has room for the
+ * taps of every column chunk (fc_depthwise_tap_bytes), filled here once for all planes. */
+static void DN(fc_depthwise)(const T *restrict x, const T *restrict w, const T *restrict b, T *restrict y,
+                             const T *restrict zrow, void *tapbuf, ptrdiff_t NP, ptrdiff_t C, ptrdiff_t H,
+                             ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, int kh, int kw, int sh, int sw, int ph,
+                             int pw, int dh, int dw, int nthreads) {
+    DN(fc_dw_tap) *tab = (DN(fc_dw_tap) *)tapbuf;
+    for (ptrdiff_t ox0 = 0; ox0 < OW; ox0 += VL)
+        DN(fc_dw_taps)(tab + (ox0 / VL) * kw, ox0, OW - ox0 < VL ? OW - ox0 : VL, W, kw, sw, pw, dw);
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (ptrdiff_t i = 0; i < NP; i++) {
+        ptrdiff_t c = i % C;
+        DN(fc_dw_plane)(x + i * H * W, zrow, w + c * kh * kw, b ? b[c] : (T)0, y + i * OH * OW, H, W, OH, OW,
+                        kh, kw, sh, sw, ph, dh, tab);
+    }
+}
