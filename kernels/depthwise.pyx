@@ -11,6 +11,13 @@ the input. That copy is what the direct kernel's general path pays per plane, an
 and strided layers it costs more than the arithmetic (mobilenetv2's 576-channel stride-2 layer on
 14x14: 207 us against ONNX Runtime's 34, 1 thread); ``benchmarks/NOTES.md`` has the numbers.
 
+Stride-1 layers whose output is the input's size ("same" padding: every stride-1 depthwise layer
+of MobileNetV2 and EfficientNet) run each plane flat instead: output position ``o`` of the
+flattened plane reads input ``o + offset(tap)``, so whole vectors run across row ends and a 7x7
+plane is 4 vectors instead of 7 part-filled rows; the per-vector, per-tap lane masks that keep
+the taps inside the plane depend on the layer shape only and are built once by ``prepare``
+(1x960x7x7 3x3: 75-86 us row by row, 48 flat; 8x576x14x14: 1008 and 565; 1 thread).
+
 Planes are shared out over the threads in contiguous runs (a static schedule: every plane costs
 the same). The workspace holds one row of zeros and the load masks of every column chunk (they depend
 on the chunk and the tap column only, so one table serves every plane and row).
@@ -29,13 +36,13 @@ cdef extern from "depthwise_impl.h" nogil:
     int FC_DW_VECTOR
     size_t fc_depthwise_tap_bytes(Py_ssize_t OW, int kw)
     void fc_depthwise_f32(const float *x, const float *w, const float *b, float *y, const float *zrow,
-                          void *tapbuf, Py_ssize_t NP, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
-                          Py_ssize_t OW, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
-                          int nthreads)
+                          void *tapbuf, const Py_ssize_t *flat_off, const void *flat_mask, Py_ssize_t NP,
+                          Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int kh, int kw,
+                          int sh, int sw, int ph, int pw, int dh, int dw, int nthreads)
     void fc_depthwise_f64(const double *x, const double *w, const double *b, double *y, const double *zrow,
-                          void *tapbuf, Py_ssize_t NP, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
-                          Py_ssize_t OW, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
-                          int nthreads)
+                          void *tapbuf, const Py_ssize_t *flat_off, const void *flat_mask, Py_ssize_t NP,
+                          Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int kh, int kw,
+                          int sh, int sw, int ph, int pw, int dh, int dw, int nthreads)
 
 vector = bool(FC_DW_VECTOR)
 
@@ -80,25 +87,50 @@ def workspace_bytes(p, nthreads, **options) -> int:
     return zrow + taps + WS_ALIGN - 1
 
 
+def _flat(p) -> bool:
+    """Stride 1 with the output the input's size ("same" padding): planes run flat
+    (fc_dw_flat_plane), whole vectors across row ends."""
+    return vector and p.stride == (1, 1) and (p.out_h, p.out_w) == (p.h, p.w)
+
+
+def _flat_tables(p):
+    """(offsets, masks) of the flat planes: input offset of each tap from an output position, and
+    for each output vector and tap the bit mask of lanes whose tap falls inside the plane."""
+    vl = 64 // p.itemsize
+    ky, kx = np.divmod(np.arange(p.kh * p.kw), p.kw)
+    dy, dx = ky * p.dilation[0] - p.pad[0], kx * p.dilation[1] - p.pad[2]
+    nv = -(-p.h * p.w // vl)
+    o = np.arange(nv * vl).reshape(nv, 1, vl)
+    oy, ox = np.divmod(o, p.w)
+    iy, ix = oy + dy[None, :, None], ox + dx[None, :, None]
+    inside = (o < p.h * p.w) & (iy >= 0) & (iy < p.h) & (ix >= 0) & (ix < p.w)
+    bits = (inside.astype(np.uint64) << np.arange(vl, dtype=np.uint64)).sum(axis=2)
+    masks = bits.astype(np.uint16 if vl == 16 else np.uint8).reshape(-1)
+    return np.ascontiguousarray(dy * p.w + dx, dtype=np.intp), np.ascontiguousarray(masks)
+
+
 def prepare(w, b, p, **options):
-    """Weights → ``[channel][kh*kw]`` (contiguous), the bias as given (or None)."""
+    """Weights → ``[channel][kh*kw]`` (contiguous), the bias as given (or None), and the flat
+    planes' tap offsets and masks (`_flat_tables`; None when the layer runs row by row)."""
     wp = np.ascontiguousarray(w).reshape(p.c_out, p.kh * p.kw)
     bp = None if b is None else np.ascontiguousarray(b)
-    return wp, bp
+    off, masks = _flat_tables(p) if _flat(p) else (None, None)
+    return wp, bp, off, masks
 
 
 def run(x, packed, p, out, workspace, nthreads, **options) -> None:
-    wp, bp = packed
+    wp, bp, off, masks = packed
     cdef int nt = _threads(p, nthreads)
     zrow_bytes, tap_bytes = _parts(p)
     team(nt)
-    _run(x, wp, bp, out, workspace, zrow_bytes, zrow_bytes + tap_bytes, p.kh, p.kw, p.stride[0],
+    _run(x, wp, bp, off, masks, out, workspace, zrow_bytes, zrow_bytes + tap_bytes, p.kh, p.kw, p.stride[0],
          p.stride[1], p.pad[0], p.pad[2], p.dilation[0], p.dilation[1], nt)
 
 
 def _run(const floating[:, :, :, ::1] x, const floating[:, ::1] wp, const floating[::1] bp,
-         floating[:, :, :, ::1] out, const unsigned char[::1] workspace, Py_ssize_t zrow_bytes,
-         Py_ssize_t need, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int nt):
+         const Py_ssize_t[::1] off, masks, floating[:, :, :, ::1] out, const unsigned char[::1] workspace,
+         Py_ssize_t zrow_bytes, Py_ssize_t need, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+         int nt):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3], i
     if N == 0 or C == 0:
@@ -108,12 +140,19 @@ def _run(const floating[:, :, :, ::1] x, const floating[:, ::1] wp, const floati
     for i in range(W):
         zrow[i] = 0
     cdef const floating *b = NULL
+    cdef const Py_ssize_t *flat_off = NULL
+    cdef const void *flat_mask = NULL
+    cdef const unsigned char[::1] mask_bytes
     if bp is not None:
         b = &bp[0]
+    if off is not None:
+        flat_off = &off[0]
+        mask_bytes = masks.view(np.uint8)
+        flat_mask = &mask_bytes[0]
     with nogil:
         if floating is float:
             fc_depthwise_f32(&x[0, 0, 0, 0], &wp[0, 0], b, &out[0, 0, 0, 0], zrow, ws + zrow_bytes,
-                             N * C, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, nt)
+                             flat_off, flat_mask, N * C, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, nt)
         else:
             fc_depthwise_f64(&x[0, 0, 0, 0], &wp[0, 0], b, &out[0, 0, 0, 0], zrow, ws + zrow_bytes,
-                             N * C, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, nt)
+                             flat_off, flat_mask, N * C, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, nt)

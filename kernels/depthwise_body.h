@@ -130,20 +130,66 @@ static void DN(fc_dw_plane)(const T *restrict x, const T *restrict zrow, const T
         DN(fc_dw_plane_sw)(x, zrow, w, bias, y, H, W, OH, OW, kh, kw, sh, sw, ph, tab, dh, 0);
 }
 
+/* R vectors of a flat plane from vector j (R <= DW_ROWS: a constant where it is called). */
+static inline __attribute__((always_inline)) void DN(fc_dw_flat_block)(
+    const T *restrict x, const T *restrict w, T bias, T *restrict y, ptrdiff_t j, int R, ptrdiff_t HW,
+    const ptrdiff_t *restrict off, const DM *restrict mask, int ntap) {
+    V acc[DW_ROWS];
+    for (int r = 0; r < R; r++) acc[r] = DSET1(bias);
+    for (int t = 0; t < ntap; t++) {
+        V wv = DSET1(w[t]);
+        for (int r = 0; r < R; r++)
+            acc[r] = DFMA(DLOAD(mask[(j + r) * ntap + t], x + (j + r) * VL + off[t]), wv, acc[r]);
+    }
+    for (int r = 0; r < R; r++) {
+        ptrdiff_t left = HW - (j + r) * VL;
+        DSTORE(y + (j + r) * VL, DMASK(0, left < VL ? left : VL), acc[r]);
+    }
+}
+
+/* A stride-1 plane whose output has the input's size ("same" padding): output position o of the
+ * flattened plane reads input o + off[t] for tap t, so whole vectors run across row ends (a 7x7
+ * plane is 4 vectors instead of 7 part-filled rows). mask[j*ntap + t] keeps the lanes of vector j
+ * whose tap t falls inside the plane (built once per layer shape by `prepare`). */
+static void DN(fc_dw_flat_plane)(const T *restrict x, const T *restrict w, T bias, T *restrict y, ptrdiff_t HW,
+                                 const ptrdiff_t *restrict off, const DM *restrict mask, int ntap) {
+    ptrdiff_t nv = (HW + VL - 1) / VL, j = 0;
+    for (; j + DW_ROWS <= nv; j += DW_ROWS) DN(fc_dw_flat_block)(x, w, bias, y, j, DW_ROWS, HW, off, mask, ntap);
+    switch (nv - j) {
+    case 3:
+        DN(fc_dw_flat_block)(x, w, bias, y, j, 3, HW, off, mask, ntap);
+        break;
+    case 2:
+        DN(fc_dw_flat_block)(x, w, bias, y, j, 2, HW, off, mask, ntap);
+        break;
+    case 1:
+        DN(fc_dw_flat_block)(x, w, bias, y, j, 1, HW, off, mask, ntap);
+        break;
+    default:
+        break;
+    }
+}
+
 /* Every plane of x (NP = N*C planes of H x W; weight plane and bias of plane i: channel i % C),
- * shared out over nthreads in contiguous runs. `zrow` holds W zeros; `tapbuf` has room for the
- * taps of every column chunk (fc_depthwise_tap_bytes), filled here once for all planes. */
+ * shared out over nthreads in contiguous runs. With `flat_mask` (a "same" stride-1 layer, see
+ * fc_dw_flat_plane) the planes run flat; otherwise row by row, `zrow` holding W zeros and
+ * `tapbuf` room for the taps of every column chunk (fc_depthwise_tap_bytes), filled here once. */
 static void DN(fc_depthwise)(const T *restrict x, const T *restrict w, const T *restrict b, T *restrict y,
-                             const T *restrict zrow, void *tapbuf, ptrdiff_t NP, ptrdiff_t C, ptrdiff_t H,
-                             ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, int kh, int kw, int sh, int sw, int ph,
-                             int pw, int dh, int dw, int nthreads) {
+                             const T *restrict zrow, void *tapbuf, const ptrdiff_t *flat_off, const void *flat_mask,
+                             ptrdiff_t NP, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW,
+                             int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int nthreads) {
     DN(fc_dw_tap) *tab = (DN(fc_dw_tap) *)tapbuf;
-    for (ptrdiff_t ox0 = 0; ox0 < OW; ox0 += VL)
-        DN(fc_dw_taps)(tab + (ox0 / VL) * kw, ox0, OW - ox0 < VL ? OW - ox0 : VL, W, kw, sw, pw, dw);
+    if (!flat_mask)
+        for (ptrdiff_t ox0 = 0; ox0 < OW; ox0 += VL)
+            DN(fc_dw_taps)(tab + (ox0 / VL) * kw, ox0, OW - ox0 < VL ? OW - ox0 : VL, W, kw, sw, pw, dw);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (ptrdiff_t i = 0; i < NP; i++) {
         ptrdiff_t c = i % C;
-        DN(fc_dw_plane)(x + i * H * W, zrow, w + c * kh * kw, b ? b[c] : (T)0, y + i * OH * OW, H, W, OH, OW,
-                        kh, kw, sh, sw, ph, dh, tab);
+        if (flat_mask)
+            DN(fc_dw_flat_plane)(x + i * H * W, w + c * kh * kw, b ? b[c] : (T)0, y + i * OH * OW, H * W, flat_off,
+                                 (const DM *)flat_mask, kh * kw);
+        else
+            DN(fc_dw_plane)(x + i * H * W, zrow, w + c * kh * kw, b ? b[c] : (T)0, y + i * OH * OW, H, W, OH, OW,
+                            kh, kw, sh, sw, ph, dh, tab);
     }
 }

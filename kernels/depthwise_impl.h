@@ -1,7 +1,8 @@
 /* depthwise_impl.h — depthwise convolution (one input and one output channel per group) on NCHW,
  * read in place: see depthwise_body.h for the design and kernels/depthwise.pyx for the measurements.
  *
- *   void fc_depthwise_f32(x, w, b, y, zrow, tapbuf, NP, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, nthreads)
+ *   void fc_depthwise_f32(x, w, b, y, zrow, tapbuf, flat_off, flat_mask, NP, C, H, W, OH, OW, kh, kw, sh, sw,
+ *                         ph, pw, dh, dw, nthreads)
  *   void fc_depthwise_f64(...)  the same in double
  *   size_t fc_depthwise_tap_bytes(OW, kw)   tapbuf bytes (the load masks of every column chunk)
  *
