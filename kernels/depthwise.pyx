@@ -26,6 +26,8 @@ Builds without AVX-512 run a scalar loop of the same contract (``vector`` is the
 """
 from cython cimport floating
 from libc.stddef cimport size_t
+import functools
+
 import numpy as np
 
 from fastconv import contract
@@ -96,17 +98,25 @@ def _flat(p) -> bool:
 def _flat_tables(p):
     """(offsets, masks) of the flat planes: input offset of each tap from an output position, and
     for each output vector and tap the bit mask of lanes whose tap falls inside the plane."""
-    vl = 64 // p.itemsize
-    ky, kx = np.divmod(np.arange(p.kh * p.kw), p.kw)
-    dy, dx = ky * p.dilation[0] - p.pad[0], kx * p.dilation[1] - p.pad[2]
-    nv = -(-p.h * p.w // vl)
+    return _tables(p.h, p.w, p.kh, p.kw, p.dilation, (p.pad[0], p.pad[2]), 64 // p.itemsize)
+
+
+@functools.lru_cache(maxsize=64)
+def _tables(h, w, kh, kw, dilation, pad, vl):
+    # remembered per shape: `fastconv.conv2d` prepares on every call, and a 28x28 5x5 layer's
+    # table is ~20,000 lane tests (read-only arrays, so sharing them is safe)
+    ky, kx = np.divmod(np.arange(kh * kw), kw)
+    dy, dx = ky * dilation[0] - pad[0], kx * dilation[1] - pad[1]
+    nv = -(-h * w // vl)
     o = np.arange(nv * vl).reshape(nv, 1, vl)
-    oy, ox = np.divmod(o, p.w)
+    oy, ox = np.divmod(o, w)
     iy, ix = oy + dy[None, :, None], ox + dx[None, :, None]
-    inside = (o < p.h * p.w) & (iy >= 0) & (iy < p.h) & (ix >= 0) & (ix < p.w)
+    inside = (o < h * w) & (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
     bits = (inside.astype(np.uint64) << np.arange(vl, dtype=np.uint64)).sum(axis=2)
-    masks = bits.astype(np.uint16 if vl == 16 else np.uint8).reshape(-1)
-    return np.ascontiguousarray(dy * p.w + dx, dtype=np.intp), np.ascontiguousarray(masks)
+    off = np.ascontiguousarray(dy * w + dx, dtype=np.intp)
+    masks = np.ascontiguousarray(bits.astype(np.uint16 if vl == 16 else np.uint8).reshape(-1))
+    off.flags.writeable = masks.flags.writeable = False
+    return off, masks
 
 
 def prepare(w, b, p, **options):
