@@ -35,22 +35,21 @@ def plan_count(monkeypatch):
     return count
 
 
-def _geometry(algo: str) -> tuple[int, int]:
-    """(kernel, padding) of a layer ``algo`` runs: 3x3 pad 1, else 1x1 pad 0 (e.g. pointwise)."""
+def _geometry(algo: str) -> tuple[int, int, int, int]:
+    """(kernel, padding, output channels, groups) of a 16-channel layer ``algo`` runs: 3x3 pad 1
+    to 24 channels, else 1x1 pad 0 (e.g. pointwise), else depthwise 3x3 pad 1."""
     from fastconv.params import ConvParams
 
-    for k, pad in ((3, 1), (1, 0)):
-        if (
-            algo == "auto"
-            or registry.get(algo).supports(ConvParams.from_layer(2, 16, 17, 24, k, padding=pad, w=15)) is None
-        ):
-            return k, pad
-    raise AssertionError(f"{algo} runs neither a 3x3 nor a 1x1 layer")
+    for k, pad, c_out, groups in ((3, 1, 24, 1), (1, 0, 24, 1), (3, 1, 16, 16)):
+        p = ConvParams.from_layer(2, 16, 17, c_out, k, padding=pad, w=15, groups=groups)
+        if algo == "auto" or registry.get(algo).supports(p) is None:
+            return k, pad, c_out, groups
+    raise AssertionError(f"{algo} runs neither a 3x3, a 1x1 nor a depthwise layer")
 
 
 def _layer(algo="auto", seed=0):
-    k, pad = _geometry(algo)
-    return fastconv.Conv2d(16, 24, k, padding=pad, algo=algo, seed=seed)
+    k, pad, c_out, groups = _geometry(algo)
+    return fastconv.Conv2d(16, c_out, k, padding=pad, groups=groups, algo=algo, seed=seed)
 
 
 def _inputs():
