@@ -696,7 +696,7 @@ def cmd_train(args) -> int:
     except ImportError:
         raise UsageError("--model needs torch: pip install 'torch==2.13.0'") from None
     from fastconv import zoo
-    from fastconv.bench import train
+    from fastconv.bench import runner, train
 
     unknown = [m for m in args.model if m not in zoo.model_names()]
     if unknown:
@@ -707,12 +707,16 @@ def cmd_train(args) -> int:
     repeats = args.repeats if args.repeats is not None else 5
     if repeats < 1:
         raise UsageError(f"--repeats must be a positive integer, got {repeats}")
+    if args.clock == "cpu" and threads != 1:
+        raise UsageError("--clock cpu counts the calling thread only: use it with --threads 1, without the gate")
     if args.json:
         _writable(args.json, "--json")
     rows = []
     for name in args.model:
         for batch in _batch_list(args) or [train.DEFAULT_BATCH.get(name, 8)]:
-            t = train.time_train_step(name, batch=batch, threads=threads, repeats=repeats)
+            t = train.time_train_step(
+                name, batch=batch, threads=threads, repeats=repeats, clock=runner.CLOCKS[args.clock]
+            )
             rows.append(t.as_dict())
             print(t.describe(), flush=True)
     if args.json:

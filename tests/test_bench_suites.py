@@ -146,7 +146,14 @@ def _backward_report() -> dict:
         return {"median_s": ms / 1e3, "spread": 0.02, "gflops": rate, "pct_peak": rate / 2, "max_rel_err": err}
 
     conv_rows = [
-        {"kind": "input", "route": "forward", "ours": side(1.0, 20, 1e-7), "torch": side(2.0, 10, 2e-7), "ratio": 2.0},
+        {
+            "kind": "input",
+            "route": "forward",
+            "algorithm": "winograd",
+            "ours": {**side(1.0, 20, 1e-7), "effective": True},
+            "torch": side(2.0, 10, 2e-7),
+            "ratio": 2.0,
+        },
         {"kind": "weight", "ours": side(1.0, 20, 1e-7), "torch": side(0.5, 40, 2e-7), "ratio": 0.5},
         {"kind": "backward", "ours": side(2.0, 20, 1e-7), "torch": side(4.0, 10, 2e-7), "ratio": 2.0},
     ]
@@ -172,7 +179,7 @@ def test_backward_table_and_summary():
     assert ends == [2, 3] and [c for c, _ in columns][:3] == ["layer", "gradient", "ms"]
     text = report.plain_table(rep)
     assert text.splitlines()[0] == title and "--pass backward" in title
-    for needle in ("input → forward", "input+weight+bias", "pool input", "2.00x", "0.50x", "4.00x", "3.0 GB/s"):
+    for needle in ("input → forward/winograd", "20.0*", "input+weight+bias", "pool input", "0.50x", "3.0 GB/s"):
         assert needle in text
     s = backward.summarize(rep["layers"])
     assert s["rows"] == 4 and s["below_1"] == 1 and s["geomean"] == pytest.approx((2 * 0.5 * 2 * 4) ** 0.25)

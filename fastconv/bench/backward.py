@@ -14,7 +14,9 @@ autograd's backward of the same torch pool.
 Work: a gradient of a conv costs the forward's 2 × MACs of the direct algorithm (``p.flops``), so
 ``input`` and ``weight`` count ``p.flops`` each and ``backward`` twice that (the bias gradient's
 N·C_out·H_out·W_out additions are left out); ``%peak`` is against the machine's FMA peak
-(`machine.peaks`, halved for float64 as in the forward rows). Pools count GB/s of the input
+(`machine.peaks`, halved for float64 as in the forward rows). An input gradient that runs as a
+forward convolution through Winograd (``algorithm``) does fewer multiplications: its rate is
+*effective* (``effective``, ``*`` in the table), as in the forward rows. Pools count GB/s of the input
 gradient written (the forward rows' input bytes).
 
 Timing is the forward harness's (`timer.measure`): all of a layer's candidates — ours and torch's,
@@ -67,6 +69,7 @@ class _Row:
     ours: Callable[[], Any]  # returns the gradient(s), a tuple of arrays
     torch: Callable[[], Any] | None
     refs: Callable[[], tuple[np.ndarray, ...]]  # float64 references, same order as ours' result
+    algorithm: str | None = None  # the forward kernel an input gradient runs as a forward conv
 
 
 def _rel_err(got: tuple, refs: tuple[np.ndarray, ...]) -> float:
@@ -141,11 +144,21 @@ def _conv_rows(p: ConvParams, opts: Options, torch) -> list[_Row]:
         def t_backward():
             return torch.autograd.grad(y, (tx, tw, tb), tdy, retain_graph=True)
 
+    algo = _forward_algorithm(dy, w, p) if grad.input_grad_route(p) == "forward" else None
     return [
-        _Row("input", p.flops, ours_input, t_input, lambda: (dx_ref(),)),
+        _Row("input", p.flops, ours_input, t_input, lambda: (dx_ref(),), algo),
         _Row("weight", p.flops, ours_weight, t_weight, lambda: (dw_ref(),)),
-        _Row("backward", 2 * p.flops, ours_backward, t_backward, lambda: (dx_ref(), dw_ref(), db_ref())),
+        _Row("backward", 2 * p.flops, ours_backward, t_backward, lambda: (dx_ref(), dw_ref(), db_ref()), algo),
     ]
+
+
+def _forward_algorithm(dy: np.ndarray, w: np.ndarray, p: ConvParams) -> str:
+    """The algorithm `fastconv.conv2d` picks for the forward convolution that a stride-1 input
+    gradient is (`fastconv.grad.forward_equivalent`): Winograd makes the row's rate effective."""
+    from .. import rules, validate
+
+    dyf, wt, kw = grad.forward_equivalent(dy, w, p)
+    return rules.select(validate.conv2d_args(dyf, wt, None, **kw)[3], "auto", one_shot=True).name
 
 
 def _pool_rows(p: PoolParams, opts: Options, torch) -> list[_Row]:
@@ -210,13 +223,15 @@ def _pool_rows(p: PoolParams, opts: Options, torch) -> list[_Row]:
     return [_Row("pool", p.input_bytes, ours, theirs, refs)]
 
 
-def _stats(t, work: float, is_pool: bool, fma_gflops: float) -> dict:
+def _stats(t, work: float, is_pool: bool, fma_gflops: float, algorithm: str | None = None) -> dict:
     d: dict[str, Any] = {"median_s": t.median, "min_s": t.min, "spread": t.spread, "samples": len(t.samples)}
     if is_pool:
         d["gbps"] = work / t.median / 1e9
     else:
         d["gflops"] = work / t.median / 1e9
         d["pct_peak"] = 100 * d["gflops"] / fma_gflops
+        # FLOPs are the direct algorithm's, so a gradient through Winograd has an "effective" rate
+        d["effective"] = "winograd" in (algorithm or "")
     return d
 
 
@@ -266,7 +281,7 @@ def bench_layer(layer: Layer, opts: Options, peaks: dict, progress: Progress | N
     for r in rows:
         ours_call, torch_call = CALLS[p.kind if isinstance(p, PoolParams) else r.kind]
         row: dict[str, Any] = {"kind": r.kind, "work": r.work}
-        row["ours"] = {"call": ours_call, **_stats(timings[r.kind], r.work, is_pool, fma)}
+        row["ours"] = {"call": ours_call, **_stats(timings[r.kind], r.work, is_pool, fma, r.algorithm)}
         row["torch"] = (
             {"call": torch_call, **_stats(timings["torch:" + r.kind], r.work, is_pool, fma)}
             if r.torch is not None
@@ -275,6 +290,8 @@ def bench_layer(layer: Layer, opts: Options, peaks: dict, progress: Progress | N
         row["ratio"] = row["torch"]["median_s"] / row["ours"]["median_s"] if row["torch"] else None
         if isinstance(p, ConvParams) and r.kind == "input":
             row["route"] = grad.input_grad_route(p)  # forward conv or the conv_grad kernel
+        if r.algorithm:
+            row["algorithm"] = r.algorithm
         if opts.check:
             refs = r.refs()
             row["ours"]["max_rel_err"] = _rel_err(r.ours(), refs)

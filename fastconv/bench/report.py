@@ -138,7 +138,8 @@ def cells(report: dict) -> tuple[str, list[tuple[str, Justify]], list[list[tuple
 
 
 BACKWARD_CAPTION = (
-    "GFLOP/s = 2·MACs of direct conv per gradient / time (input+weight+bias: both gradients' 4·MACs); "
+    "GFLOP/s = 2·MACs of direct conv per gradient / time (input+weight+bias: both gradients' 4·MACs; "
+    "* = effective: an input gradient run as a Winograd forward conv does fewer); "
     "pools: GB/s of input gradient written. %peak: of the FMA peak. vs torch = torch's time / ours "
     "(>1: fastconv faster). err = max|g−ref64| / max|ref64| (worst gradient of the row)."
 )
@@ -173,7 +174,7 @@ def backward_cells(
     def side(s: dict | None) -> list[tuple[str, str | None]]:
         if not s:
             return [("", None)] * 4
-        rate = f"{s['gflops']:.1f}" if "gflops" in s else f"{s['gbps']:.1f} GB/s"
+        rate = f"{s['gflops']:.1f}" + ("*" if s.get("effective") else "") if "gflops" in s else f"{s['gbps']:.1f} GB/s"
         pct = f"{s['pct_peak']:.0f}" if "pct_peak" in s else ""
         return [(_ms(s["median_s"]), None), (f"{100 * s['spread']:.0f}%", None), (rate, None), (pct, None)]
 
@@ -184,7 +185,9 @@ def backward_cells(
     rows, ends = [], []
     for L in report["layers"]:
         for i, r in enumerate(L["rows"]):
-            label = KIND_LABEL[r["kind"]] + (f" → {r['route']}" if r.get("route") else "")
+            # an input gradient says how it ran: the conv_grad kernel, or a forward conv and its algorithm
+            via = "/".join(v for v in (r.get("route"), r.get("algorithm")) if v) if r["kind"] == "input" else ""
+            label = KIND_LABEL[r["kind"]] + (f" → {via}" if via else "")
             row: list[tuple[str, str | None]] = [(L["name"] if i == 0 else "", None), (label, None)]
             row += side(r["ours"]) + side(r["torch"]) + [_ratio(r["ratio"]), err(r["ours"]), err(r["torch"])]
             rows.append(row)
