@@ -1,6 +1,8 @@
-"""The ``fastconv`` command: ``fastconv bench`` (benchmark, JSON, chart, regression gate),
-``fastconv tune`` (measure the fastest algorithm per layer into the tune cache) and
-``fastconv info`` (version, CPU, caches, FMA width, threads, BLAS, extensions, tune cache).
+"""The ``fastconv`` command: ``fastconv bench`` (benchmark, JSON, chart, regression gate; with
+``--pass backward`` the gradients against torch's; with ``--model NAME [--train]`` whole seed
+networks, inference or a training step), ``fastconv tune`` (measure the fastest algorithm per
+layer into the tune cache) and ``fastconv info`` (version, CPU, caches, FMA width, threads,
+BLAS, extensions, tune cache).
 
 Only numpy and fastconv's own dependencies are needed: without rich (the ``bench`` extra) the
 table and progress are plain text; ``--plot`` without matplotlib is a one-line error naming the
@@ -89,6 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--list-suites", action="store_true", help="print the shipped suites and exit")
     b.add_argument(
+        "--pass",
+        dest="pass_",
+        choices=("forward", "backward", "all"),
+        default="forward",
+        help="forward: the forward rows (default); backward: per conv layer the input gradient, "
+        "the weight gradient and both + bias (fastconv.grad vs torch.nn.grad and autograd), per "
+        "pool its input gradient, with GFLOP/s, %%peak and a closing summary; all: both",
+    )
+    b.add_argument(
         "--model",
         action="append",
         default=[],
@@ -97,13 +108,19 @@ def _parser() -> argparse.ArgumentParser:
         "(lenet, alexnet, nin, vgg11, resnet18, inception, densenet; repeatable; needs torch)",
     )
     b.add_argument(
+        "--train",
+        action="store_true",
+        help="with --model: time a full training step (forward, loss, backward, SGD with momentum) "
+        "instead of inference; default batch per model (lenet 64, resnet18 16)",
+    )
+    b.add_argument(
         "--batch",
         action="append",
         type=_batches,
         default=None,
         metavar="N[,N]",
         help="batch sizes, e.g. 1,8 (repeatable): a network suite's (default 1,8), --model's "
-        "(default 1,8), or every layer of a file suite / --layer at each size",
+        "(default 1,8; with --train one per model), or every layer of a file suite / --layer at each size",
     )
     b.add_argument(
         "--ours",
@@ -145,6 +162,13 @@ def _parser() -> argparse.ArgumentParser:
         "--cooldown", type=float, default=None, help="seconds of rest when switching thread pools (default 0.25)"
     )
     b.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: time the calling thread's CPU time instead of wall time (with --threads 1 only): "
+        "a comparison that other processes on a shared machine disturb much less",
+    )
+    b.add_argument(
         "--calibration",
         choices=("sgemm", "fma"),
         default=None,
@@ -157,7 +181,12 @@ def _parser() -> argparse.ArgumentParser:
         help="element type of every layer (default float32; the baseline's with --compare)",
     )
     b.add_argument("--no-check", action="store_true", help="skip the float64 reference (error columns)")
-    b.add_argument("--json", metavar="PATH", help="write the full report as JSON (schema fastconv-bench/1)")
+    b.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write the full report as JSON (schema fastconv-bench/1; --pass backward: "
+        "fastconv-bench-backward/1; --pass all: the forward report with the backward one under 'backward')",
+    )
     b.add_argument("--plot", metavar="PATH.png", help="write a chart of per-layer rates")
     b.add_argument("--compare", metavar="BASELINE", help="regression gate: compare with a baseline JSON")
     b.add_argument(
@@ -346,9 +375,10 @@ class _Out:
 
             self.console = Console(stderr=err, width=max(160, Console().width))
 
-    def print(self, obj, style: str | None = None) -> None:
+    def print(self, obj, style: str | None = None, wrap: bool = True) -> None:
+        """``wrap=False``: one line however long (a summary line that scripts read last)."""
         if self.console is not None:
-            self.console.print(obj, style=style, markup=False, highlight=False)
+            self.console.print(obj, style=style, markup=False, highlight=False, soft_wrap=not wrap)
         else:
             print(obj, file=sys.stderr if self.err else sys.stdout, flush=True)
 
@@ -385,18 +415,49 @@ class _PlainProgress:
         pass
 
 
-def _run(layers, opts, suite_name: str, quiet: bool):
+def _run(layers, opts, suite_name: str, quiet: bool, run_suite=None):
+    """``run_suite`` (the forward runner's unless given: the backward one) with a progress display."""
     from fastconv.bench import runner
 
+    run_suite = run_suite or runner.run_suite
     if quiet:
-        return runner.run_suite(layers, opts, None, suite_name)
+        return run_suite(layers, opts, None, suite_name)
     if not _have("rich"):
-        return runner.run_suite(layers, opts, _PlainProgress(len(layers)), suite_name)
+        return run_suite(layers, opts, _PlainProgress(len(layers)), suite_name)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     cols = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*cols, transient=True, console=_Out(err=True).console) as p:
-        return runner.run_suite(layers, opts, _RichProgress(p), suite_name)
+        return run_suite(layers, opts, _RichProgress(p), suite_name)
+
+
+def _backward_peers(args) -> tuple[str, ...]:
+    """The backward rows' peers: torch (the one with a CPU backward here) unless left out."""
+    from fastconv.bench import backward
+
+    if args.no_peers or (args.peers or "").strip() == "none":
+        return ()
+    if args.peers is None:
+        return backward.PEERS
+    names = [n.strip() for n in args.peers.split(",") if n.strip()]
+    if args.pass_ == "backward" and not set(names) & set(backward.PEERS):
+        raise UsageError(
+            f"--pass backward compares with {', '.join(backward.PEERS)} only; --peers {args.peers} names none "
+            "(--no-peers times ours alone)"
+        )
+    return tuple(n for n in names if n in backward.PEERS)
+
+
+def _check_pass(args, gate: bool) -> None:
+    """Options that only the forward rows have are refused where no forward row runs."""
+    if args.pass_ == "forward":
+        return
+    if gate:
+        raise UsageError(f"--pass {args.pass_}: the regression gate times the forward kernels only")
+    if args.pass_ == "backward":
+        for flag, value in (("--plot", args.plot), ("--ours", args.ours), ("--algo", args.algo)):
+            if value:
+                raise UsageError(f"{flag} applies to the forward rows: use --pass forward or --pass all")
 
 
 def _list_suites() -> int:
@@ -409,13 +470,18 @@ def _list_suites() -> int:
 def cmd_bench(args) -> int:
     import fastconv
     from fastconv import registry
-    from fastconv.bench import compare, report, runner, suites
+    from fastconv.bench import backward, compare, report, runner, suites
 
     if args.list_suites:
         return _list_suites()
+    if args.train and not args.model:
+        raise UsageError("--train times a whole model's training step: give --model NAME")
     if args.model:
-        return cmd_models(args)
+        if args.pass_ != "forward":
+            raise UsageError(f"--pass {args.pass_} runs layer suites; a whole model's backward: --model NAME --train")
+        return cmd_train(args) if args.train else cmd_models(args)
     gate = bool(args.compare or args.save_baseline)
+    _check_pass(args, gate)
     if gate and args.ours not in (None, "kernels"):
         raise UsageError(f"--ours {args.ours}: the regression gate times the kernels only (--ours kernels)")
     base = None
@@ -457,6 +523,8 @@ def cmd_bench(args) -> int:
         if threads < 1:
             raise UsageError(f"--threads must be a positive integer, got {threads}")
         fastconv.set_num_threads(threads)
+    if args.clock == "cpu" and (gate or threads != 1):
+        raise UsageError("--clock cpu counts the calling thread only: use it with --threads 1, without the gate")
     repeats = args.repeats if args.repeats is not None else prof.get("repeats", 5)
     if repeats < 1:
         raise UsageError(f"--repeats must be a positive integer, got {repeats}")
@@ -479,19 +547,31 @@ def cmd_bench(args) -> int:
         calibration=args.calibration or prof.get("calibration", "fma"),
         algorithms=tuple(args.algo) if args.algo else None,
         ours=ours,
+        clock=args.clock,
     )
-    rep = _run(layers, opts, suite_name, args.quiet)
+    rep: dict | None = None
+    brep: dict | None = None
+    if args.pass_ in ("forward", "all"):
+        rep = _run(layers, opts, suite_name, args.quiet)
     if args.save_baseline:
+        assert rep is not None  # the gate runs the forward rows (_check_pass)
         # a baseline that caught a slow moment would flag every later run: keep the best of two
         compare.merge_best(rep, _run(layers, opts, suite_name, True))
         rep["summary"] = runner.summarize(rep["layers"])
+    if args.pass_ in ("backward", "all"):
+        bopts = dataclasses.replace(opts, peers=_backward_peers(args), calibration=None, algorithms=None)
+        brep = _run(layers, bopts, suite_name, args.quiet, backward.run_suite)
+    reps = [r for r in (rep, brep) if r is not None]
     out = _Out()
     if not args.quiet:
-        out.table(rep)
-        for line in report.skipped_lines(rep):
-            out.print(line, style="dim")
-        spreads = [e["spread"] for L in rep["layers"] for e in L["entries"]]
-        load, cores = rep["load_average"][-1], rep["machine"]["cpu"]["usable_cpus"]
+        for r in reps:
+            out.table(r)
+            for line in report.skipped_lines(r):
+                out.print(line, style="dim")
+        spreads = [e["spread"] for L in rep["layers"] for e in L["entries"]] if rep else []
+        spreads += backward.spreads(brep) if brep else []
+        last = reps[-1]
+        load, cores = last["load_average"][-1], last["machine"]["cpu"]["usable_cpus"]
         if spreads and sorted(spreads)[len(spreads) // 2] > 0.15:
             out.print(
                 f"warning: noisy run (median spread {100 * sorted(spreads)[len(spreads) // 2]:.0f}%"
@@ -500,20 +580,25 @@ def cmd_bench(args) -> int:
                 style="yellow",
             )
         out.print(
-            f"{rep['elapsed_s']:.0f} s; peaks "
-            f"{'cached in ' + rep['peaks']['cached'] if rep['peaks'].get('cached') else 'measured now'}",
+            f"{sum(r['elapsed_s'] for r in reps):.0f} s; peaks "
+            f"{'cached in ' + last['peaks']['cached'] if last['peaks'].get('cached') else 'measured now'}",
             style="dim",
         )
     if args.json:
-        report.write_json(rep, args.json)
-    if args.plot:
+        # --pass all: the forward report, with the backward one under "backward"
+        report.write_json({**rep, "backward": brep} if rep and brep else reps[0], args.json)
+    if args.plot and rep:
         report.plot(rep, args.plot)
     if args.save_baseline:
+        assert rep is not None
         report.write_json(rep, args.save_baseline)
         print(f"baseline written to {args.save_baseline}")
     if base is None:
-        if not gate:
-            out.print(runner.summary_line(rep["summary"]), style="bold")  # the verdict, last
+        if not gate:  # the verdicts, last
+            if rep:
+                out.print(runner.summary_line(rep["summary"]), style="bold", wrap=False)
+            if brep:
+                out.print(backward.summary_line(brep["summary"]), style="bold", wrap=False)
         return 0
     return _gate(base, rep, layers, opts, suite_name, max_reg, args, out)
 
@@ -601,6 +686,41 @@ def cmd_models(args) -> int:
         import json
 
         _writable(args.json, "--json").write_text(json.dumps({"schema": "fastconv-models/1", "models": rows}, indent=1))
+    return 0
+
+
+def cmd_train(args) -> int:
+    """``fastconv bench --model NAME --train``: one training step, torch original vs converted."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UsageError("--model needs torch: pip install 'torch==2.13.0'") from None
+    from fastconv import zoo
+    from fastconv.bench import runner, train
+
+    unknown = [m for m in args.model if m not in zoo.model_names()]
+    if unknown:
+        raise UsageError(f"--model: unknown model {unknown[0]!r}; known: {', '.join(zoo.model_names())}")
+    threads = args.threads if args.threads is not None else 2
+    if threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {threads}")
+    repeats = args.repeats if args.repeats is not None else 5
+    if repeats < 1:
+        raise UsageError(f"--repeats must be a positive integer, got {repeats}")
+    if args.clock == "cpu" and threads != 1:
+        raise UsageError("--clock cpu counts the calling thread only: use it with --threads 1, without the gate")
+    if args.json:
+        _writable(args.json, "--json")
+    rows = []
+    for name in args.model:
+        for batch in _batch_list(args) or [train.DEFAULT_BATCH.get(name, 8)]:
+            t = train.time_train_step(
+                name, batch=batch, threads=threads, repeats=repeats, clock=runner.CLOCKS[args.clock]
+            )
+            rows.append(t.as_dict())
+            print(t.describe(), flush=True)
+    if args.json:
+        _writable(args.json, "--json").write_text(json.dumps({"schema": "fastconv-train/1", "models": rows}, indent=1))
     return 0
 
 

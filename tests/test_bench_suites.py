@@ -139,6 +139,83 @@ def test_plain_table_matches_the_rich_one():
             assert cell in rich_text
 
 
+def _backward_report() -> dict:
+    from fastconv.bench import backward
+
+    def side(ms: float, rate: float, err: float) -> dict:
+        return {"median_s": ms / 1e3, "spread": 0.02, "gflops": rate, "pct_peak": rate / 2, "max_rel_err": err}
+
+    conv_rows = [
+        {
+            "kind": "input",
+            "route": "forward",
+            "algorithm": "winograd",
+            "ours": {**side(1.0, 20, 1e-7), "effective": True},
+            "torch": side(2.0, 10, 2e-7),
+            "ratio": 2.0,
+        },
+        {"kind": "weight", "ours": side(1.0, 20, 1e-7), "torch": side(0.5, 40, 2e-7), "ratio": 0.5},
+        {"kind": "backward", "ours": side(2.0, 20, 1e-7), "torch": side(4.0, 10, 2e-7), "ratio": 2.0},
+    ]
+    pool = {"median_s": 1e-4, "spread": 0.1, "gbps": 3.0, "max_rel_err": 0.0}
+    pool_rows = [{"kind": "pool", "ours": pool, "torch": {**pool, "median_s": 4e-4, "gbps": 0.75}, "ratio": 4.0}]
+    return {
+        "schema": backward.SCHEMA,
+        "suite": "s",
+        "threads": 1,
+        "peaks": {"sgemm_gflops": 100.0, "fma_gflops": 40.0},
+        "layers": [
+            {"name": "c1", "params": {"dtype": "float32"}, "rows": conv_rows, "skipped": []},
+            {"name": "p1", "params": {"dtype": "float32"}, "rows": pool_rows, "skipped": []},
+        ],
+    }
+
+
+def test_backward_table_and_summary():
+    from fastconv.bench import backward, report
+
+    rep = _backward_report()
+    title, columns, rows, ends = report.backward_cells(rep)
+    assert ends == [2, 3] and [c for c, _ in columns][:3] == ["layer", "gradient", "ms"]
+    text = report.plain_table(rep)
+    assert text.splitlines()[0] == title and "--pass backward" in title
+    for needle in ("input → forward/winograd", "20.0*", "input+weight+bias", "pool input", "0.50x", "3.0 GB/s"):
+        assert needle in text
+    s = backward.summarize(rep["layers"])
+    assert s["rows"] == 4 and s["below_1"] == 1 and s["geomean"] == pytest.approx((2 * 0.5 * 2 * 4) ** 0.25)
+    assert s["weight"] == {"rows": 1, "geomean": 0.5, "min": 0.5, "below_1": 1}
+    assert s["worst"] == {"layer": "c1", "kind": "weight", "ratio": 0.5}
+    line = backward.summary_line(s)
+    assert "input 2.00x (1)" in line and "pool input 4.00x (1)" in line and "1 of 4 rows below 1.0x" in line
+    assert "worst c1 weight 0.50x" in line
+    assert "no row" in backward.summary_line(backward.summarize([]))
+    pytest.importorskip("rich")
+    from rich.console import Console
+
+    console = Console(width=220, record=True)
+    console.print(report.table(rep))
+    rich_text = console.export_text()
+    for row in rows:
+        for cell, _ in row:
+            assert cell in rich_text
+
+
+def test_backward_rows_are_checked_against_the_reference():
+    """The error column compares with the float64 definitions: a wrong gradient shows."""
+    from fastconv.bench import backward, runner
+
+    layer = suites.parse_layer_arg("1,3,6,6,4,3,2,1")
+    opts = runner.Options(repeats=1, min_sample_s=0, cooldown_s=0, peers=())
+    rows = backward._conv_rows(layer.params, opts, None)
+    for r in rows:
+        assert backward._rel_err(r.ours(), r.refs()) < 1e-5
+        wrong = tuple(2 * g for g in r.ours())
+        assert backward._rel_err(wrong, r.refs()) > 0.5
+    asym = ConvParams(1, 4, 9, 9, 4, 3, 3, (1, 1), (1, 0, 2, 1), (1, 1), 1, "float32")
+    with pytest.raises(backward.Skip, match="asymmetric"):
+        backward._conv_rows(asym, opts, None)
+
+
 def test_layer_strings():
     assert suites.parse_layer_arg("2,3,10,12,4,3,2,1").params == ConvParams(2, 3, 10, 12, 4, 3, 3, (2, 2), (1,) * 4)
     assert suites.parse_layer_arg("1,8,9,8,3,1,1:g=8").params.groups == 8
@@ -178,6 +255,13 @@ def test_timer_rests_then_wakes_up_when_the_pool_changes():
     timer.measure(cands, repeats=2, min_sample_s=0, cooldown_s=1e-4)
     # every switch of pool: a rest, one untimed call, then the timed one (1 call per sample here)
     assert log[8:] == ["a", "b", "b", "b", "a", "a"]  # rounds: a | rest b b ; b | rest a a
+
+
+def test_timer_reads_the_given_clock():
+    ticks = iter(range(1000))
+    cands = [timer.Candidate("a", lambda: None)]
+    res = timer.measure(cands, repeats=3, min_sample_s=0, cooldown_s=0, clock=lambda: float(next(ticks)))
+    assert res["a"].samples == (1.0, 1.0, 1.0)  # one tick per call: the fake clock, not the wall
 
 
 def test_timing_statistics():

@@ -48,6 +48,16 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
         (["tune", "--accuracy", "loose"], "invalid choice"),
         (["tune", "--threads", "0"], "--threads must be a positive integer"),
         (["frobnicate"], "invalid choice"),
+        (["bench", "--pass", "sideways"], "invalid choice"),
+        (["bench", "--pass", "backward", "--plot", "b.png"], "--plot applies to the forward rows"),
+        (["bench", "--pass", "backward", "--algo", "direct"], "--algo applies to the forward rows"),
+        (["bench", "--pass", "backward", "--peers", "numpy"], "compares with torch only"),
+        (["bench", "--pass", "all", "--save-baseline", "b.json"], "gate times the forward kernels only"),
+        (["bench", "--pass", "backward", "--model", "lenet"], "--model NAME --train"),
+        (["bench", "--train"], "give --model NAME"),
+        (["bench", "--clock", "cpu", "--threads", "2"], "use it with --threads 1"),
+        (["bench", "--model", "lenet", "--train", "--repeats", "0"], "--repeats must be a positive integer"),
+        (["bench", "--model", "lenet", "--train", "--clock", "cpu"], "use it with --threads 1"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(capsys, argv, needle):
@@ -380,3 +390,212 @@ def test_tune_command_fills_the_cache(capsys, tmp_path, monkeypatch):
     assert rc == 0 and "(0 measured now)" in out and len(out.strip().splitlines()) == 1
     rc, out, _ = run_cli(capsys, "info", "--json")
     assert json.loads(out)["tune_cache"]["entries"] == 2
+
+
+# --- backward rows and the training step -------------------------------------------------------------
+BACKWARD_LAYERS = [
+    "--layer",
+    "1,4,16,16,4,3,1,1",  # stride 1 on >= 256 output pixels: the input gradient as a forward conv
+    "--layer",
+    "2,4,9,9,6,3,1,1",  # stride 1, small map: the conv_grad kernel
+    "--layer",
+    "1,4,10,10,6,3,2,1:g=2",  # strided, grouped
+    "--layer",
+    "max:2,3,9,9,3,2,1",
+    "--layer",
+    "avg:1,3,8,8,2,2,0",
+    "--layer",
+    "gap:2,5,4,4",
+]
+
+
+def _check_side(side: dict, unit: str, work: float, checked: bool = True) -> None:
+    assert side["median_s"] > 0 and side["min_s"] > 0 and side["samples"] >= 1 and side["spread"] >= 0
+    if unit == "GFLOP/s":
+        assert side["gflops"] == pytest.approx(work / side["median_s"] / 1e9) and side["pct_peak"] > 0
+    else:
+        assert side["gbps"] == pytest.approx(work / side["median_s"] / 1e9) and "pct_peak" not in side
+    if checked:
+        assert side["max_rel_err"] < 1e-4  # float32 gradients (Winograd included) vs the float64 definitions
+
+
+def test_bench_backward_rows(capsys, tmp_path):
+    """``--pass backward``: per conv the input, weight and input+weight+bias rows, per pool its input
+    row, ours and torch's timed, checked and rated; the summary line last."""
+    pytest.importorskip("torch")
+    from fastconv.bench import backward
+
+    js = tmp_path / "b.json"
+    rc, out, err = run_cli(
+        capsys,
+        "bench",
+        "--pass",
+        "backward",
+        *BACKWARD_LAYERS,
+        "--repeats",
+        "2",
+        "--cooldown",
+        "0",
+        "--threads",
+        "1",
+        "--json",
+        str(js),
+    )
+    assert rc == 0, err
+    assert "fastconv bench --pass backward" in out and "input+weight+bias" in out and "vs torch" in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("summary (backward): ") and "below 1.0x" in last
+    rep = json.loads(js.read_text())
+    assert rep["schema"] == backward.SCHEMA and rep["threads"] == 1 and rep["options"]["peers"] == ["torch"]
+    assert len(rep["layers"]) == 6
+    routes = [L["rows"][0].get("route") for L in rep["layers"][:3]]
+    assert routes == ["forward", "conv_grad", "conv_grad"] and rep["layers"][0]["rows"][0]["algorithm"]
+    ratios = []
+    for L in rep["layers"]:
+        conv = L["unit"] == "GFLOP/s"
+        assert [r["kind"] for r in L["rows"]] == (["input", "weight", "backward"] if conv else ["pool"])
+        for r in L["rows"]:
+            p = L["params"]
+            if conv:
+                macs = p["n"] * p["c_out"] * p["out_h"] * p["out_w"] * (p["c_in"] // p["groups"]) * p["kh"] * p["kw"]
+                assert r["work"] == (4 if r["kind"] == "backward" else 2) * macs
+            else:
+                assert r["work"] == p["n"] * p["c"] * p["h"] * p["w"] * 4
+            _check_side(r["ours"], L["unit"], r["work"])
+            _check_side(r["torch"], L["unit"], r["work"])
+            assert r["ratio"] == pytest.approx(r["torch"]["median_s"] / r["ours"]["median_s"])
+            assert r["ours"]["call"].startswith("fastconv.grad.") and "torch" in r["torch"]["call"]
+            assert (r.get("route") in ("forward", "conv_grad")) == (r["kind"] == "input")
+            assert r["ours"].get("effective", False) == ("winograd" in r.get("algorithm", ""))
+            ratios.append(r["ratio"])
+    s = rep["summary"]
+    assert s["rows"] == len(ratios) == 3 * 3 + 3 and s["below_1"] == sum(v < 1 for v in ratios)
+    assert (s["input"]["rows"], s["weight"]["rows"], s["backward"]["rows"], s["pool"]["rows"]) == (3, 3, 3, 3)
+    import numpy as np
+
+    assert s["geomean"] == pytest.approx(float(np.exp(np.mean(np.log(ratios)))))
+    assert s["worst"]["ratio"] == min(ratios)
+
+
+def test_bench_backward_float64_without_check_and_without_torch(capsys, tmp_path):
+    js = tmp_path / "b.json"
+    rc, out, err = run_cli(
+        capsys,
+        "bench",
+        "--pass",
+        "backward",
+        "--layer",
+        "1,3,7,7,4,3,1,0",
+        "--layer",
+        "max:1,3,7,7,2,2,0",
+        "--dtype",
+        "float64",
+        "--no-peers",
+        "--no-check",
+        "--repeats",
+        "1",
+        "--cooldown",
+        "0",
+        "--json",
+        str(js),
+    )
+    assert rc == 0, err
+    assert out.strip().splitlines()[-1].startswith("summary (backward): no row has a torch time")
+    rep = json.loads(js.read_text())
+    for L in rep["layers"]:
+        assert L["params"]["dtype"] == "float64"
+        for r in L["rows"]:
+            assert r["torch"] is None and r["ratio"] is None and "max_rel_err" not in r["ours"]
+            assert r["ours"]["median_s"] > 0
+    assert rep["summary"]["rows"] == 0
+
+
+def test_bench_pass_all_writes_both_reports(capsys, tmp_path):
+    pytest.importorskip("torch")
+    from fastconv.bench import backward
+
+    js = tmp_path / "all.json"
+    rc, out, err = run_cli(
+        capsys, "bench", "--pass", "all", *TINY[:2], "--peers", "torch", *TINY[4:], "--threads", "1", "--json", str(js)
+    )
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert lines[-2].startswith("summary: geomean") and lines[-1].startswith("summary (backward): geomean")
+    rep = json.loads(js.read_text())
+    assert rep["schema"] == runner.SCHEMA and rep["backward"]["schema"] == backward.SCHEMA
+    assert {e["name"] for e in rep["layers"][0]["entries"]} >= {"auto", "torch"}
+    (layer,) = rep["backward"]["layers"]
+    assert [r["kind"] for r in layer["rows"]] == ["input", "weight", "backward"]
+    assert all(r["ours"]["max_rel_err"] < 1e-5 and r["torch"]["max_rel_err"] < 1e-5 for r in layer["rows"])
+
+
+def test_backward_script_is_the_command(tmp_path):
+    """benchmarks/backward.py passes its arguments to ``fastconv bench --pass backward``."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "backward.py"
+    js = tmp_path / "b.json"
+    argv = ["--layer", "1,2,5,5,2,3,1,1", "--no-peers", "--repeats", "1", "--cooldown", "0", "--quiet"]
+    r = subprocess.run(
+        [sys.executable, str(script), *argv, "--json", str(js)], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(js.read_text())["pass"] == "backward"
+
+
+def test_clock_cpu_times_the_calling_thread(capsys, tmp_path):
+    js = tmp_path / "c.json"
+    rc, _, err = run_cli(
+        capsys, "bench", *TINY, "--pass", "all", "--threads", "1", "--clock", "cpu", "--quiet", "--json", str(js)
+    )
+    assert rc == 0, err
+    rep = json.loads(js.read_text())
+    assert rep["options"]["clock"] == "cpu" and rep["backward"]["options"]["clock"] == "cpu"
+    assert all(e["median_s"] > 0 for e in rep["layers"][0]["entries"])
+
+
+def test_bench_model_train_step(capsys, tmp_path):
+    """``--model NAME --train``: a training step of the original and of the converted model, from
+    the same weights: both times, the ratio, steps/s, and losses that agree."""
+    pytest.importorskip("torch")
+    from fastconv.bench import train
+
+    assert train.DEFAULT_BATCH["lenet"] == 64 and train.DEFAULT_BATCH["resnet18"] == 16
+    from fastconv import zoo
+
+    assert set(train.DEFAULT_BATCH) == set(zoo.model_names())
+    js = tmp_path / "t.json"
+    rc, out, err = run_cli(
+        capsys,
+        "bench",
+        "--model",
+        "lenet",
+        "--train",
+        "--batch",
+        "4",
+        "--repeats",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+        str(js),
+    )
+    assert rc == 0, err
+    assert "lenet train step batch 4 (4x1x28x28), 1 threads: torch " in out and "steps/s" in out
+    rep = json.loads(js.read_text())
+    assert rep["schema"] == "fastconv-train/1"
+    (row,) = rep["models"]
+    assert row["model"] == "lenet" and row["batch"] == 4 and row["momentum"] > 0 and row["lr"] > 0
+    assert row["torch_s"] > 0 and row["fastconv_s"] > 0
+    assert row["speedup"] == pytest.approx(row["torch_s"] / row["fastconv_s"])
+    assert row["torch_steps_per_s"] == pytest.approx(1 / row["torch_s"])
+    assert row["fastconv_steps_per_s"] == pytest.approx(1 / row["fastconv_s"])
+    assert len(row["torch_times"]) == len(row["fastconv_times"]) == 2
+    assert len(row["torch_losses"]) == len(row["fastconv_losses"]) == 3  # warm-up step + 2 timed
+    assert row["torch_losses"][-1] != row["torch_losses"][0]  # the weights did change
+    assert row["loss_rel_diff"] < 1e-4  # the same model trained the same way
+    assert row["clock"] == "wall"
+    argv = ["--model", "lenet", "--train", "--batch", "2", "--repeats", "1", "--threads", "1", "--clock", "cpu"]
+    rc, out, err = run_cli(capsys, "bench", *argv)
+    assert rc == 0, err
+    assert "lenet train step batch 2 (2x1x28x28), 1 threads, CPU time: torch " in out

@@ -10,6 +10,10 @@ chose), the layer object (``Conv2d``, ...) and each peer. ``GFLOP/s`` counts 2 �
 direct algorithm whatever ran, so a Winograd rate is *effective* (marked ``*``) and may exceed
 the machine's SGEMM rate. ``vs X`` is X's time divided by ours: above 1 we are faster. Pools
 report GB/s of input read.
+
+A backward report (`fastconv.bench.backward`, ``fastconv bench --pass backward``) draws as one
+block per layer with one row per gradient (input, weight, input+weight+bias; pools: input), ours
+and torch's side by side.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from .backward import KIND_LABEL
+from .backward import SCHEMA as BACKWARD_SCHEMA
 from .runner import SCHEMA
 
 BENCH_EXTRA = 'pip install "fastconv[bench]"'
@@ -131,13 +137,79 @@ def cells(report: dict) -> tuple[str, list[tuple[str, Justify]], list[list[tuple
     return title, columns, rows, ends
 
 
+BACKWARD_CAPTION = (
+    "GFLOP/s = 2·MACs of direct conv per gradient / time (input+weight+bias: both gradients' 4·MACs; "
+    "* = effective: an input gradient run as a Winograd forward conv does fewer); "
+    "pools: GB/s of input gradient written. %peak: of the FMA peak. vs torch = torch's time / ours "
+    "(>1: fastconv faster). err = max|g−ref64| / max|ref64| (worst gradient of the row)."
+)
+
+
+def backward_cells(
+    report: dict,
+) -> tuple[str, list[tuple[str, Justify]], list[list[tuple[str, str | None]]], list[int]]:
+    """The backward report's table as data (same shape as `cells`): one block per layer, one row
+    per kind of gradient with ours and torch's time, rate and %peak side by side."""
+    pk = report["peaks"]
+    title = (
+        f"fastconv bench --pass backward — suite {report['suite'] or '(layers)'}, {report['threads']} threads; "
+        f"FMA peak {pk['fma_gflops']:.0f} GFLOP/s" + _dtype_note(report)
+    )
+    columns: list[tuple[str, Justify]] = [
+        ("layer", "left"),
+        ("gradient", "left"),
+        ("ms", "right"),
+        ("±", "right"),
+        ("GFLOP/s", "right"),
+        ("%peak", "right"),
+        ("torch ms", "right"),
+        ("±", "right"),
+        ("GFLOP/s", "right"),
+        ("%peak", "right"),
+        ("vs torch", "right"),
+        ("err", "right"),
+        ("torch err", "right"),
+    ]
+
+    def side(s: dict | None) -> list[tuple[str, str | None]]:
+        if not s:
+            return [("", None)] * 4
+        rate = f"{s['gflops']:.1f}" + ("*" if s.get("effective") else "") if "gflops" in s else f"{s['gbps']:.1f} GB/s"
+        pct = f"{s['pct_peak']:.0f}" if "pct_peak" in s else ""
+        return [(_ms(s["median_s"]), None), (f"{100 * s['spread']:.0f}%", None), (rate, None), (pct, None)]
+
+    def err(s: dict | None) -> tuple[str, str | None]:
+        e = (s or {}).get("max_rel_err")
+        return ("" if e is None else f"{e:.1e}", None)
+
+    rows, ends = [], []
+    for L in report["layers"]:
+        for i, r in enumerate(L["rows"]):
+            # an input gradient says how it ran: the conv_grad kernel, or a forward conv and its algorithm
+            via = "/".join(v for v in (r.get("route"), r.get("algorithm")) if v) if r["kind"] == "input" else ""
+            label = KIND_LABEL[r["kind"]] + (f" → {via}" if via else "")
+            row: list[tuple[str, str | None]] = [(L["name"] if i == 0 else "", None), (label, None)]
+            row += side(r["ours"]) + side(r["torch"]) + [_ratio(r["ratio"]), err(r["ours"]), err(r["torch"])]
+            rows.append(row)
+        if L["rows"]:
+            ends.append(len(rows) - 1)
+    return title, columns, rows, ends
+
+
+def _cells_and_caption(report: dict):
+    if report.get("schema") == BACKWARD_SCHEMA:
+        return backward_cells(report), BACKWARD_CAPTION
+    return cells(report), CAPTION
+
+
 def table(report: dict):
-    """A rich Table of every layer in ``report`` (needs rich; see `plain_table`)."""
+    """A rich Table of every layer in ``report`` (needs rich; see `plain_table`); forward or
+    backward report alike."""
     from rich.table import Table
     from rich.text import Text
 
-    title, columns, rows, ends = cells(report)
-    t = Table(title=title, caption=CAPTION, show_lines=False, header_style="bold")
+    (title, columns, rows, ends), caption = _cells_and_caption(report)
+    t = Table(title=title, caption=caption, show_lines=False, header_style="bold")
     for j, (col, just) in enumerate(columns):
         t.add_column(col, justify=just, no_wrap=j < 7)  # name, time and rate columns stay on one line
     last = set(ends)
@@ -148,7 +220,7 @@ def table(report: dict):
 
 def plain_table(report: dict) -> str:
     """The table of `table` as aligned plain text (no rich needed)."""
-    title, columns, rows, ends = cells(report)
+    (title, columns, rows, ends), caption = _cells_and_caption(report)
     texts = [[c for c, _ in columns]] + [[text for text, _ in row] for row in rows]
     widths = [max(len(r[j]) for r in texts) for j in range(len(columns))]
 
@@ -164,7 +236,7 @@ def plain_table(report: dict) -> str:
         out.append(line(r))
         if i in last:
             out.append(rule)
-    out.append(CAPTION)
+    out.append(caption)
     return "\n".join(out)
 
 
@@ -179,7 +251,7 @@ def skipped_lines(report: dict) -> list[str]:
 
 
 def write_json(report: dict, path: str | Path) -> None:
-    assert report.get("schema") == SCHEMA
+    assert report.get("schema") in (SCHEMA, BACKWARD_SCHEMA)
     Path(path).write_text(json.dumps(report, indent=1, default=float) + "\n")
 
 

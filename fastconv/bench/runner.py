@@ -51,6 +51,10 @@ class Options:
     seed: int = 0
     burst: int = 0  # >0: a sample is the fastest of >= burst back-to-back calls
     ours: str = "all"  # our rows: "all", "kernels" (no layer object) or "layer" (see module doc)
+    clock: str = "wall"  # "wall" or "cpu": the calling thread's CPU time (one thread only; see timer)
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
 OURS = ("all", "kernels", "layer")
@@ -334,6 +338,7 @@ def bench_layer(
         tick=progress.advance if progress else None,
         warmed=True,
         burst=opts.burst,
+        clock=CLOCKS[opts.clock],
     )
     ref = _reference(p, x, w, b) if opts.check else None
     work = p.input_bytes if isinstance(p, PoolParams) else p.flops

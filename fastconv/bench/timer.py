@@ -14,6 +14,9 @@ alike instead of whichever happened to run then.
   3 NumPy matmuls): pointwise took 8.1 ms a call 0.05 s later and 0.76 ms 0.2 s later, so the
   runner rests 0.25 s, then makes one untimed call: on this VM the first parallel call after
   a rest took 5-15 ms (sleeping vCPUs waking up), which swamped samples of a few calls;
+* clock: wall time (`time.perf_counter`) by default; ``clock=time.thread_time`` counts the
+  calling thread's CPU time instead, which other processes on a shared machine disturb much less
+  — meaningful only when every candidate runs on the calling thread (one thread);
 * the result keeps every sample: median, spread (interquartile range / median) and min.
   When a calibration candidate is given, each sample is also divided by the calibration
   sample of the same round (`Timing.ratios`), the number the regression gate compares.
@@ -65,20 +68,20 @@ class Timing:
         return float(np.median(self.ratios)) if self.ratios else None
 
 
-def _sample(c: Candidate, burst: bool = False) -> float:
+def _sample(c: Candidate, burst: bool = False, clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds per call: the mean over ``inner`` calls, or with ``burst`` the fastest of them
     (each timed alone: back-to-back calls find warm caches and seldom straddle a preemption)."""
     if burst:
         best = float("inf")
         for _ in range(c.inner):
-            t0 = time.perf_counter()
+            t0 = clock()
             c.fn()
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, clock() - t0)
         return best
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(c.inner):
         c.fn()
-    return (time.perf_counter() - t0) / c.inner
+    return (clock() - t0) / c.inner
 
 
 def measure(
@@ -91,16 +94,18 @@ def measure(
     tick: Callable[[], None] | None = None,
     warmed: bool = False,
     burst: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
     """Time ``cands`` interleaved; returns ``{name: Timing}`` (the calibration under its name).
     ``warmed``: the caller already ran each candidate once (skip the untimed warm-up call).
-    ``burst``: each sample is the fastest of at least ``burst`` back-to-back calls (the gate)."""
+    ``burst``: each sample is the fastest of at least ``burst`` back-to-back calls (the gate).
+    ``clock``: what a sample reads (see the module doc)."""
     everyone = cands + ([calibration] if calibration else [])
     for c in everyone:
         if not warmed:
             c.fn()  # warm-up (lazy imports, first touch)
         # the fastest of 3: one slow call (a core still waking up) would size every sample too small
-        c.est = max(min(_sample(c) for _ in range(3)), 1e-7)
+        c.est = max(min(_sample(c, clock=clock) for _ in range(3)), 1e-7)
         c.inner = max(1, burst, math.ceil(min_sample_s / c.est))
         c.samples, c.rounds = [], []
     # calls allowed per candidate: `repeats`, fewer (>= 3) when one call is slow
@@ -116,7 +121,7 @@ def measure(
             if cooldown_s and prev_pool is not None and c.pool != prev_pool:
                 time.sleep(cooldown_s)
                 c.fn()  # untimed: the first call after a rest also pays for waking the cores
-            c.samples.append(_sample(c, burst > 0))
+            c.samples.append(_sample(c, burst > 0, clock))
             c.rounds.append(r)
             prev_pool = c.pool
             if tick and c is not calibration:
