@@ -27,12 +27,13 @@ CHILD = textwrap.dedent(r"""
     b = rng.standard_normal(6).astype(np.float32)
     ran = []
     for alg in registry.REGISTRY:
-        for k in (3, 1):
-            w = rng.standard_normal((6, 4, k, k)).astype(np.float32)
-            xx, ww, bb, p, _ = validate.conv2d_args(x, w, b, 1, 0, 1, 1)
+        for k, g in ((3, 1), (1, 1), (3, 4)):  # 3x3, 1x1, depthwise
+            w = rng.standard_normal((6 if g == 1 else 4, 4 // g, k, k)).astype(np.float32)
+            bg = b[: w.shape[0]]
+            xx, ww, bb, p, _ = validate.conv2d_args(x, w, bg, 1, 0, 1, g)
             if alg.supports(p) is None:
-                y = fastconv.conv2d(x, w, b, algo=alg.name)
-                assert_algorithm_close(alg, y, x, w, b, p)
+                y = fastconv.conv2d(x, w, bg, groups=g, algo=alg.name)
+                assert_algorithm_close(alg, y, x, w, bg, p)
                 ran.append(alg.name)
                 break
     assert set(ran) == set(registry.names()), ran

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -48,31 +49,34 @@ def _peak_during(fn) -> int:
 @pytest.mark.parametrize("alg", registry.REGISTRY, ids=registry.names())
 def test_workspace_over_budget_raises_before_allocating(alg, limits):
     # a layer every algorithm runs, with a non-trivial workspace where the algorithm has one
-    p = ConvParams.from_layer(
-        1, 32, 40, 32, 3 if alg.supports(ConvParams.from_layer(1, 8, 8, 8, 3)) is None else 1, padding=0
-    )
+    g = 32 if alg.name == "depthwise" else 1  # the depthwise kernel runs one channel per group
+    k = 3 if alg.supports(ConvParams.from_layer(1, 8, 8, 8, 3, groups=min(g, 8))) is None else 1
+    p = ConvParams.from_layer(1, 32, 40, 32, k, padding=0, groups=g)
     if alg.supports(p) is not None:
         p = ConvParams.from_layer(1, 32, 40, 32, 1)
+    if g > 1:  # the depthwise workspace is a zero row and the row masks: a wide map makes it large
+        p = ConvParams.from_layer(1, 32, 8, 32, 3, stride=2, groups=g, w=8192)
     assert alg.supports(p) is None
     x = np.ones(p.input_shape, np.float32)
     w = np.ones(p.weight_shape, np.float32)
+    conv2d = functools.partial(fastconv.conv2d, groups=g, stride=p.stride)
     need = alg.workspace_bytes(p, fastconv.get_num_threads())
     out_bytes = int(np.prod(p.out_shape)) * 4
     if need > 0:
         memory.set_workspace_limit(need - 1)
-        peak = _peak_during(lambda: pytest.raises(MemoryError, fastconv.conv2d, x, w, algo=alg.name))
+        peak = _peak_during(lambda: pytest.raises(MemoryError, conv2d, x, w, algo=alg.name))
         with pytest.raises(MemoryError, match=rf"{alg.name} .*the workspace needs {need:,} bytes, over the limit"):
-            fastconv.conv2d(x, w, algo=alg.name)
+            conv2d(x, w, algo=alg.name)
         assert peak < min(need, out_bytes) // 2, f"{peak} bytes allocated before the MemoryError"
         memory.set_workspace_limit(need)
-        fastconv.conv2d(x, w, algo=alg.name)  # exactly at the limit runs
+        conv2d(x, w, algo=alg.name)  # exactly at the limit runs
     memory.set_output_limit(out_bytes - 1)
-    peak = _peak_during(lambda: pytest.raises(MemoryError, fastconv.conv2d, x, w, algo=alg.name))
+    peak = _peak_during(lambda: pytest.raises(MemoryError, conv2d, x, w, algo=alg.name))
     assert peak < out_bytes // 2, f"{peak} bytes allocated before the MemoryError"
     with pytest.raises(MemoryError, match=f"needs {out_bytes:,} bytes"):
-        fastconv.conv2d(x, w, algo=alg.name)
+        conv2d(x, w, algo=alg.name)
     memory.set_output_limit(out_bytes)
-    assert fastconv.conv2d(x, w, algo=alg.name).shape == p.out_shape
+    assert conv2d(x, w, algo=alg.name).shape == p.out_shape
 
 
 def test_pool_outputs_over_budget_raise_before_allocating(limits):
@@ -210,8 +214,12 @@ LEAKS = textwrap.dedent(r"""
     b = rng.standard_normal(8).astype(np.float32)
     algos = registry.names()
 
-    def conv(i):  # every algorithm in turn (1x1 weights for the ones that need them)
+    wdw = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+
+    def conv(i):  # every algorithm in turn (1x1 or depthwise weights for the ones that need them)
         a = algos[i % len(algos)]
+        if a == "depthwise":
+            return fastconv.conv2d(x, wdw, b, padding=1, groups=8, algo=a)
         try:
             return fastconv.conv2d(x, w3, b, padding=1, algo=a)
         except ValueError:
