@@ -370,7 +370,7 @@ static void FC_NAME(fc_avgpool_plane)(const T *restrict x, T *restrict y, ptrdif
 static void FC_NAME(fc_means)(const T *restrict x, T *restrict y, ptrdiff_t planes, ptrdiff_t n) {
     const ptrdiff_t nv = n & ~(ptrdiff_t)7;
     const __mmask8 mt = (__mmask8)((1u << (n - nv)) - 1);
-    const __m512d dn = _mm512_set1_pd((double)n);
+    const __m512d dn = _mm512_set1_pd((double)n), one = _mm512_set1_pd(1.0);
     for (ptrdiff_t p0 = 0; p0 < planes; p0 += 8) {
         /* the last group repeats its last plane in the missing lanes (not stored) */
         const ptrdiff_t cnt = planes - p0 < 8 ? planes - p0 : 8;
@@ -380,8 +380,13 @@ static void FC_NAME(fc_means)(const T *restrict x, T *restrict y, ptrdiff_t plan
             xq[q] = x + (p0 + (q < cnt ? q : cnt - 1)) * n;
             a[q] = _mm512_setzero_pd();
         }
+        /* odd planes add by an FMA, v * 1 + a (rounded once: the same sum as a + v), so the adds
+         * spread over the FP add and FMA pipes */
         for (ptrdiff_t i = 0; i < nv; i += 8)
-            for (int q = 0; q < 8; q++) a[q] = _mm512_add_pd(a[q], FC_NAME(fc_means_ld)(xq[q] + i));
+            for (int q = 0; q < 8; q++) {
+                const __m512d v = FC_NAME(fc_means_ld)(xq[q] + i);
+                a[q] = q & 1 ? _mm512_fmadd_pd(v, one, a[q]) : _mm512_add_pd(a[q], v);
+            }
         if (mt)
             for (int q = 0; q < 8; q++) a[q] = _mm512_add_pd(a[q], FC_NAME(fc_means_mld)(mt, xq[q] + nv));
         FC_NAME(fc_means_st)(y + p0, (__mmask8)((1u << cnt) - 1), _mm512_div_pd(fc_hsum8x8(a), dn));
