@@ -25,7 +25,19 @@
  * table's entries on first use (exiting when that fails), so the GEMM kernels warm n entries by
  * calls that provably held them at the same time (kernels/gemm_blas.pxi).
  */
-#ifndef FASTCONV_COMMON_H
+/* FC_NAME(name) is name_SFX. A kernel body header (pool_body.h, direct_body.h, wino_impl.h) is
+ * #included once per element type with T and SFX defined and names what it defines with
+ * FC_NAME, so every type gets its own functions from one source. A kernel header takes only
+ * these macros by defining FC_COMMON_NAMES_ONLY around its #include (the rest of this header
+ * defines functions for _common.pyx alone). */
+#ifndef FASTCONV_COMMON_NAMES
+#define FASTCONV_COMMON_NAMES
+#define FC_JOIN_(a, b) a##_##b
+#define FC_JOIN(a, b) FC_JOIN_(a, b)
+#define FC_NAME(name) FC_JOIN(name, SFX)
+#endif
+
+#if !defined(FASTCONV_COMMON_H) && !defined(FC_COMMON_NAMES_ONLY)
 #define FASTCONV_COMMON_H
 
 #include <omp.h>

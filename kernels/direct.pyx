@@ -134,7 +134,7 @@ def _blocking(p):
     nblk = -(-cog // MAX_CB)
     cb = -(-cog // nblk)
     vl = 64 // p.itemsize
-    chunk = vl * (4 if cb <= 3 else 3 if cb <= 5 else 2)  # NV vectors: FC_DIRECT_TEMPLATE, direct_impl.h
+    chunk = vl * (4 if cb <= 3 else 3 if cb <= 5 else 2)  # NV vectors: direct_body.h
     _, wq, _ = _geometry(p)
     total = p.out_h * wq
     if _row_tiles(p):

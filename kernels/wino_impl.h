@@ -15,9 +15,9 @@
  * (geometry()): a block fits V and M in L2 (at least MIN_BLOCK tiles), except deep layers on
  * small maps, which run as one block shared by the threads so that U is read once.
  */
-#define WJOIN_(a, b) a##_##b
-#define WJOIN(a, b) WJOIN_(a, b)
-#define WN(name) WJOIN(name, SFX)
+#define FC_COMMON_NAMES_ONLY /* FC_NAME: this body's per-dtype names */
+#include "_common.h"
+#undef FC_COMMON_NAMES_ONLY
 
 #define WINO_OL 16 /* output-transform lanes (output channels per vector chunk) */
 #define WINO_PF 6 /* input channels prefetched ahead: vgg16.conv1_2 (224x224) on 2 threads, where
@@ -34,25 +34,25 @@
 /* The 1-D transforms act on 16 lanes at once (16 tiles in the input transform, 16 output
  * channels in the output transform), as GCC vector types: the plain loops over lanes were left
  * partly scalar by the vectorizer (aliasing versions, unrolled strided stores). */
-typedef T WN(v16) __attribute__((vector_size(16 * sizeof(T))));
-#define WLD(p) ({ WN(v16) v_; memcpy(&v_, (p), sizeof v_); v_; })
-#define WST(p, v) do { WN(v16) v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
+typedef T FC_NAME(v16) __attribute__((vector_size(16 * sizeof(T))));
+#define WLD(p) ({ FC_NAME(v16) v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define WST(p, v) do { FC_NAME(v16) v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
 
 /* out[i*os + r] = sum_k BT[i][k] in[k*is + r], r < 16. BT depends only on the A interpolation
  * points (A = 4: 0, ±1, ∞; A = 6: 0, ±1, ±2, ∞), so F(4x4,3x3) and F(2x2,5x5) share theirs. */
 static inline __attribute__((always_inline)) void
-WN(wino_bt)(const int A, const T *restrict in, long is, T *restrict out, long os)
+FC_NAME(wino_bt)(const int A, const T *restrict in, long is, T *restrict out, long os)
 {
     if (A == 4) {
-        WN(v16) d0 = WLD(in), d1 = WLD(in + is), d2 = WLD(in + 2 * is), d3 = WLD(in + 3 * is);
+        FC_NAME(v16) d0 = WLD(in), d1 = WLD(in + is), d2 = WLD(in + 2 * is), d3 = WLD(in + 3 * is);
         WST(out, d0 - d2);
         WST(out + os, d1 + d2);
         WST(out + 2 * os, d2 - d1);
         WST(out + 3 * os, d1 - d3);
     } else {
-        WN(v16) d0 = WLD(in), d1 = WLD(in + is), d2 = WLD(in + 2 * is), d3 = WLD(in + 3 * is),
-                d4 = WLD(in + 4 * is), d5 = WLD(in + 5 * is);
-        WN(v16) s12 = d1 + d2, s34 = d3 + d4, t42 = d4 - d2, t31 = d3 - d1;
+        FC_NAME(v16) d0 = WLD(in), d1 = WLD(in + is), d2 = WLD(in + 2 * is), d3 = WLD(in + 3 * is),
+                     d4 = WLD(in + 4 * is), d5 = WLD(in + 5 * is);
+        FC_NAME(v16) s12 = d1 + d2, s34 = d3 + d4, t42 = d4 - d2, t31 = d3 - d1;
         WST(out, 4 * d0 - 5 * d2 + d4);
         WST(out + os, s34 - 4 * s12);
         WST(out + 2 * os, (d4 - d3) + 4 * (d1 - d2));
@@ -64,16 +64,16 @@ WN(wino_bt)(const int A, const T *restrict in, long is, T *restrict out, long os
 
 /* out[i*os + r] = sum_k AT[i][k] in[k*is + r], i < m, r < 16 (AT: the A points' powers 0..m-1) */
 static inline __attribute__((always_inline)) void
-WN(wino_at)(const int m, const int A, const T *restrict in, long is, T *restrict out, long os)
+FC_NAME(wino_at)(const int m, const int A, const T *restrict in, long is, T *restrict out, long os)
 {
     if (A == 4) {
-        WN(v16) m0 = WLD(in), m1 = WLD(in + is), m2 = WLD(in + 2 * is), m3 = WLD(in + 3 * is);
+        FC_NAME(v16) m0 = WLD(in), m1 = WLD(in + is), m2 = WLD(in + 2 * is), m3 = WLD(in + 3 * is);
         WST(out, m0 + m1 + m2);
         WST(out + os, m1 - m2 - m3);
     } else {
-        WN(v16) m0 = WLD(in), m1 = WLD(in + is), m2 = WLD(in + 2 * is), m3 = WLD(in + 3 * is),
-                m4 = WLD(in + 4 * is), m5 = WLD(in + 5 * is);
-        WN(v16) a12 = m1 + m2, s12 = m1 - m2, a34 = m3 + m4, s34 = m3 - m4;
+        FC_NAME(v16) m0 = WLD(in), m1 = WLD(in + is), m2 = WLD(in + 2 * is), m3 = WLD(in + 3 * is),
+                     m4 = WLD(in + 4 * is), m5 = WLD(in + 5 * is);
+        FC_NAME(v16) a12 = m1 + m2, s12 = m1 - m2, a34 = m3 + m4, s34 = m3 - m4;
         WST(out, m0 + a12 + a34);
         if (m == 2) { /* F(2x2,5x5): the point at infinity feeds the top power, here x^1 */
             WST(out + os, s12 + 2 * s34 + m5);
@@ -86,7 +86,7 @@ WN(wino_at)(const int m, const int A, const T *restrict in, long is, T *restrict
 }
 
 static inline __attribute__((always_inline)) void
-WN(wino_task_m)(const int m, const int r, const T *x, long xs, int H, int W, int cig, int pt, int pl, int ntile,
+FC_NAME(wino_task_m)(const int m, const int r, const T *x, long xs, int H, int W, int cig, int pt, int pl, int ntile,
                 int tw, long t0, int nt, const T *U, int ncp, int cp0, int cp1, const T *bias, T *y,
                 long ys, int cog, int OH, int OW, T *V, T *M, int ci0, int ci1, int phases)
 {
@@ -213,10 +213,10 @@ WN(wino_task_m)(const int m, const int r, const T *x, long xs, int H, int W, int
                 }
             }
             for (int j = 0; j < A; j++) /* columns: tmp = B^T d */
-                WN(wino_bt)(A, d + j * IL, (long)A * IL, tmp + j * IL, (long)A * IL);
+                FC_NAME(wino_bt)(A, d + j * IL, (long)A * IL, tmp + j * IL, (long)A * IL);
             T *vout = V + ((long)lg * cig + ci) * IL;
             for (int i = 0; i < A; i++) /* rows: V = tmp B */
-                WN(wino_bt)(A, tmp + i * A * IL, IL, vout + (long)i * A * vs, vs);
+                FC_NAME(wino_bt)(A, tmp + i * A * IL, IL, vout + (long)i * A * vs, vs);
         }
     }
 
@@ -251,9 +251,9 @@ WN(wino_task_m)(const int m, const int r, const T *x, long xs, int H, int W, int
             T tmp[AMAX * AMAX * WINO_OL], Y[AMAX * AMAX * WINO_OL];
             const T *mp = M + (long)tt * ldc + cc;
             for (int j = 0; j < A; j++) /* columns: tmp = A^T M */
-                WN(wino_at)(m, A, mp + j * ms, A * ms, tmp + j * WINO_OL, (long)A * WINO_OL);
+                FC_NAME(wino_at)(m, A, mp + j * ms, A * ms, tmp + j * WINO_OL, (long)A * WINO_OL);
             for (int i = 0; i < m; i++) /* rows: Y = tmp A */
-                WN(wino_at)(m, A, tmp + i * A * WINO_OL, WINO_OL, Y + i * m * WINO_OL, WINO_OL);
+                FC_NAME(wino_at)(m, A, tmp + i * A * WINO_OL, WINO_OL, Y + i * m * WINO_OL, WINO_OL);
             const int nl = ncol - cc < WINO_OL ? ncol - cc : WINO_OL;
 #ifdef WINO_STORE16
             if (m == 4 && nl == 16) {
@@ -285,13 +285,13 @@ WN(wino_task_m)(const int m, const int r, const T *x, long xs, int H, int W, int
  * M: >= A*A*(ceil(nt/MR)*MR*(cp1-cp0)*NR + WINO_PAD) elements. `phases`: WINO_INPUT transforms
  * input channels [ci0, ci1) into V; WINO_OUTPUT runs the GEMMs and the output transform of
  * panels [cp0, cp1) from a complete V (both: one self-contained task). */
-static void WN(wino_task)(int m, int r, const T *x, long xs, int H, int W, int cig, int pt, int pl,
-                          int ntile, int tw, long t0, int nt, const T *U, int ncp, int cp0, int cp1,
-                          const T *bias, T *y, long ys, int cog, int OH, int OW, T *V, T *M,
-                          int ci0, int ci1, int phases)
+static void FC_NAME(wino_task)(int m, int r, const T *x, long xs, int H, int W, int cig, int pt, int pl,
+                               int ntile, int tw, long t0, int nt, const T *U, int ncp, int cp0, int cp1,
+                               const T *bias, T *y, long ys, int cog, int OH, int OW, T *V, T *M,
+                               int ci0, int ci1, int phases)
 {
 #define WINO_CASE(mm, rr)                                                                          \
-    WN(wino_task_m)(mm, rr, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, \
+    FC_NAME(wino_task_m)(mm, rr, x, xs, H, W, cig, pt, pl, ntile, tw, t0, nt, U, ncp, cp0, cp1, bias, y, \
                     ys, cog, OH, OW, V, M, ci0, ci1, phases)
     if (r == 5)
         WINO_CASE(2, 5);
@@ -315,7 +315,7 @@ static void WN(wino_task)(int m, int r, const T *x, long xs, int H, int W, int c
 #define WU_L 8   /* lanes per pass: one vector of doubles */
 #define WU_CI 8  /* input channels staged per chunk */
 static inline __attribute__((always_inline)) void
-WN(wino_u_panel_ar)(const int A, const int r, const T *w, const double *G, long cig, int nv, T *u, long point)
+FC_NAME(wino_u_panel_ar)(const int A, const int r, const T *w, const double *G, long cig, int nv, T *u, long point)
 {
     T stage[36 * WU_CI * NR];  /* [xi][channel of the chunk][lane] */
     for (long c0 = 0; c0 < cig; c0 += WU_CI) {
@@ -354,14 +354,14 @@ WN(wino_u_panel_ar)(const int A, const int r, const T *w, const double *G, long 
 }
 
 /* Returns 0, or -1 for an (A, r) that no tile built here has (then nothing is written). */
-static int WN(wino_u_panel)(int A, int r, const T *w, const double *G, long cig, int nv, T *u, long point)
+static int FC_NAME(wino_u_panel)(int A, int r, const T *w, const double *G, long cig, int nv, T *u, long point)
 {
     if (A == 6 && r == 5)
-        WN(wino_u_panel_ar)(6, 5, w, G, cig, nv, u, point);
+        FC_NAME(wino_u_panel_ar)(6, 5, w, G, cig, nv, u, point);
     else if (A == 6 && r == 3)
-        WN(wino_u_panel_ar)(6, 3, w, G, cig, nv, u, point);
+        FC_NAME(wino_u_panel_ar)(6, 3, w, G, cig, nv, u, point);
     else if (A == 4 && r == 3)
-        WN(wino_u_panel_ar)(4, 3, w, G, cig, nv, u, point);
+        FC_NAME(wino_u_panel_ar)(4, 3, w, G, cig, nv, u, point);
     else
         return -1;
     return 0;
@@ -369,9 +369,6 @@ static int WN(wino_u_panel)(int A, int r, const T *w, const double *G, long cig,
 #undef WU_L
 #undef WU_CI
 
-#undef WN
 #undef WLD
 #undef WST
-#undef WJOIN
-#undef WJOIN_
 #undef WINO_OL
