@@ -503,7 +503,6 @@ class SGD:
         self.model.set_parameters(new)
 
 
-
 _LENET_INDEX = {"conv1": 0, "conv2": 3, "fc": 8}  # seed 001's layer names → `lenet`'s positions
 
 
