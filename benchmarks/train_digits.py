@@ -272,9 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row))
         return 0
 
-    n_train = "1347" if args.limit is None else f"first {args.limit}"
+    sizes = "1347 train / 450 test"
+    if args.limit is not None:
+        sizes = f"first {args.limit} train / {max(1, args.limit // 3)} test"
     print(
-        f"train_digits: sklearn load_digits 8x8 → 28x28, {n_train} train / 450 test; SGD lr {args.lr} momentum 0.9, "
+        f"train_digits: sklearn load_digits 8x8 → 28x28, {sizes}; SGD lr {args.lr} momentum 0.9, "
         f"batch {args.batch}, seed {args.seed}; {args.threads} thread(s)"
     )
     print(machine())
