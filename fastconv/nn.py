@@ -251,7 +251,8 @@ class Flatten(_Trainable):
 class Dropout2d(_Trainable):
     """Channel dropout, as ``torch.nn.Dropout2d`` on (N, C, H, W) input: in training mode each
     (sample, channel) plane is zeroed with probability ``p`` and the others are scaled by
-    1/(1 − p); in eval mode the identity. Backward applies the same mask and scale.
+    1/(1 − p); in eval mode the identity. Backward applies the same mask and scale (in eval
+    mode, the identity: a model in training may switch its dropout off, as in torch).
 
     The masks come from this layer's own NumPy generator (``seed``), not torch's: a NumPy model
     and its torch twin draw different masks, so their training runs agree only in distribution.
@@ -281,8 +282,7 @@ class Dropout2d(_Trainable):
         if x.ndim not in (3, 4):
             raise ValueError(f"Dropout2d takes (N, C, H, W) or (C, H, W) input, got {x.shape}")
         if not self.training or self.p == 0.0:
-            if self.training:
-                self._saved = 1.0
+            self._saved = 1.0  # the identity, in eval mode too: an eval-mode dropout inside a training model
             return x
         keep = self.rng.random(x.shape[:-2] + (1, 1)) >= self.p
         scale = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p) if self.p < 1.0 else 0.0)
