@@ -78,18 +78,6 @@ WINOGRAD_SPREAD_FACTOR = 2.0 * 1.4e-5 / 3.7e-7
 SEED_NETS = {"lenet": 0.01, "alexnet": 0.002, "vgg11": 0.001, "nin": 0.01, "resnet18": 0.01, "densenet": 0.01}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small nets and batches: one thread each for fastconv and torch keeps the runs steady on a
-    loaded machine (idle pools spinning against each other cost more than the arithmetic)."""
-    old = fastconv.get_num_threads(), torch.get_num_threads()
-    fastconv.set_num_threads(1)
-    torch.set_num_threads(1)
-    yield
-    fastconv.set_num_threads(old[0])
-    torch.set_num_threads(old[1])
-
-
 def batches(name: str, steps: int = STEPS, distinct: int = 2, seed: int = 1) -> list:
     """``steps`` batches cycling over ``distinct`` random ones (a task the net can memorise)."""
     g = torch.Generator().manual_seed(seed)
@@ -139,23 +127,36 @@ def make_runs(name: str) -> dict:
     from two ±1-ulp nudges of them (the envelope); fastconv in float32 with ``auto`` and
     ``direct`` convolutions. Each maps to (per-step losses, final `state`)."""
     base, data, lr = zoo.build(name, small=True), batches(name), SEED_NETS[name]
-    out = {}
-    for tag, dtype, algo, nudged in (  # algo None: the torch model itself
-        ("torch64", torch.float64, None, None),
-        ("fast64", torch.float64, "auto", None),
-        ("torch32", torch.float32, None, None),
-        ("torch32_ulp1", torch.float32, None, 1),
-        ("torch32_ulp2", torch.float32, None, 2),
-        ("fast32", torch.float32, "auto", None),
-        ("fast32_direct", torch.float32, "direct", None),
-    ):
-        model = copy.deepcopy(base)
-        if nudged is not None:
-            nudge(model, nudged)
-        if algo is not None:
-            model = fct.convert(model, algo=algo)
-        out[tag] = (train(model, data, lr, dtype), state(model))
-    return out
+    # one thread each for fastconv and torch: small nets and batches, and runs that stay steady on
+    # a loaded machine (idle thread pools spinning against each other cost more than the arithmetic)
+    threads = fastconv.get_num_threads(), torch.get_num_threads()
+    fastconv.set_num_threads(1)
+    torch.set_num_threads(1)
+    try:
+        return {tag: run(base, data, lr, *how) for tag, how in RUNS.items()}
+    finally:
+        fastconv.set_num_threads(threads[0])
+        torch.set_num_threads(threads[1])
+
+
+RUNS = {  # tag: (dtype, algo — None for the torch model itself —, nudge seed or None)
+    "torch64": (torch.float64, None, None),
+    "fast64": (torch.float64, "auto", None),
+    "torch32": (torch.float32, None, None),
+    "torch32_ulp1": (torch.float32, None, 1),
+    "torch32_ulp2": (torch.float32, None, 2),
+    "fast32": (torch.float32, "auto", None),
+    "fast32_direct": (torch.float32, "direct", None),
+}
+
+
+def run(base, data, lr: float, dtype, algo: str | None, nudged: int | None) -> tuple[np.ndarray, dict]:
+    model = copy.deepcopy(base)
+    if nudged is not None:
+        nudge(model, nudged)
+    if algo is not None:
+        model = fct.convert(model, algo=algo)
+    return train(model, data, lr, dtype), state(model)
 
 
 @pytest.fixture(scope="module")
