@@ -29,7 +29,8 @@ cross-entropy loss.
 Each (model, variant) trains in its own fresh Python process (no thread pool of one variant
 spins while another is timed), with ``--threads`` threads for fastconv, BLAS and torch. Reported:
 test accuracy after the last epoch, wall time of the whole training loop, the median time of one
-step (forward, loss, backward, update), the final epoch's mean training loss, the machine's
+step (forward, loss, backward, update) and its speed against torch's (torch's median step time
+over the variant's: > 1 is faster than torch), the final epoch's mean training loss, the machine's
 1-minute load average when the variant finished (timings on a shared machine mean little
 without it), and how far the variant's losses over the first 20 steps are from torch's (max
 relative difference: float32 rounding of differently ordered sums, grown through the momentum
