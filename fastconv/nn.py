@@ -2,9 +2,9 @@
 
 fastconv owns the convolutions and pools (`fastconv.Conv2d`, `MaxPool2d`, `AvgPool2d`,
 `AdaptiveAvgPool2d`, each with ``backward``); this module adds what a LeNet or a small VGG needs
-besides them — `Linear`, `ReLU`, `Flatten`, `Sequential`, `cross_entropy` and `SGD` — and no
-more: it is a training loop's worth of NumPy, not a framework (no autograd graph, no dropout or
-batch norm, no other optimizers).
+besides them — `Linear`, `ReLU`, `Flatten`, `Dropout2d`, `Sequential`, `cross_entropy` and `SGD`
+— and no more: it is a training loop's worth of NumPy, not a framework (no autograd graph, no
+batch norm, no other optimizers). `lenet` builds seed 001's MNIST net from these pieces.
 
 Every layer follows one protocol, so `Sequential` and `SGD` treat fastconv's layers and these
 alike:
@@ -59,7 +59,7 @@ import numpy as np
 from . import threads, validate
 from .layers import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d, _Trainable
 
-__all__ = ["Linear", "ReLU", "Flatten", "Sequential", "cross_entropy", "SGD"]
+__all__ = ["Linear", "ReLU", "Flatten", "Dropout2d", "Sequential", "cross_entropy", "SGD", "lenet"]
 
 
 def _param(value: Any, name: str, shape: tuple[int, ...], dtype: np.dtype | None = None) -> np.ndarray:
@@ -248,6 +248,57 @@ class Flatten(_Trainable):
         return "Flatten()"
 
 
+class Dropout2d(_Trainable):
+    """Channel dropout, as ``torch.nn.Dropout2d`` on (N, C, H, W) input: in training mode each
+    (sample, channel) plane is zeroed with probability ``p`` and the others are scaled by
+    1/(1 − p); in eval mode the identity. Backward applies the same mask and scale (in eval
+    mode, the identity: a model in training may switch its dropout off, as in torch).
+
+    The masks come from this layer's own NumPy generator (``seed``), not torch's: a NumPy model
+    and its torch twin draw different masks, so their training runs agree only in distribution.
+
+    Examples
+    --------
+    >>> drop = Dropout2d(0.5, seed=0).train()
+    >>> y = drop(np.ones((2, 4, 3, 3), np.float32))
+    >>> sorted(set(y.ravel().tolist())), bool((drop.backward(np.ones_like(y)) == y).all())
+    ([0.0, 2.0], True)
+    >>> drop.eval()(np.ones((1, 2, 1, 1), np.float32)).ravel().tolist()
+    [1.0, 1.0]
+    """
+
+    def __init__(self, p: float = 0.5, *, seed: int | None = None):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def from_torch(cls, module: Any, seed: int | None = None) -> "Dropout2d":
+        return cls(module.p, seed=seed)
+
+    def __call__(self, input: Any) -> np.ndarray:
+        x = validate.as_array(input, "input")
+        if x.ndim not in (3, 4):
+            raise ValueError(f"Dropout2d takes (N, C, H, W) or (C, H, W) input, got {x.shape}")
+        if not self.training or self.p == 0.0:
+            self._saved = 1.0  # the identity, in eval mode too: an eval-mode dropout inside a training model
+            return x
+        keep = self.rng.random(x.shape[:-2] + (1, 1)) >= self.p
+        scale = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p) if self.p < 1.0 else 0.0)
+        self._saved = scale
+        return x * scale
+
+    forward = __call__
+
+    def backward(self, grad_output: Any, *, input_grad: bool = True) -> np.ndarray | None:
+        scale = self._take_saved()
+        return np.asarray(grad_output) * scale if input_grad else None
+
+    def __repr__(self) -> str:
+        return f"Dropout2d(p={self.p})"
+
+
 class Sequential(_Trainable):
     """Layers called in order; ``backward`` runs their backward passes in reverse.
 
@@ -270,8 +321,8 @@ class Sequential(_Trainable):
 
     @classmethod
     def from_torch(cls, module: Any) -> "Sequential":
-        """A copy of a ``torch.nn.Sequential`` of Conv2d, Linear, ReLU, Flatten, the pools and
-        nested Sequentials (anything else raises TypeError, naming it)."""
+        """A copy of a ``torch.nn.Sequential`` of Conv2d, Linear, ReLU, Flatten, Dropout2d, the
+        pools and nested Sequentials (anything else raises TypeError, naming it)."""
         import torch.nn as tnn
 
         kinds: dict[type, Any] = {
@@ -281,6 +332,7 @@ class Sequential(_Trainable):
             tnn.AvgPool2d: AvgPool2d,
             tnn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
             tnn.Sequential: Sequential,
+            tnn.Dropout2d: Dropout2d,
         }
         layers: list[Any] = []
         for name, m in module.named_children():
@@ -449,3 +501,46 @@ class SGD:
                 g = g + self.momentum * buf if self.nesterov else buf
             new[name] = p - self.lr * g
         self.model.set_parameters(new)
+
+
+_LENET_INDEX = {"conv1": 0, "conv2": 3, "fc": 8}  # seed 001's layer names → `lenet`'s positions
+
+
+def lenet(num_classes: int = 10, *, dtype: Any = np.float32, seed: int | None = None, like: Any = None) -> Sequential:
+    """Seed 001's MNIST net in NumPy, layer for layer as its torch ``Net`` (``fastconv.zoo.LeNet``):
+    conv 1→10 5x5, max pool 2, ReLU, conv 10→20 5x5, Dropout2d(0.5), max pool 2, ReLU, flatten,
+    fc 320→``num_classes``, on 1x28x28 inputs. It returns the fc's logits: the seed's final
+    ``log_softmax`` is left to `cross_entropy` (the cross-entropy of log-softmaxed logits is that
+    of the logits).
+
+    ``like``: a torch module with the seed's parameter names (``conv1.weight`` … ``fc.bias``,
+    e.g. ``fastconv.zoo.lenet()``) whose weights the NumPy net copies; otherwise the weights are
+    drawn from ``seed`` as torch's default initialisation draws them (uniform in ±1/√fan_in).
+
+    Examples
+    --------
+    >>> net = lenet(seed=0).train()
+    >>> net(np.zeros((2, 1, 28, 28), np.float32)).shape
+    (2, 10)
+    >>> sorted(net.parameters())
+    ['0.bias', '0.weight', '3.bias', '3.weight', '8.bias', '8.weight']
+    """
+    s = [None] * 4 if seed is None else [4 * seed + i for i in range(4)]
+    model = Sequential(
+        Conv2d(1, 10, 5, dtype=dtype, seed=s[0]),
+        MaxPool2d(2),
+        ReLU(),
+        Conv2d(10, 20, 5, dtype=dtype, seed=s[1]),
+        Dropout2d(0.5, seed=s[2]),
+        MaxPool2d(2),
+        ReLU(),
+        Flatten(),
+        Linear(320, num_classes, dtype=dtype, seed=s[3]),
+    )
+    if like is not None:
+        state = like.state_dict()
+        unknown = {k.split(".")[0] for k in state} - set(_LENET_INDEX)
+        if unknown:
+            raise KeyError(f"like must have seed 001's layers conv1, conv2, fc; it also has {sorted(unknown)}")
+        model.set_parameters({f"{_LENET_INDEX[k.split('.')[0]]}.{k.split('.', 1)[1]}": v for k, v in state.items()})
+    return model
