@@ -1,7 +1,7 @@
 /* depthwise_body.h — the depthwise convolution of one dtype; included by depthwise_impl.h once per
  * dtype with these defined (not a standalone header):
  *
- *   T      the element type (float, double)      DN(name)  name##_##SFX (f32, f64)
+ *   T, SFX the element type and its suffix (float f32, double f64): names are FC_NAME(name) (_common.h)
  *   VI     the gather index vector (32-bit lanes), DGIDX(s) its lanes i*s
  *   VL     lanes per vector (16, 8)              DM        the lane mask type (__mmask16, __mmask8)
  *   V      the vector type                       DMASK(lo, hi)  lanes [lo, hi) of a mask, as DM
@@ -26,9 +26,9 @@
 typedef struct {
     ptrdiff_t off;
     DM m0, m1;
-} DN(fc_dw_tap);
+} FC_NAME(fc_dw_tap);
 
-static inline void DN(fc_dw_taps)(DN(fc_dw_tap) *taps, ptrdiff_t ox0, ptrdiff_t nout, ptrdiff_t W,
+static inline void FC_NAME(fc_dw_taps)(FC_NAME(fc_dw_tap) *taps, ptrdiff_t ox0, ptrdiff_t nout, ptrdiff_t W,
                                   int kw, int sw, int pw, int dw) {
     for (int kx = 0; kx < kw; kx++) {
         ptrdiff_t base = ox0 * sw - pw + (ptrdiff_t)kx * dw;
@@ -60,7 +60,7 @@ static inline void DN(fc_dw_taps)(DN(fc_dw_tap) *taps, ptrdiff_t ox0, ptrdiff_t 
 
 /* Tap values of one input row for the VL output columns `t` describes; SW is 1, 2 or 0 (any
  * other stride), a constant where it is called. */
-static inline __attribute__((always_inline)) V DN(fc_dw_load)(const T *row, const DN(fc_dw_tap) *t, int SW,
+static inline __attribute__((always_inline)) V FC_NAME(fc_dw_load)(const T *row, const FC_NAME(fc_dw_tap) *t, int SW,
                                                              VI gidx) {
     if (SW == 1) return DLOAD(t->m0, row + t->off);
     if (SW == 2) return DPERM2(DLOAD(t->m0, row + t->off), DEVEN, DLOAD(t->m1, row + t->off + VL));
@@ -69,9 +69,9 @@ static inline __attribute__((always_inline)) V DN(fc_dw_load)(const T *row, cons
 
 /* R output rows from oy of one column chunk (R <= DW_ROWS and SW: constants where it is called, so
  * the loops over r unroll, the accumulators stay in registers and the load has no branch). */
-static inline __attribute__((always_inline)) void DN(fc_dw_rows)(
+static inline __attribute__((always_inline)) void FC_NAME(fc_dw_rows)(
     const T *restrict x, const T *restrict zrow, const T *restrict w, T bias, T *restrict y, ptrdiff_t oy,
-    int R, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OW, const DN(fc_dw_tap) *taps, ptrdiff_t ox0, DM store,
+    int R, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OW, const FC_NAME(fc_dw_tap) *taps, ptrdiff_t ox0, DM store,
     int kh, int kw, int sh, int SW, int ph, int dh, VI gidx) {
     V acc[DW_ROWS];
     for (int r = 0; r < R; r++) acc[r] = DSET1(bias);
@@ -83,34 +83,34 @@ static inline __attribute__((always_inline)) void DN(fc_dw_rows)(
         }
         for (int kx = 0; kx < kw; kx++) {
             V wv = DSET1(w[ky * kw + kx]);
-            for (int r = 0; r < R; r++) acc[r] = DFMA(DN(fc_dw_load)(row[r], &taps[kx], SW, gidx), wv, acc[r]);
+            for (int r = 0; r < R; r++) acc[r] = DFMA(FC_NAME(fc_dw_load)(row[r], &taps[kx], SW, gidx), wv, acc[r]);
         }
     }
     for (int r = 0; r < R; r++) DSTORE(y + (oy + r) * OW + ox0, store, acc[r]);
 }
 
 /* One plane at stride class SW (1, 2, or 0: any other), a constant where it is called. */
-static inline __attribute__((always_inline)) void DN(fc_dw_plane_sw)(
+static inline __attribute__((always_inline)) void FC_NAME(fc_dw_plane_sw)(
     const T *restrict x, const T *restrict zrow, const T *restrict w, T bias, T *restrict y, ptrdiff_t H,
-    ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, int kh, int kw, int sh, int sw, int ph, const DN(fc_dw_tap) *tab,
+    ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, int kh, int kw, int sh, int sw, int ph, const FC_NAME(fc_dw_tap) *tab,
     int dh, int SW) {
     VI gidx = DGIDX(sw);
     for (ptrdiff_t ox0 = 0; ox0 < OW; ox0 += VL) {
         ptrdiff_t nout = OW - ox0 < VL ? OW - ox0 : VL;
         DM store = DMASK(0, nout);
-        const DN(fc_dw_tap) *taps = tab + (ox0 / VL) * kw;
+        const FC_NAME(fc_dw_tap) *taps = tab + (ox0 / VL) * kw;
         ptrdiff_t oy = 0;
         for (; oy + DW_ROWS <= OH; oy += DW_ROWS)
-            DN(fc_dw_rows)(x, zrow, w, bias, y, oy, DW_ROWS, H, W, OW, taps, ox0, store, kh, kw, sh, SW, ph, dh, gidx);
+            FC_NAME(fc_dw_rows)(x, zrow, w, bias, y, oy, DW_ROWS, H, W, OW, taps, ox0, store, kh, kw, sh, SW, ph, dh, gidx);
         switch (OH - oy) {
         case 3:
-            DN(fc_dw_rows)(x, zrow, w, bias, y, oy, 3, H, W, OW, taps, ox0, store, kh, kw, sh, SW, ph, dh, gidx);
+            FC_NAME(fc_dw_rows)(x, zrow, w, bias, y, oy, 3, H, W, OW, taps, ox0, store, kh, kw, sh, SW, ph, dh, gidx);
             break;
         case 2:
-            DN(fc_dw_rows)(x, zrow, w, bias, y, oy, 2, H, W, OW, taps, ox0, store, kh, kw, sh, SW, ph, dh, gidx);
+            FC_NAME(fc_dw_rows)(x, zrow, w, bias, y, oy, 2, H, W, OW, taps, ox0, store, kh, kw, sh, SW, ph, dh, gidx);
             break;
         case 1:
-            DN(fc_dw_rows)(x, zrow, w, bias, y, oy, 1, H, W, OW, taps, ox0, store, kh, kw, sh, SW, ph, dh, gidx);
+            FC_NAME(fc_dw_rows)(x, zrow, w, bias, y, oy, 1, H, W, OW, taps, ox0, store, kh, kw, sh, SW, ph, dh, gidx);
             break;
         default:
             break;
@@ -119,19 +119,19 @@ static inline __attribute__((always_inline)) void DN(fc_dw_plane_sw)(
 }
 
 /* One plane; `tab` holds the taps of every column chunk (kw per chunk, fc_dw_taps). */
-static void DN(fc_dw_plane)(const T *restrict x, const T *restrict zrow, const T *restrict w, T bias,
+static void FC_NAME(fc_dw_plane)(const T *restrict x, const T *restrict zrow, const T *restrict w, T bias,
                             T *restrict y, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, int kh, int kw,
-                            int sh, int sw, int ph, int dh, const DN(fc_dw_tap) *tab) {
+                            int sh, int sw, int ph, int dh, const FC_NAME(fc_dw_tap) *tab) {
     if (sw == 1)
-        DN(fc_dw_plane_sw)(x, zrow, w, bias, y, H, W, OH, OW, kh, kw, sh, sw, ph, tab, dh, 1);
+        FC_NAME(fc_dw_plane_sw)(x, zrow, w, bias, y, H, W, OH, OW, kh, kw, sh, sw, ph, tab, dh, 1);
     else if (sw == 2)
-        DN(fc_dw_plane_sw)(x, zrow, w, bias, y, H, W, OH, OW, kh, kw, sh, sw, ph, tab, dh, 2);
+        FC_NAME(fc_dw_plane_sw)(x, zrow, w, bias, y, H, W, OH, OW, kh, kw, sh, sw, ph, tab, dh, 2);
     else
-        DN(fc_dw_plane_sw)(x, zrow, w, bias, y, H, W, OH, OW, kh, kw, sh, sw, ph, tab, dh, 0);
+        FC_NAME(fc_dw_plane_sw)(x, zrow, w, bias, y, H, W, OH, OW, kh, kw, sh, sw, ph, tab, dh, 0);
 }
 
 /* R vectors of a flat plane from vector j (R <= DW_ROWS: a constant where it is called). */
-static inline __attribute__((always_inline)) void DN(fc_dw_flat_block)(
+static inline __attribute__((always_inline)) void FC_NAME(fc_dw_flat_block)(
     const T *restrict x, const T *restrict w, T bias, T *restrict y, ptrdiff_t j, int R, ptrdiff_t HW,
     const ptrdiff_t *restrict off, const DM *restrict mask, int ntap) {
     V acc[DW_ROWS];
@@ -151,19 +151,19 @@ static inline __attribute__((always_inline)) void DN(fc_dw_flat_block)(
  * flattened plane reads input o + off[t] for tap t, so whole vectors run across row ends (a 7x7
  * plane is 4 vectors instead of 7 part-filled rows). mask[j*ntap + t] keeps the lanes of vector j
  * whose tap t falls inside the plane (built once per layer shape by `prepare`). */
-static void DN(fc_dw_flat_plane)(const T *restrict x, const T *restrict w, T bias, T *restrict y, ptrdiff_t HW,
+static void FC_NAME(fc_dw_flat_plane)(const T *restrict x, const T *restrict w, T bias, T *restrict y, ptrdiff_t HW,
                                  const ptrdiff_t *restrict off, const DM *restrict mask, int ntap) {
     ptrdiff_t nv = (HW + VL - 1) / VL, j = 0;
-    for (; j + DW_ROWS <= nv; j += DW_ROWS) DN(fc_dw_flat_block)(x, w, bias, y, j, DW_ROWS, HW, off, mask, ntap);
+    for (; j + DW_ROWS <= nv; j += DW_ROWS) FC_NAME(fc_dw_flat_block)(x, w, bias, y, j, DW_ROWS, HW, off, mask, ntap);
     switch (nv - j) {
     case 3:
-        DN(fc_dw_flat_block)(x, w, bias, y, j, 3, HW, off, mask, ntap);
+        FC_NAME(fc_dw_flat_block)(x, w, bias, y, j, 3, HW, off, mask, ntap);
         break;
     case 2:
-        DN(fc_dw_flat_block)(x, w, bias, y, j, 2, HW, off, mask, ntap);
+        FC_NAME(fc_dw_flat_block)(x, w, bias, y, j, 2, HW, off, mask, ntap);
         break;
     case 1:
-        DN(fc_dw_flat_block)(x, w, bias, y, j, 1, HW, off, mask, ntap);
+        FC_NAME(fc_dw_flat_block)(x, w, bias, y, j, 1, HW, off, mask, ntap);
         break;
     default:
         break;
@@ -174,22 +174,22 @@ static void DN(fc_dw_flat_plane)(const T *restrict x, const T *restrict w, T bia
  * shared out over nthreads in contiguous runs. With `flat_mask` (a "same" stride-1 layer, see
  * fc_dw_flat_plane) the planes run flat; otherwise row by row, `zrow` holding W zeros and
  * `tapbuf` room for the taps of every column chunk (fc_depthwise_tap_bytes), filled here once. */
-static void DN(fc_depthwise)(const T *restrict x, const T *restrict w, const T *restrict b, T *restrict y,
+static void FC_NAME(fc_depthwise)(const T *restrict x, const T *restrict w, const T *restrict b, T *restrict y,
                              const T *restrict zrow, void *tapbuf, const ptrdiff_t *flat_off, const void *flat_mask,
                              ptrdiff_t NP, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW,
                              int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int nthreads) {
-    DN(fc_dw_tap) *tab = (DN(fc_dw_tap) *)tapbuf;
+    FC_NAME(fc_dw_tap) *tab = (FC_NAME(fc_dw_tap) *)tapbuf;
     if (!flat_mask)
         for (ptrdiff_t ox0 = 0; ox0 < OW; ox0 += VL)
-            DN(fc_dw_taps)(tab + (ox0 / VL) * kw, ox0, OW - ox0 < VL ? OW - ox0 : VL, W, kw, sw, pw, dw);
+            FC_NAME(fc_dw_taps)(tab + (ox0 / VL) * kw, ox0, OW - ox0 < VL ? OW - ox0 : VL, W, kw, sw, pw, dw);
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (ptrdiff_t i = 0; i < NP; i++) {
         ptrdiff_t c = i % C;
         if (flat_mask)
-            DN(fc_dw_flat_plane)(x + i * H * W, w + c * kh * kw, b ? b[c] : (T)0, y + i * OH * OW, H * W, flat_off,
+            FC_NAME(fc_dw_flat_plane)(x + i * H * W, w + c * kh * kw, b ? b[c] : (T)0, y + i * OH * OW, H * W, flat_off,
                                  (const DM *)flat_mask, kh * kw);
         else
-            DN(fc_dw_plane)(x + i * H * W, zrow, w + c * kh * kw, b ? b[c] : (T)0, y + i * OH * OW, H, W, OH, OW,
+            FC_NAME(fc_dw_plane)(x + i * H * W, zrow, w + c * kh * kw, b ? b[c] : (T)0, y + i * OH * OW, H, W, OH, OW,
                             kh, kw, sh, sw, ph, dh, tab);
     }
 }

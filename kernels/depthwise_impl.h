@@ -16,9 +16,9 @@
 #include <stddef.h>
 #include <omp.h>
 
-#define DJOIN_(a, b) a##_##b
-#define DJOIN(a, b) DJOIN_(a, b)
-#define DN(name) DJOIN(name, SFX)
+#define FC_COMMON_NAMES_ONLY /* FC_NAME: the bodies' per-dtype names */
+#include "_common.h"
+#undef FC_COMMON_NAMES_ONLY
 
 #ifdef __AVX512F__
 #include <immintrin.h>

@@ -1,6 +1,6 @@
 /* depthwise_scalar.h — the contract of depthwise_body.h as a plain loop, for builds without
  * AVX-512; included by depthwise_impl.h once per dtype with T and SFX defined. */
-static void DN(fc_depthwise)(const T *restrict x, const T *restrict w, const T *restrict b, T *restrict y,
+static void FC_NAME(fc_depthwise)(const T *restrict x, const T *restrict w, const T *restrict b, T *restrict y,
                              const T *restrict zrow, void *tapbuf, const ptrdiff_t *flat_off, const void *flat_mask,
                              ptrdiff_t NP, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW,
                              int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int nthreads) {
