@@ -438,13 +438,7 @@ def max_pool2d_input(
         input, grad_output, indices, kernel_size, stride, padding, dilation, ceil_mode
     )
     _check_alloc("max_pool2d_input", p.input_shape, p.dtype)
-    if idx is None:
-        from .functional import max_pool2d
-
-        idx = np.ascontiguousarray(
-            max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode, return_indices=True)[1]
-        )
-    dx = _max_input_grad(dy, idx, p)
+    dx = _pool_run(dy, p, idx, None if idx is not None else x)
     return _like(dx[0] if unbatched else dx, grad_output, input)
 
 
@@ -465,7 +459,7 @@ def avg_pool2d_input(
         input_size, grad_output, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
     _check_alloc("avg_pool2d_input", p.input_shape, p.dtype)
-    dx = _avg_input_grad(dy, p)
+    dx = _pool_run(dy, p)
     return _like(dx[0] if unbatched else dx, grad_output)
 
 
@@ -473,16 +467,20 @@ def adaptive_avg_pool2d_input(input_size: Any, grad_output: Any):
     """dL/dinput of ``adaptive_avg_pool2d``; the output size is ``grad_output``'s."""
     dy, p, unbatched = adaptive_avg_pool_input_args(input_size, grad_output)
     _check_alloc("adaptive_avg_pool2d_input", p.input_shape, p.dtype)
-    dx = _adaptive_input_grad(dy, p)
+    dx = _pool_run(dy, p)
     return _like(dx[0] if unbatched else dx, grad_output)
 
 
 # --- pools: implementations (kernels/pool_grad.pyx) -------------------------------------------------
-def _pool_run(dy: np.ndarray, p: PoolParams, indices: np.ndarray | None = None) -> np.ndarray:
+def _pool_run(
+    dy: np.ndarray, p: PoolParams, indices: np.ndarray | None = None, input: np.ndarray | None = None
+) -> np.ndarray:
+    """The pool's input gradient; a max pool's argmax comes from ``indices``, or is recomputed
+    from ``input`` in the kernel."""
     dx = np.empty(p.input_shape, dtype=p.dtype)
     if dx.size:
         k, nt = registry.GRADS["pool_input"], threads.get_num_threads()
-        k.run(dy, None, p, dx, plan.workspace(k, p, nt), nt, indices=indices)
+        k.run(dy, None, p, dx, plan.workspace(k, p, nt), nt, indices=indices, input=input)
     return dx
 
 
@@ -494,5 +492,4 @@ def _avg_input_grad(dy: np.ndarray, p: PoolParams) -> np.ndarray:
     return _pool_run(dy, p)
 
 
-def _adaptive_input_grad(dy: np.ndarray, p: PoolParams) -> np.ndarray:
-    return _pool_run(dy, p)
+_adaptive_input_grad = _avg_input_grad  # (layers.py names both; the kernel reads p.kind)
