@@ -101,6 +101,7 @@ IG_DIRECT = True   # larger maps: phase planes and vectorised folds (False: GEMM
 cdef enum:
     ALIGN = 64     # workspace buffers start on cache lines
     IG_KC = 128    # grad_output channels per block of the pixel-rows GEMM (its W block stays in L1)
+    PAR_MIN_MACS = 1 << 20  # per-image paths: lighter images run on one thread (_per_image_threads)
 PASSES = ("input_grad", "weight_grad")
 
 
@@ -416,6 +417,15 @@ cdef inline void _copy(floating *dst, const floating *src, Py_ssize_t n) noexcep
         dst[i] = src[i]
 
 
+cdef inline int _per_image_threads(int nthreads, Py_ssize_t macs) noexcept nogil:
+    """Threads for the paths that open parallel regions image by image: one when an image holds
+    under PAR_MIN_MACS multiply-adds (LeNet's first layer: 0.17M), where the regions' wake-ups and
+    joins cost more than the work they share (and a join waits out a whole time slice when the
+    machine is oversubscribed). Only the thread count changes, never the blocking: results are
+    the same."""
+    return nthreads if macs >= PAR_MIN_MACS else 1
+
+
 cdef inline char *_aligned(const unsigned char[::1] ws) noexcept nogil:
     return <char *>((<uintptr_t>&ws[0] + ALIGN - 1) & ~(<uintptr_t>ALIGN - 1))
 
@@ -584,7 +594,9 @@ def _weight_grad_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     cdef floating *dye = <floating *>(<char *>xq + _rup(<Py_ssize_t>C * nrs * ncs * ps * sizeof(floating), ALIGN))
     cdef char *ptrs = <char *>dye + _rup(<Py_ssize_t>CO * lp * sizeof(floating), ALIGN)
     cdef Py_ssize_t ptr_bytes = _rup(kb * 8, ALIGN)
-    cdef int nt = min(nthreads, ntasks), ntp = min(nthreads, C + CO)
+    cdef int nt = _per_image_threads(nthreads, <Py_ssize_t>CO * K * L)
+    cdef int ntp = min(nt, C + CO)
+    nt = min(nt, ntasks)
     memset(acc, 0, total * sizeof(double))
     for n in range(N):
         for unit in prange(C + CO, nogil=True, schedule="dynamic", num_threads=ntp):
@@ -1110,6 +1122,7 @@ def _input_grad_direct(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
     cdef char *bufs = base + _rup(<Py_ssize_t>CO * lp * sizeof(floating), ALIGN)
     cdef Py_ssize_t per = (_rup(FCG_BR * colw * sizeof(floating), ALIGN)
                            + _rup(<Py_ssize_t>cib * nrs * ncs * ps * sizeof(floating), ALIGN))
+    nthreads = _per_image_threads(nthreads, <Py_ssize_t>C * kh * kw * (CO // groups) * L)
     for n in range(N):
         for c in prange(CO, nogil=True, schedule="static", num_threads=min(nthreads, CO)):
             _igd_pack(&dy[0, 0, 0, 0], dye, c, n, CO, OH, OW, Wq, lp)
