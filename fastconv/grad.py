@@ -23,7 +23,8 @@ What runs (all deterministic: bit-identical results for any `fastconv.set_num_th
 * weight gradient: the compiled ``conv_grad`` kernel (``pass_="weight_grad"``), bias gradient its
   ``bias_grad`` (double sums per channel);
 * input gradient: for stride 1 on maps of at least ``conv_grad.IG_ROWS_MAX_P`` (256) output
-  pixels, a forward convolution of ``grad_output`` with the flipped, in/out-transposed weights and
+  pixels (or dense layers with at least `FORWARD_MIN_BATCH_PIXELS` in the batch), a forward
+  convolution of ``grad_output`` with the flipped, in/out-transposed weights and
   padding ``d·(k−1) − p`` through `fastconv.conv2d` (so the forward kernels' algorithms, Winograd
   included, and their accuracy contract apply); for strided layers and small maps the compiled
   ``conv_grad`` kernel (``pass_="input_grad"``); `input_grad_route` says which;
@@ -233,13 +234,26 @@ def _conv_kernel() -> Any:
     return registry.GRADS["conv2d_input"].kernel
 
 
+# Dense stride-1 layers whose batch holds at least this many output pixels take the forward route
+# even on maps under IG_ROWS_MAX_P pixels: the forward kernels (Winograd) then have rows enough to
+# win. 1 thread, thread time: 256ch 14x14 batch 8 24.8 ms conv_grad vs 12.1 forward, batch 16 48.1
+# vs 20.2; 512ch 7x7 batch 16 44.9 vs 38.6, batch 8 24.3 vs 27.5 (below the threshold); batch 1
+# 256ch 14x14 4.1 vs 4.1, 512ch 7x7 7.1 vs 9.3.
+FORWARD_MIN_BATCH_PIXELS = 768
+
+
 def input_grad_route(p: ConvParams) -> str:
     """How `conv2d_input` computes layer ``p``: ``"forward"`` (stride 1 on maps of at least
-    ``conv_grad.IG_ROWS_MAX_P`` output pixels: a forward convolution of grad_output through
+    ``conv_grad.IG_ROWS_MAX_P`` output pixels, or dense layers whose batch has at least
+    `FORWARD_MIN_BATCH_PIXELS` output pixels: a forward convolution of grad_output through
     `fastconv.conv2d`, see `_forward_input_grad`) or ``"conv_grad"`` (the compiled kernel: strided
     layers and small maps, where the forward kernels run below their speed — measured on ResNet-18's
-    7x7 and 14x14 layers, 2 threads: 512ch 7x7 3.4 ms forward vs 1.1 conv_grad)."""
-    if p.stride == (1, 1) and p.out_h * p.out_w >= _conv_kernel().IG_ROWS_MAX_P:
+    7x7 and 14x14 layers, 2 threads: 512ch 7x7 3.4 ms forward vs 1.1 conv_grad). A function of the
+    layer alone, so the result does not depend on the thread count."""
+    if p.stride != (1, 1):
+        return "conv_grad"
+    pixels = p.out_h * p.out_w
+    if pixels >= _conv_kernel().IG_ROWS_MAX_P or (p.groups == 1 and p.n * pixels >= FORWARD_MIN_BATCH_PIXELS):
         return "forward"
     return "conv_grad"
 
@@ -438,13 +452,12 @@ def max_pool2d_input(
         input, grad_output, indices, kernel_size, stride, padding, dilation, ceil_mode
     )
     _check_alloc("max_pool2d_input", p.input_shape, p.dtype)
-    if idx is None:
+    if idx is None:  # the kernel recomputes the argmax from the input and the pooled values
         from .functional import max_pool2d
 
-        idx = np.ascontiguousarray(
-            max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode, return_indices=True)[1]
-        )
-    dx = _max_input_grad(dy, idx, p)
+        dx = _pool_run(dy, p, input=x, pooled=max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode))
+    else:
+        dx = _pool_run(dy, p, idx)
     return _like(dx[0] if unbatched else dx, grad_output, input)
 
 
@@ -465,7 +478,7 @@ def avg_pool2d_input(
         input_size, grad_output, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
     _check_alloc("avg_pool2d_input", p.input_shape, p.dtype)
-    dx = _avg_input_grad(dy, p)
+    dx = _pool_run(dy, p)
     return _like(dx[0] if unbatched else dx, grad_output)
 
 
@@ -473,16 +486,18 @@ def adaptive_avg_pool2d_input(input_size: Any, grad_output: Any):
     """dL/dinput of ``adaptive_avg_pool2d``; the output size is ``grad_output``'s."""
     dy, p, unbatched = adaptive_avg_pool_input_args(input_size, grad_output)
     _check_alloc("adaptive_avg_pool2d_input", p.input_shape, p.dtype)
-    dx = _adaptive_input_grad(dy, p)
+    dx = _pool_run(dy, p)
     return _like(dx[0] if unbatched else dx, grad_output)
 
 
 # --- pools: implementations (kernels/pool_grad.pyx) -------------------------------------------------
-def _pool_run(dy: np.ndarray, p: PoolParams, indices: np.ndarray | None = None) -> np.ndarray:
+def _pool_run(dy: np.ndarray, p: PoolParams, indices: np.ndarray | None = None, **recompute: Any) -> np.ndarray:
+    """The pool's input gradient; a max pool's argmax comes from ``indices``, or is recomputed in
+    the kernel from ``input=`` and ``pooled=`` (the forward's input and values)."""
     dx = np.empty(p.input_shape, dtype=p.dtype)
     if dx.size:
         k, nt = registry.GRADS["pool_input"], threads.get_num_threads()
-        k.run(dy, None, p, dx, plan.workspace(k, p, nt), nt, indices=indices)
+        k.run(dy, None, p, dx, plan.workspace(k, p, nt), nt, indices=indices, **recompute)
     return dx
 
 
@@ -494,5 +509,4 @@ def _avg_input_grad(dy: np.ndarray, p: PoolParams) -> np.ndarray:
     return _pool_run(dy, p)
 
 
-def _adaptive_input_grad(dy: np.ndarray, p: PoolParams) -> np.ndarray:
-    return _pool_run(dy, p)
+_adaptive_input_grad = _avg_input_grad  # (layers.py names both; the kernel reads p.kind)

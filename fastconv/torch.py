@@ -484,9 +484,21 @@ def _(grad_output, input_size):
 # backward custom ops, so torch.compile and torch.export trace them), and as the eager
 # autograd.Functions below (the same impls called directly: a custom op costs ~20 us a call in
 # the dispatcher and ~50-90 us with its autograd wrapper, an autograd.Function ~10 us).
+def _bias_traced(grad: Tensor) -> Tensor:
+    # summed in float64 and rounded once, as fastconv.grad.conv2d_bias (a torch op: traceable)
+    return grad.sum((0, 2, 3), dtype=torch.float64).to(grad.dtype)
+
+
+def _bias_eager(grad: Tensor) -> Tensor:
+    # the compiled sum (double accumulators over float rows): torch's dtype=float64 sum first
+    # converts the whole of grad to float64 (2 ms of a LeNet batch-64 step)
+    return _grad().conv2d_bias(grad)
+
+
 _TRACED = {
     "conv_input": _conv2d_input_op,
     "conv_weight": _conv2d_weight_op,
+    "bias": _bias_traced,
     "max": _max_pool2d_backward_op,
     "avg": _avg_pool2d_backward_op,
     "adaptive": _adaptive_avg_pool2d_backward_op,
@@ -494,6 +506,7 @@ _TRACED = {
 _EAGER = {
     "conv_input": _conv2d_input_impl,
     "conv_weight": _conv2d_weight_impl,
+    "bias": _bias_eager,
     "max": _max_pool2d_backward_impl,
     "avg": _avg_pool2d_backward_impl,
     "adaptive": _adaptive_avg_pool2d_backward_impl,
@@ -517,16 +530,20 @@ def _conv2d_grads(ctx, grad, ops: dict) -> tuple:
     if ctx.needs_input_grad[1]:
         gw = ops["conv_weight"](grad, input, ctx.weight_size, *ctx.config)
     if ctx.needs_input_grad[2]:
-        # summed in float64 and rounded once, as fastconv.grad.conv2d_bias (a torch op: traceable)
-        gb = grad.sum((0, 2, 3), dtype=torch.float64).to(grad.dtype)
+        gb = ops["bias"](grad)
     return gx, gw, gb, None, None, None, None, None
 
 
 def _max_pool2d_setup(ctx, inputs, output) -> None:
+    """``output`` is (values, indices) from the op, or the values alone from the eager
+    values-only function, whose backward recomputes the argmax from the input."""
     input, *config = inputs
     ctx.config = config
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(input, output[1])
+    indices = None
+    if isinstance(output, tuple):
+        indices = output[1]
+        ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(input, indices)
 
 
 def _max_pool2d_grads(ctx, grad, ops: dict) -> tuple:
@@ -559,60 +576,42 @@ _adaptive_avg_pool2d_op.register_autograd(
 )
 
 
-class _Conv2dFunction(torch.autograd.Function):
-    """Eager autograd of ``fastconv::conv2d`` (same arguments, same formula, no dispatcher)."""
+def _max_pool2d_values_impl(
+    input: Tensor, kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int], ceil_mode: bool
+) -> Tensor:
+    """Max pooling of NCHW ``input``, values only (the eager route when no indices are asked for)."""
+    layer = _pool_layer(
+        layers.MaxPool2d, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), False, ceil_mode
+    )
+    return layer(input)
 
-    @staticmethod
+
+def _eager_function(name: str, impl: Any, setup: Any, grads: Any) -> type[torch.autograd.Function]:
+    """The eager autograd.Function of an op: its impl, then its setup_context and formula (the
+    ones registered on the custom op), with no dispatcher."""
+
     def forward(ctx, *inputs):
-        y = _conv2d_impl(*inputs)
-        _conv2d_setup(ctx, inputs, y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _conv2d_grads(ctx, grad, _EAGER)
-
-
-class _MaxPool2dFunction(torch.autograd.Function):
-    """Eager autograd of ``fastconv::max_pool2d``."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        out = _max_pool2d_impl(*inputs)
-        _max_pool2d_setup(ctx, inputs, out)
+        out = impl(*inputs)
+        setup(ctx, inputs, out)
         return out
 
-    @staticmethod
-    def backward(ctx, grad, _grad_indices):
-        return _max_pool2d_grads(ctx, grad, _EAGER)
+    def backward(ctx, grad, *_grads_of_indices):
+        return grads(ctx, grad, _EAGER)
+
+    doc = f"Eager autograd of ``{impl.__name__}`` (same arguments, same formula as its custom op)."
+    members = {"__doc__": doc, "forward": staticmethod(forward), "backward": staticmethod(backward)}
+    return type(name, (torch.autograd.Function,), members)
 
 
-class _AvgPool2dFunction(torch.autograd.Function):
-    """Eager autograd of ``fastconv::avg_pool2d``."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        y = _avg_pool2d_impl(*inputs)
-        _avg_pool2d_setup(ctx, inputs, y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _avg_pool2d_grads(ctx, grad, _EAGER)
-
-
-class _AdaptiveAvgPool2dFunction(torch.autograd.Function):
-    """Eager autograd of ``fastconv::adaptive_avg_pool2d``."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        y = _adaptive_avg_pool2d_impl(*inputs)
-        _adaptive_setup(ctx, inputs, y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _adaptive_grads(ctx, grad, _EAGER)
+_Conv2dFunction = _eager_function("_Conv2dFunction", _conv2d_impl, _conv2d_setup, _conv2d_grads)
+_MaxPool2dFunction = _eager_function("_MaxPool2dFunction", _max_pool2d_impl, _max_pool2d_setup, _max_pool2d_grads)
+_MaxPool2dValuesFunction = _eager_function(
+    "_MaxPool2dValuesFunction", _max_pool2d_values_impl, _max_pool2d_setup, _max_pool2d_grads
+)
+_AvgPool2dFunction = _eager_function("_AvgPool2dFunction", _avg_pool2d_impl, _avg_pool2d_setup, _avg_pool2d_grads)
+_AdaptiveAvgPool2dFunction = _eager_function(
+    "_AdaptiveAvgPool2dFunction", _adaptive_avg_pool2d_impl, _adaptive_setup, _adaptive_grads
+)
 
 
 # --- differentiable functions (torch.nn.functional's signatures) ---------------------------------
@@ -687,15 +686,24 @@ def max_pool2d(
         return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode)
     if route == _DIRECT:
         return functional.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
-    x, unbatched = _batched(input)
-    y, i = (_MaxPool2dFunction.apply if route == _AUTOGRAD else _max_pool2d_op)(
-        x,
+    args = (
         [*validate.pair(kernel_size, "kernel_size")],
         [*validate.pair(stride, "stride")],
         [*validate.pair(padding, "padding")],
         [*validate.pair(dilation, "dilation")],
         bool(ceil_mode),
     )
+    return _max_pool2d_graph(input, route, args, return_indices)
+
+
+def _max_pool2d_graph(input: Tensor, route: int, args: tuple, return_indices: bool):
+    """A max pool recorded for autograd (route _AUTOGRAD) or traced (_OP). Eagerly without
+    ``return_indices`` no indices are made (the backward recomputes the argmax from the input)."""
+    x, unbatched = _batched(input)
+    if route == _AUTOGRAD and not return_indices:
+        y = _MaxPool2dValuesFunction.apply(x, *args)
+        return y.squeeze(0) if unbatched else y
+    y, i = (_MaxPool2dFunction.apply if route == _AUTOGRAD else _max_pool2d_op)(x, *args)
     if unbatched:
         y, i = y.squeeze(0), i.squeeze(0)
     return (y, i) if return_indices else y
@@ -870,11 +878,7 @@ class FastMaxPool2d(_FastModule):
                 ceil_mode=self.ceil_mode,
                 return_indices=self.return_indices,
             )
-        x, unbatched = _batched(input)
-        y, i = (_MaxPool2dFunction.apply if route == _AUTOGRAD else _max_pool2d_op)(x, *self._op_args)
-        if unbatched:
-            y, i = y.squeeze(0), i.squeeze(0)
-        return (y, i) if self.return_indices else y
+        return _max_pool2d_graph(input, route, self._op_args, self.return_indices)
 
 
 class FastAvgPool2d(_FastModule):

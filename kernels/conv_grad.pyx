@@ -101,6 +101,7 @@ IG_DIRECT = True   # larger maps: phase planes and vectorised folds (False: GEMM
 cdef enum:
     ALIGN = 64     # workspace buffers start on cache lines
     IG_KC = 128    # grad_output channels per block of the pixel-rows GEMM (its W block stays in L1)
+    PAR_MIN_MACS = 1 << 20  # per-image paths: lighter images run on one thread (_per_image_threads)
 PASSES = ("input_grad", "weight_grad")
 
 
@@ -416,6 +417,15 @@ cdef inline void _copy(floating *dst, const floating *src, Py_ssize_t n) noexcep
         dst[i] = src[i]
 
 
+cdef inline int _per_image_threads(int nthreads, Py_ssize_t macs) noexcept nogil:
+    """Threads for the paths that open parallel regions image by image: one when an image holds
+    under PAR_MIN_MACS multiply-adds (LeNet's first layer: 0.17M), where the regions' wake-ups and
+    joins cost more than the work they share (and a join waits out a whole time slice when the
+    machine is oversubscribed). Only the thread count changes, never the blocking: results are
+    the same."""
+    return nthreads if macs >= PAR_MIN_MACS else 1
+
+
 cdef inline char *_aligned(const unsigned char[::1] ws) noexcept nogil:
     return <char *>((<uintptr_t>&ws[0] + ALIGN - 1) & ~(<uintptr_t>ALIGN - 1))
 
@@ -584,7 +594,9 @@ def _weight_grad_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     cdef floating *dye = <floating *>(<char *>xq + _rup(<Py_ssize_t>C * nrs * ncs * ps * sizeof(floating), ALIGN))
     cdef char *ptrs = <char *>dye + _rup(<Py_ssize_t>CO * lp * sizeof(floating), ALIGN)
     cdef Py_ssize_t ptr_bytes = _rup(kb * 8, ALIGN)
-    cdef int nt = min(nthreads, ntasks), ntp = min(nthreads, C + CO)
+    cdef int nt = _per_image_threads(nthreads, <Py_ssize_t>CO * K * L)
+    cdef int ntp = min(nt, C + CO)
+    nt = min(nt, ntasks)
     memset(acc, 0, total * sizeof(double))
     for n in range(N):
         for unit in prange(C + CO, nogil=True, schedule="dynamic", num_threads=ntp):
@@ -611,7 +623,11 @@ cdef void _wg_small_pack(const floating *x, const floating *dy, floating *A, flo
     unfolded input as [column panel][pixel][colw] (rows past K zero); then units (g, li): grad_output
     as [panel][pixel][8 channels]. Every unit writes its own part."""
     cdef int cig = C // groups, cog = CO // groups, kk = kh * kw, K = cig * kk
-    cdef int P = OH * OW, RP = nimg * P, pan, r, t, ch, j, ci, u, v, i, jj, h, w, g, li, n, q
+    cdef int P = OH * OW, RP = nimg * P, pan, r, t, ch, j, ci, i, jj, h, w, g, li, n, q, c, nc, h0, w0
+    cdef Py_ssize_t off[64]  # per column of the panel (colw <= 48): tap offset in the image, tap row/col
+    cdef int uo[64]
+    cdef int vo[64]
+    cdef bint inside
     cdef floating *a
     cdef floating *b
     cdef const floating *src
@@ -620,24 +636,35 @@ cdef void _wg_small_pack(const floating *x, const floating *dy, floating *A, flo
         li = (unit // ncol) % nimg
         g = unit // (ncol * nimg)
         n = n0 + li
-        for j in range(q * colw, min(K, (q + 1) * colw)):
+        nc = min(colw, K - q * colw)
+        for c in range(nc):
+            j = q * colw + c
             ci = j // kk
-            u = (j % kk) // kw
-            v = j % kw
-            src = x + (<Py_ssize_t>n * C + g * cig + ci) * H * W
-            b = B + ((<Py_ssize_t>g * ncol + q) * RP + <Py_ssize_t>li * P) * colw + j % colw
-            for i in range(OH):
-                h = i * sh + u * dh - pt
-                for jj in range(OW):
-                    w = jj * sw + v * dw_ - pl
-                    if h >= 0 and h < H and w >= 0 and w < W:
-                        b[(<Py_ssize_t>i * OW + jj) * colw] = src[<Py_ssize_t>h * W + w]
-                    else:
-                        b[(<Py_ssize_t>i * OW + jj) * colw] = 0
-        for j in range(max(K, q * colw), (q + 1) * colw):  # zero rows past K in the last panel
-            b = B + ((<Py_ssize_t>g * ncol + q) * RP + <Py_ssize_t>li * P) * colw + j % colw
-            for t in range(P):
-                b[<Py_ssize_t>t * colw] = 0
+            uo[c] = ((j % kk) // kw) * dh
+            vo[c] = (j % kw) * dw_
+            off[c] = (<Py_ssize_t>ci * H + uo[c]) * W + vo[c]
+        src = x + (<Py_ssize_t>n * C + g * cig) * H * W
+        b = B + ((<Py_ssize_t>g * ncol + q) * RP + <Py_ssize_t>li * P) * colw
+        # pixel by pixel, the panel's columns contiguous (a row of the panel is one pixel's taps)
+        for i in range(OH):
+            h0 = i * sh - pt
+            for jj in range(OW):
+                w0 = jj * sw - pl
+                inside = h0 >= 0 and h0 + (kh - 1) * dh < H and w0 >= 0 and w0 + (kw - 1) * dw_ < W
+                if inside:
+                    for c in range(nc):
+                        b[c] = src[off[c] + <Py_ssize_t>h0 * W + w0]
+                else:
+                    for c in range(nc):
+                        h = h0 + uo[c]
+                        w = w0 + vo[c]
+                        if h >= 0 and h < H and w >= 0 and w < W:
+                            b[c] = src[off[c] + <Py_ssize_t>h0 * W + w0]
+                        else:
+                            b[c] = 0
+                for c in range(nc, colw):  # zero columns past K in the last panel
+                    b[c] = 0
+                b += colw
         return
     unit -= groups * nimg * ncol
     li = unit % nimg
@@ -1095,6 +1122,7 @@ def _input_grad_direct(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
     cdef char *bufs = base + _rup(<Py_ssize_t>CO * lp * sizeof(floating), ALIGN)
     cdef Py_ssize_t per = (_rup(FCG_BR * colw * sizeof(floating), ALIGN)
                            + _rup(<Py_ssize_t>cib * nrs * ncs * ps * sizeof(floating), ALIGN))
+    nthreads = _per_image_threads(nthreads, <Py_ssize_t>C * kh * kw * (CO // groups) * L)
     for n in range(N):
         for c in prange(CO, nogil=True, schedule="static", num_threads=min(nthreads, CO)):
             _igd_pack(&dy[0, 0, 0, 0], dye, c, n, CO, OH, OW, Wq, lp)

@@ -3,10 +3,11 @@
  * Everything here works on buffers the .pyx carves out of the caller's workspace, 64-byte aligned,
  * with rows padded with zeros to whole vectors, so the loops have no tails and no masks. Written
  * with GCC vector extensions (like microkernel.h): zmm registers on AVX-512 builds, AVX2/SSE pairs
- * elsewhere; -ffp-contract=fast makes the a*b+c FMAs. Two element types, instantiated by macro:
- * _f (float, 16 lanes) and _d (double, 8 lanes).
+ * elsewhere; -ffp-contract=fast makes the a*b+c FMAs. Two element types: the kernels are written
+ * once in conv_grad_body.h, included below per type with T, VT (vector), VL (lanes) and SFX
+ * defined: _f (float, 16 lanes) and _d (double, 8 lanes).
  *
- * Weight gradient, "dot" micro-kernel (fcg_dot_<MP>x<MR>_<t>):
+ * Weight gradient, "dot" micro-kernel (fcg_dot_<MP>x<MR>_<SFX>):
  *     c[p*ldc + r] += Σ_t dy[p*ldy + t] · xs[r][t]       p < MP, r < MR, t < nv·VL
  * i.e. MP output channels × MR unfolded input rows, reduced over a chunk of output pixels that
  * lies along the vector lanes. The MP·MR accumulators are vectors (4 × 6 = 24 zmm); each step of
@@ -15,7 +16,7 @@
  * are float for float32, the running total over chunks is double, so the error does not grow with
  * the batch. The order of every sum is fixed by the chunking alone, never by the threads.
  *
- * "bcast" micro-kernel (fcg_bcast_<t>), the GEMM
+ * "bcast" micro-kernel (fcg_bcast_<SFX>), the GEMM
  *     c[r*ldc + j] = Σ_k a[k*8 + r] · b[k*ldb + j]       r < 8, j < 3·VL, k < K
  * 8 × 3 vectors of accumulators over the whole K (the layout of the forward's GEMM kernels); a is a
  * packed [K][8] panel, b rows of 3 vectors (pitch ldb, no alignment needed), c written (unaligned)
@@ -101,110 +102,39 @@ static inline void fcg_reduce24_d(const fcg_vd *a, double *out) {
     }
 }
 
+/* Keeps v in a register: without it gcc folds the load of an input row into each of the MP FMAs
+ * that use it (MP loads instead of one, most of them splitting cache lines, as the rows start at
+ * any tap offset: the 4 x 6 kernel ran at ~55% of the FMA rate on 56x56 maps). */
+#define FCG_IN_REG(v) __asm__("" : "+v"(v))
+
 /* Vector loads that need no alignment (dy may be read in place from a numpy array). */
 #define FCG_LOAD(VT, p) ({ VT v_; memcpy(&v_, (p), sizeof v_); v_; })
 
-#define FCG_DEFINE_DOT(T, VT, VL, SUF, MP, MR)                                                        \
-    static void fcg_dot_##MP##x##MR##_##SUF(long nv, const T *restrict dy, long ldy,                  \
-                                             const T *const *xs, double *restrict c,            \
-                                             long ldc) {                                              \
-        VT acc[MP * MR];                                                                              \
-        for (int a = 0; a < MP * MR; a++) acc[a] = (VT){0};                                          \
-        for (long t = 0; t < nv; t++) {                                                               \
-            VT d[MP];                                                                                 \
-            _Pragma("GCC unroll 4")                                                                   \
-            for (int p = 0; p < MP; p++) d[p] = FCG_LOAD(VT, dy + p * ldy + t * VL);                 \
-            _Pragma("GCC unroll 6")                                                                   \
-            for (int r = 0; r < MR; r++) {                                                            \
-                VT xv = FCG_LOAD(VT, xs[r] + t * VL);                                              \
-                _Pragma("GCC unroll 4")                                                               \
-                for (int p = 0; p < MP; p++) acc[p * MR + r] += d[p] * xv;                            \
-            }                                                                                         \
-        }                                                                                             \
-        if (MP * MR == 24) {                                                                          \
-            double s[24];                                                                             \
-            fcg_reduce24_##SUF(acc, s);                                                               \
-            for (int p = 0; p < MP; p++)                                                              \
-                for (int r = 0; r < MR; r++) c[p * ldc + r] += s[p * MR + r];                        \
-        } else {                                                                                      \
-            for (int p = 0; p < MP; p++)                                                              \
-                for (int r = 0; r < MR; r++) c[p * ldc + r] += fcg_hsum_##SUF(acc[p * MR + r]);      \
-        }                                                                                             \
-    }
+/* The kernels themselves, once per element type (conv_grad_body.h). */
+#define FCG_JOIN_(a, b) a##_##b
+#define FCG_JOIN(a, b) FCG_JOIN_(a, b)
 
-#define FCG_DEFINE_DOT_ROW(T, VT, VL, SUF, MP)                                                        \
-    FCG_DEFINE_DOT(T, VT, VL, SUF, MP, 1) FCG_DEFINE_DOT(T, VT, VL, SUF, MP, 2)                       \
-    FCG_DEFINE_DOT(T, VT, VL, SUF, MP, 3) FCG_DEFINE_DOT(T, VT, VL, SUF, MP, 4)                       \
-    FCG_DEFINE_DOT(T, VT, VL, SUF, MP, 5) FCG_DEFINE_DOT(T, VT, VL, SUF, MP, 6)
+#define T float
+#define VT fcg_vf
+#define VL FCG_VL_F
+#define SFX f
+#include "conv_grad_body.h"
+#undef T
+#undef VT
+#undef VL
+#undef SFX
 
-FCG_DEFINE_DOT_ROW(float, fcg_vf, FCG_VL_F, f, 1)
-FCG_DEFINE_DOT_ROW(float, fcg_vf, FCG_VL_F, f, 2)
-FCG_DEFINE_DOT_ROW(float, fcg_vf, FCG_VL_F, f, 3)
-FCG_DEFINE_DOT_ROW(float, fcg_vf, FCG_VL_F, f, 4)
-FCG_DEFINE_DOT_ROW(double, fcg_vd, FCG_VL_D, d, 1)
-FCG_DEFINE_DOT_ROW(double, fcg_vd, FCG_VL_D, d, 2)
-FCG_DEFINE_DOT_ROW(double, fcg_vd, FCG_VL_D, d, 3)
-FCG_DEFINE_DOT_ROW(double, fcg_vd, FCG_VL_D, d, 4)
+#define T double
+#define VT fcg_vd
+#define VL FCG_VL_D
+#define SFX d
+#include "conv_grad_body.h"
+#undef T
+#undef VT
+#undef VL
+#undef SFX
 
-typedef void (*fcg_dot_f_t)(long, const float *, long, const float *const *, double *, long);
-typedef void (*fcg_dot_d_t)(long, const double *, long, const double *const *, double *, long);
-
-#define FCG_DOT_TABLE_ROW(SUF, MP)                                                                    \
-    {fcg_dot_##MP##x1_##SUF, fcg_dot_##MP##x2_##SUF, fcg_dot_##MP##x3_##SUF,                          \
-     fcg_dot_##MP##x4_##SUF, fcg_dot_##MP##x5_##SUF, fcg_dot_##MP##x6_##SUF}
-
-static const fcg_dot_f_t fcg_dot_table_f[FCG_MP][FCG_MR] = {
-    FCG_DOT_TABLE_ROW(f, 1), FCG_DOT_TABLE_ROW(f, 2), FCG_DOT_TABLE_ROW(f, 3), FCG_DOT_TABLE_ROW(f, 4)};
-static const fcg_dot_d_t fcg_dot_table_d[FCG_MP][FCG_MR] = {
-    FCG_DOT_TABLE_ROW(d, 1), FCG_DOT_TABLE_ROW(d, 2), FCG_DOT_TABLE_ROW(d, 3), FCG_DOT_TABLE_ROW(d, 4)};
-
-/* c[p*ldc + r] += Σ_t dy[p*ldy + t]·xs[r][t] for p < np_, r < nr, t < nv·VL (any sizes): blocks of
- * 4 x 6 and the remainders, each (p, r) pair in exactly one block (so its sum order is fixed).
- * Channel blocks outside: a block's 4 grad_output rows stay in L1 while the rows pass (the rows of
- * one input channel's taps are shifted views of one plane, so they are in L1 too). */
-#define FCG_DEFINE_DOT_BLOCK(T, SUF)                                                                  \
-    static void fcg_dot_block_##SUF(int np_, int nr, long nv, const T *dy, long ldy,                 \
-                                    const T *const *xs, double *c, long ldc) {                        \
-        for (int p0 = 0; p0 < np_; p0 += FCG_MP) {                                                    \
-            int mp = np_ - p0 < FCG_MP ? np_ - p0 : FCG_MP;                                           \
-            for (int r0 = 0; r0 < nr; r0 += FCG_MR) {                                                 \
-                int mr = nr - r0 < FCG_MR ? nr - r0 : FCG_MR;                                         \
-                fcg_dot_table_##SUF[mp - 1][mr - 1](nv, dy + (long)p0 * ldy, ldy, xs + r0,            \
-                                                    c + (long)p0 * ldc + r0, ldc);                    \
-            }                                                                                         \
-        }                                                                                             \
-    }
-FCG_DEFINE_DOT_BLOCK(float, f)
-FCG_DEFINE_DOT_BLOCK(double, d)
-
-/* Broadcast GEMM block: c[r*ldc + j] = Σ_k a[k*8 + r]·b[k*ldb + j], 8 rows x 3 vectors. */
-#define FCG_DEFINE_BCAST(T, VT, VL, SUF)                                                              \
-    static void fcg_bcast_acc_##SUF(long K, const T *restrict a, const T *restrict b, long ldb,        \
-                                    T *restrict c, long ldc, int add) {                               \
-        VT acc[FCG_BR][FCG_BV];                                                                       \
-        for (int r = 0; r < FCG_BR; r++)                                                              \
-            for (int v = 0; v < FCG_BV; v++)                                                          \
-                acc[r][v] = add ? FCG_LOAD(VT, c + r * ldc + v * VL) : (VT){0};                      \
-        for (long k = 0; k < K; k++) {                                                                \
-            VT bv[FCG_BV];                                                                            \
-            for (int v = 0; v < FCG_BV; v++) bv[v] = FCG_LOAD(VT, b + k * ldb + v * VL);             \
-            _Pragma("GCC unroll 8")                                                                   \
-            for (int r = 0; r < FCG_BR; r++) {                                                        \
-                T as = a[k * FCG_BR + r]; /* scalar × vector: a broadcast (not 0 + a, an extra add) */ \
-                for (int v = 0; v < FCG_BV; v++) acc[r][v] += as * bv[v];                             \
-            }                                                                                         \
-        }                                                                                             \
-        for (int r = 0; r < FCG_BR; r++)                                                              \
-            for (int v = 0; v < FCG_BV; v++) memcpy(c + r * ldc + v * VL, &acc[r][v], sizeof(VT));   \
-    }
-FCG_DEFINE_BCAST(float, fcg_vf, FCG_VL_F, f)
-FCG_DEFINE_BCAST(double, fcg_vd, FCG_VL_D, d)
-/* c = a·b (add = 0) or c += a·b (add = 1: the tile is the accumulators' initial value) */
-static inline void fcg_bcast_f(long K, const float *a, const float *b, long ldb, float *c, long ldc) {
-    fcg_bcast_acc_f(K, a, b, ldb, c, ldc, 0);
-}
-static inline void fcg_bcast_d(long K, const double *a, const double *b, long ldb, double *c, long ldc) {
-    fcg_bcast_acc_d(K, a, b, ldb, c, ldc, 0);
-}
+#undef FCG_JOIN
+#undef FCG_JOIN_
 
 #endif

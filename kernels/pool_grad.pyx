@@ -5,7 +5,12 @@ and adaptive average.
 Contract (`fastconv.contract`): ``supports(p)`` runs ``pass_ == "input_grad"`` only;
 ``workspace_bytes`` is 0; ``prepare`` returns None; ``run(dy, None, p, dx, workspace, nthreads,
 indices=idx)`` writes dL/dx (``p.input_shape``) from ``dy`` = dL/dy (``p.out_shape``), with
-``indices`` (int64, ``p.out_shape``, flat ``h*W + w`` per plane) for ``p.kind == "max"``.
+``indices`` (int64, ``p.out_shape``, flat ``h*W + w`` per plane) for ``p.kind == "max"``, or
+instead ``input=x`` and ``pooled=y`` (the forward's input and values): the argmax is then
+recomputed window by window, by torch's rule, in the same pass that scatters the gradient. That
+costs a read of the input and saves the forward from writing indices (a row-major index scan costs
+~15x a max pool's values-only kernel), so a training step that does not ask for the indices never
+makes them.
 
 Each (image, channel) plane is one task (planes in parallel, static schedule, fewer threads for
 small inputs as the forward pools do); inside a plane the outputs are visited in row-major order
@@ -22,6 +27,14 @@ cimport numpy as cnp
 
 
 from fastconv import contract
+
+cdef extern from "pool_grad_impl.h" nogil:
+    void fpg_max_recompute_plane_f(const float *x, const float *y, const float *g, float *d, Py_ssize_t H,
+                                   Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int kh, int kw, int sh, int sw, int ph,
+                                   int pw, int dh, int dw)
+    void fpg_max_recompute_plane_d(const double *x, const double *y, const double *g, double *d, Py_ssize_t H,
+                                   Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, int kh, int kw, int sh, int sw, int ph,
+                                   int pw, int dh, int dw)
 
 ctypedef fused floating:
     float
@@ -45,13 +58,16 @@ def prepare(w, b, p, **opts):
     return None
 
 
-def run(x, packed, p, out, workspace, nthreads, indices=None, **opts):
+def run(x, packed, p, out, workspace, nthreads, indices=None, input=None, pooled=None, **opts):
     """``x`` is grad_output, ``out`` the input gradient (see the module docstring)."""
     nthreads = max(1, int(nthreads))
     if p.kind == "max":
-        if indices is None:
-            raise ValueError("the max pool's input gradient needs indices=")
-        max_pool2d_input(x, indices, out, nthreads)
+        if indices is not None:
+            max_pool2d_input(x, indices, out, nthreads)
+        elif input is not None:
+            max_pool2d_input_recompute(input, pooled, x, out, *p.kernel, *p.stride, *p.padding, *p.dilation, nthreads)
+        else:
+            raise ValueError("the max pool's input gradient needs indices= or input=")
     elif p.kind == "avg":
         avg_pool2d_input(x, out, p.kernel[0], p.kernel[1], p.stride[0], p.stride[1], p.padding[0], p.padding[1],
                          p.count_include_pad, p.divisor_override or 0, nthreads)
@@ -85,6 +101,27 @@ def max_pool2d_input(const floating[:, :, :, ::1] dy, const cnp.int64_t[:, :, :,
         memset(d, 0, HW * sizeof(floating))
         for o in range(OHW):
             d[ix[o]] += g[o]
+
+
+def max_pool2d_input_recompute(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] y,
+                               const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx, int kh, int kw, int sh,
+                               int sw, int ph, int pw, int dh, int dw, int nthreads):
+    """dx[plane][argmax(o)] += dy[o] for each output o of the plane, in row-major order, the argmax
+    found by torch's rule from the input ``x`` and the pooled ``y`` (pool_grad_impl.h)."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3], plane
+    if N * C == 0:
+        return
+    cdef int nt = _threads(N * C, 2 * H * W + OH * OW, nthreads)
+    for plane in prange(N * C, nogil=True, schedule="static", num_threads=nt):
+        if floating is float:
+            fpg_max_recompute_plane_f(&x[0, 0, 0, 0] + plane * H * W, &y[0, 0, 0, 0] + plane * OH * OW,
+                                      &dy[0, 0, 0, 0] + plane * OH * OW,
+                                      &dx[0, 0, 0, 0] + plane * H * W, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw)
+        else:
+            fpg_max_recompute_plane_d(&x[0, 0, 0, 0] + plane * H * W, &y[0, 0, 0, 0] + plane * OH * OW,
+                                      &dy[0, 0, 0, 0] + plane * OH * OW,
+                                      &dx[0, 0, 0, 0] + plane * H * W, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw)
 
 
 def avg_pool2d_input(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx, int kh, int kw, int sh, int sw,
