@@ -132,7 +132,8 @@ def _pitch(n: int, itemsize: int) -> int:
 def _equal_chunks(total: int, most: int, unit: int) -> int:
     """The chunk length that splits ``total`` into equal chunks of at most ``most``, in whole units."""
     n = max(1, -(-total // most))
-    return -(-(-(-total // n)) // unit) * unit
+    chunk = -(-total // n)
+    return -(-chunk // unit) * unit
 
 
 def wg_blocks(p):
