@@ -26,6 +26,17 @@ Measured (this 2-core Zen 4, shared with other jobs; interleaved medians, see th
 from cython.parallel cimport prange, threadid
 from cython cimport floating
 
+cdef extern from "gemm_pointwise.h" nogil:
+    int FC_PW_MR, FC_PW_NR_F32, FC_PW_NR_F64, FC_WIDE_VECTORS
+    void fc_pw_pack_w_f32(const float* w, int M, int K, float* wp)
+    void fc_pw_pack_w_f64(const double* w, int M, int K, double* wp)
+    void fc_pw_thread_f32(int c, int nt, int groups, int n, int M, int K, const float* x, long xs, long HW, int W,
+                          int OW, long P, int sh, int sw, const float* wp, long wps, const float* bias, float* y,
+                          long ys, long nc, int mstep, float* buf)
+    void fc_pw_thread_f64(int c, int nt, int groups, int n, int M, int K, const double* x, long xs, long HW, int W,
+                          int OW, long P, int sh, int sw, const double* wp, long wps, const double* bias, double* y,
+                          long ys, long nc, int mstep, double* buf)
+
 import numpy as np
 
 from fastconv import contract
@@ -33,6 +44,8 @@ from fastconv import contract
 include "_shared.pxi"
 include "gemm_blas.pxi"
 
+PACK_BYTES = 512 * 1024  # packed columns per thread (C_in_g x nc), in L2 beside W's panels
+IMPLS = ("auto", "packed", "blas")
 TILE_BYTES = 512 * 1024  # strided: gathered pixels per thread (C_in_g x cols), like im2col's tiles
 MIN_COLS = 128
 
@@ -41,8 +54,12 @@ def supports(p, **options) -> str | None:
     why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=("bias",))
     if why is not None:
         return why
-    if options:
-        return f"takes no options, got {sorted(options)}"
+    unknown = sorted(set(options) - {"impl"})
+    if unknown:
+        return f"takes only the option impl, got {unknown}"
+    impl = options.get("impl", "auto")
+    if impl not in IMPLS:
+        return f"impl must be one of {IMPLS}, got {impl!r}"
     if p.dtype not in ("float32", "float64"):
         return f"dtype must be float32 or float64, got {p.dtype}"
     if (p.kh, p.kw) != (1, 1):
@@ -72,21 +89,76 @@ def tile_cols(p, nthreads: int) -> int:
     return int(min(P, -(-cols // 16) * 16))
 
 
-def workspace_bytes(p, nthreads, **options) -> int:
+def _nr(itemsize) -> int:
+    return FC_PW_NR_F32 if itemsize == 4 else FC_PW_NR_F64
+
+
+def _use_packed(p, impl="auto") -> bool:
+    """Whether ``p`` runs on the packed micro-kernel GEMM (else on BLAS): ``impl`` 'packed' or
+    'blas' forces a path (the tests run both); 'auto' takes the packed one where the wide
+    vectors were compiled in (gemm_ukernel.h)."""
+    if impl != "auto":
+        return impl == "packed"
+    return bool(FC_WIDE_VECTORS)
+
+
+def packed_geometry(p, nthreads: int) -> tuple[int, int]:
+    """(nc, mstep): columns per chunk (of the n·H_out·W_out output columns of a group, a multiple
+    of NR) and output-channel rows per task (a multiple of MR). A chunk's packed columns
+    (C_in_g × nc) fit PACK_BYTES, so they stay in L2 while W's row panels stream past; the rows
+    are split when there are fewer than 2 tasks per thread (a batch of one small map: the threads
+    share the columns and each reads its half of W)."""
+    nr, mr = _nr(p.itemsize), FC_PW_MR
+    J = max(1, p.n) * p.out_h * p.out_w
+    K = p.c_in_per_group
+    budget = max(nr, PACK_BYTES // (K * p.itemsize) // nr * nr)
+    nch = -(-J // budget)
+    nc = -(-J // nch)
+    nc = -(-nc // nr) * nr
+    nch = -(-J // nc)
+    mpanels = -(-p.c_out_per_group // mr)
+    chunks, want = p.groups * nch, 2 * nthreads
+    nmb = 1
+    if chunks < want:
+        nmb = min(mpanels, -(-want // chunks))
+        while nmb < mpanels and (chunks * nmb) % nthreads:
+            nmb += 1
+    mstep = -(-mpanels // nmb) * mr
+    return int(nc), int(mstep)
+
+
+def _pack_bytes(p, nthreads: int) -> int:
+    """One thread's buffer: a chunk's packed columns plus one MR × NR tile."""
+    nr = _nr(p.itemsize)
+    return ws_round((p.c_in_per_group * packed_geometry(p, nthreads)[0] + FC_PW_MR * nr) * p.itemsize)
+
+
+def workspace_bytes(p, nthreads, impl="auto", **options) -> int:
+    if _use_packed(p, impl):
+        return nthreads * _pack_bytes(p, nthreads) + WS_ALIGN - 1
     if p.stride == (1, 1):
         return 0  # the GEMMs read x and write out in place
     return nthreads * ws_round(p.c_in_per_group * tile_cols(p, nthreads) * p.itemsize) + WS_ALIGN - 1
 
 
-def prepare(w, b, p, **options):
+def prepare(w, b, p, impl="auto", **options):
     # W[g] (C_out_g × C_in_g, row-major) is already the layout BLAS reads (see gemm_blas.pxi).
+    # The packed path gets W in micro-kernel panels instead (wp).
     wm = np.ascontiguousarray(w.reshape(p.groups, p.c_out_per_group, p.c_in_per_group))
     bias = None if b is None else np.ascontiguousarray(b)
-    return wm, bias
+    if _use_packed(p, impl):
+        return None, bias, _pack_w(wm)
+    return wm, bias, None
 
 
 def run(x, packed, p, out, workspace, nthreads, **options) -> None:
-    wm, bias = packed
+    wm, bias, wp = packed
+    if wp is not None:
+        team(nthreads)
+        nc, mstep = packed_geometry(p, nthreads)
+        _pointwise_packed(x, wp, bias if bias is not None else wp[0, :1], out, workspace, _pack_bytes(p, nthreads),
+                          bias is not None, p.c_out_per_group, p.stride[0], p.stride[1], nc, mstep, nthreads)
+        return
     ensure_blas(nthreads)
     b = bias if bias is not None else wm[0, 0, :1]  # placeholder, never read
     if p.stride != (1, 1):
@@ -167,6 +239,43 @@ def _pointwise_strided(const floating[:, :, :, ::1] x, const floating[:, :, ::1]
             fill_bias(cog, m, &b[g * cog], &out[img, g * cog, 0, 0] + p0, P)
         gemm_rowmajor(cog, m, cig, &wm[g, 0, 0], buf, m, &out[img, g * cog, 0, 0] + p0, P, has_bias)
     blas_threads_end(old, 1)
+
+
+def _pack_w(const floating[:, :, ::1] wm):
+    """Per group, W (C_out_g × C_in_g) in the micro-kernel's [⌈C_out_g/MR⌉][C_in_g][MR] panels."""
+    cdef int groups = wm.shape[0], M = wm.shape[1], K = wm.shape[2], g
+    cdef Py_ssize_t size = <Py_ssize_t>((M + FC_PW_MR - 1) // FC_PW_MR) * FC_PW_MR * K
+    wp = np.empty((groups, size), dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, ::1] wpv = wp
+    for g in range(groups):
+        if floating is float:
+            fc_pw_pack_w_f32(&wm[g, 0, 0], M, K, &wpv[g, 0])
+        else:
+            fc_pw_pack_w_f64(&wm[g, 0, 0], M, K, &wpv[g, 0])
+    return wp
+
+
+def _pointwise_packed(const floating[:, :, :, ::1] x, const floating[:, ::1] wp, const floating[::1] b,
+                      floating[:, :, :, ::1] out, const unsigned char[::1] workspace, Py_ssize_t buf_bytes,
+                      bint has_bias, int cog, int sh, int sw, long nc, int mstep, int nt):
+    """One parallel region of nt threads, each running its share of the (group, column chunk, row
+    block) tasks on its workspace buffer (gemm_pw_impl.h)."""
+    cdef int n = x.shape[0], H = x.shape[2], W = x.shape[3], oh = out.shape[2], ow = out.shape[3]
+    cdef int groups = wp.shape[0], cig = x.shape[1] // groups
+    cdef long HW = <long>H * W, P = <long>oh * ow
+    cdef long xs = <long>x.shape[1] * HW, ys = <long>out.shape[1] * P
+    cdef int c
+    cdef char *ws = ws_base(workspace, nt * buf_bytes)
+    cdef const floating* bp = &b[0] if has_bias else NULL
+    if n == 0:
+        return
+    for c in prange(nt, nogil=True, schedule="static", num_threads=nt):
+        if floating is float:
+            fc_pw_thread_f32(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
+                             wp.shape[1], bp, &out[0, 0, 0, 0], ys, nc, mstep, <float*>(ws + c * buf_bytes))
+        else:
+            fc_pw_thread_f64(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
+                             wp.shape[1], bp, &out[0, 0, 0, 0], ys, nc, mstep, <double*>(ws + c * buf_bytes))
 
 
 _warm_at_import()
