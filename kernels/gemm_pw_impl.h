@@ -124,6 +124,80 @@ static void FC_PN(fc_pw_thread)(int c, int nt, int groups, int n, int M, int K, 
     }
 }
 
+/* ---- the transposed GEMM, for few output pixels (small maps, SE / classifier-like 1x1 maps):
+ * out[n][co][p] as C[j][co], j = n*P + p the rows (MR = 1, 4 or 8 of them per tile, broadcast)
+ * and the output channels the columns (NRT = 2 vectors, loaded from W^T packed in prepare as
+ * [ceil(M/NRT)][K][NRT]). A few rows waste less of the tile than a few columns do (49 pixels:
+ * 7 x 8 rows = 88% used, against 48 + 16 columns = 77%; one pixel: the 1-row tile), and threads
+ * split the channel panels, so each reads its part of W once. The tile is stored transposed
+ * (+ bias) into out: MR x NRT scalar stores per K-long loop. */
+static void FC_PN(fc_pwt_pack_w)(const T *w, int M, int K, T *wt)
+{
+    const int np = (M + NRT - 1) / NRT;
+    for (int q = 0; q < np; q++)
+        for (int k = 0; k < K; k++)
+            for (int c = 0; c < NRT; c++) {
+                const int i = q * NRT + c;
+                wt[((size_t)q * K + k) * NRT + c] = i < M ? w[(size_t)i * K + k] : (T)0;
+            }
+}
+
+/* Thread c of nt: its share of the groups x output-channel panels, all J = n*P rows, MR = mrt.
+ * buf (64-byte aligned): the rows' offsets in x (ceil(J/mrt)*mrt longs, rounded up to 64 bytes),
+ * x packed as [ceil(J/mrt)][K][mrt] (by each thread, for its own panels), one mrt x NRT tile.
+ * Other arguments as fc_pw_task. */
+static void FC_PN(fc_pwt_thread)(int c, int nt, int groups, int n, int M, int K, const T *x, long xs, long HW,
+                                 int W, int OW, long P, int sh, int sw, const T *wt, long wts, const T *bias,
+                                 T *y, long ys, int mrt, T *buf)
+{
+    const long J = (long)n * P, nrp = (J + mrt - 1) / mrt;
+    const int np = (M + NRT - 1) / NRT;
+    const long ntask = (long)groups * np, t0 = ntask * c / nt, t1 = ntask * (c + 1) / nt;
+    long *off = (long *)buf; /* the rows' offsets in x (buf is 64-byte aligned) */
+    T *xb = (T *)((char *)buf + ((nrp * mrt * sizeof(long) + 63) & ~(size_t)63));
+    T *tile = xb + (size_t)nrp * mrt * K;
+    long packed = -1;
+    for (long t = t0; t < t1; t++) {
+        const long g = t / np;
+        const int q = (int)(t - g * np);
+        const T *xg = x + g * K * HW;
+        if (g != packed) { /* pack this group's x: row j of panel j/mrt at [j/mrt][k][j%mrt] */
+            for (long j = 0; j < nrp * mrt; j++) { /* each row's offset in x, once (-1: padding) */
+                const long nn = j / P, p = j - nn * P, oy = p / OW, ox = p - oy * OW;
+                off[j] = j < J ? nn * xs + oy * sh * W + ox * sw : -1;
+            }
+            for (long rp = 0; rp < nrp; rp++) {
+                T *d = xb + (size_t)rp * K * mrt;
+                for (int r = 0; r < mrt; r++) {
+                    const long o = off[rp * mrt + r];
+                    if (o < 0)
+                        for (int k = 0; k < K; k++) d[(size_t)k * mrt + r] = 0;
+                    else
+                        for (int k = 0; k < K; k++) d[(size_t)k * mrt + r] = xg[o + k * HW];
+                }
+            }
+            packed = g;
+        }
+        const T *b = wt + g * wts + (size_t)q * K * NRT;
+        const int nc = M - q * NRT < NRT ? M - q * NRT : NRT;
+        for (long rp = 0; rp < nrp; rp++) {
+            const T *a = xb + (size_t)rp * K * mrt;
+            if (mrt == 1)
+                UKT1(K, a, 1, b, NRT, tile, NRT, NULL, FC_UKR_SET, 1, NRT, 0);
+            else if (mrt == 4)
+                UKT4(K, a, 4, b, NRT, tile, NRT, NULL, FC_UKR_SET, 4, NRT, 0);
+            else
+                UKT8(K, a, 8, b, NRT, tile, NRT, NULL, FC_UKR_SET, 8, NRT, 0);
+            for (int r = 0; r < mrt && rp * mrt + r < J; r++) {
+                const long j = rp * mrt + r, nn = j / P, p = j - nn * P;
+                T *o = y + g * M * P + nn * ys + (long)q * NRT * P + p;
+                const T *bb = bias ? bias + g * M + q * NRT : NULL;
+                for (int cc = 0; cc < nc; cc++) o[cc * P] = tile[r * NRT + cc] + (bb ? bb[cc] : (T)0);
+            }
+        }
+    }
+}
+
 #undef FC_PN
 #undef FC_PJ
 #undef FC_PJ_

@@ -4,6 +4,8 @@
  *
  *   fc_ukr_f32_8x16, fc_ukr_f32_8x32, fc_ukr_f32_8x48    MR = 8 rows x 1, 2, 3 vectors of 16 floats
  *   fc_ukr_f64_8x8,  fc_ukr_f64_8x16, fc_ukr_f64_8x24    MR = 8 rows x 1, 2, 3 vectors of 8 doubles
+ *   fc_ukr_f32_1x32, fc_ukr_f32_4x32, fc_ukr_f64_1x16, fc_ukr_f64_4x16   1 or 4 rows x 2 vectors
+ *                                                         (pointwise's few-row GEMMs, e.g. GEMV)
  *
  *   (K, A, lda, B, ldb, C, ldc, bias, mode, mr, nr, pf): see gemm_ukr_impl.h.
  *
@@ -61,6 +63,20 @@ typedef double fc_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
 #include "gemm_ukr_impl.h"
 #undef NV
 #undef SFX
+#undef MR
+#define NV 2
+#define MR 1
+#define SFX f32_1x32
+#include "gemm_ukr_impl.h"
+#undef MR
+#undef SFX
+#define MR 4
+#define SFX f32_4x32
+#include "gemm_ukr_impl.h"
+#undef MR
+#undef SFX
+#undef NV
+#define MR 8
 #undef T
 #undef VT
 #undef VTU
@@ -85,11 +101,23 @@ typedef double fc_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
 #include "gemm_ukr_impl.h"
 #undef NV
 #undef SFX
+#undef MR
+#define NV 2
+#define MR 1
+#define SFX f64_1x16
+#include "gemm_ukr_impl.h"
+#undef MR
+#undef SFX
+#define MR 4
+#define SFX f64_4x16
+#include "gemm_ukr_impl.h"
+#undef MR
+#undef SFX
+#undef NV
 #undef T
 #undef VT
 #undef VTU
 #undef VL
-#undef MR
 
 /* ---- im2col's float32 GEMM: C[M x N] (row stride ldc) = Wp @ Bp + bias, where
  *   Wp = W (M x K, row-major) packed once in prepare as [ceil(M/MR)][K][MR] (rows zero-padded),

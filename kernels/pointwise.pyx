@@ -36,6 +36,15 @@ cdef extern from "gemm_pointwise.h" nogil:
     void fc_pw_thread_f64(int c, int nt, int groups, int n, int M, int K, const double* x, long xs, long HW, int W,
                           int OW, long P, int sh, int sw, const double* wp, long wps, const double* bias, double* y,
                           long ys, long nc, int mstep, double* buf)
+    int FC_PWT_NR_F32, FC_PWT_NR_F64
+    void fc_pwt_pack_w_f32(const float* w, int M, int K, float* wt)
+    void fc_pwt_pack_w_f64(const double* w, int M, int K, double* wt)
+    void fc_pwt_thread_f32(int c, int nt, int groups, int n, int M, int K, const float* x, long xs, long HW, int W,
+                           int OW, long P, int sh, int sw, const float* wt, long wts, const float* bias, float* y,
+                           long ys, int mrt, float* buf)
+    void fc_pwt_thread_f64(int c, int nt, int groups, int n, int M, int K, const double* x, long xs, long HW,
+                           int W, int OW, long P, int sh, int sw, const double* wt, long wts, const double* bias,
+                           double* y, long ys, int mrt, double* buf)
 
 import numpy as np
 
@@ -45,7 +54,9 @@ include "_shared.pxi"
 include "gemm_blas.pxi"
 
 PACK_BYTES = 512 * 1024  # packed columns per thread (C_in_g x nc), in L2 beside W's panels
-IMPLS = ("auto", "packed", "blas")
+IMPLS = ("auto", "packed", "transposed", "blas")
+TRANSPOSED_MAX_PIXELS = 32  # measured, see the module docstring
+SERIAL_FLOPS = 1 << 20  # below this a call runs on one thread
 TILE_BYTES = 512 * 1024  # strided: gathered pixels per thread (C_in_g x cols), like im2col's tiles
 MIN_COLS = 128
 
@@ -93,13 +104,32 @@ def _nr(itemsize) -> int:
     return FC_PW_NR_F32 if itemsize == 4 else FC_PW_NR_F64
 
 
-def _use_packed(p, impl="auto") -> bool:
-    """Whether ``p`` runs on the packed micro-kernel GEMM (else on BLAS): ``impl`` 'packed' or
-    'blas' forces a path (the tests run both); 'auto' takes the packed one where the wide
-    vectors were compiled in (gemm_ukernel.h)."""
+def path(p, impl="auto") -> str:
+    """Which GEMM runs ``p``: 'packed' (micro-kernel, output channels x pixels), 'transposed'
+    (micro-kernel, pixels x output channels: few pixels) or 'blas'. ``impl`` other than 'auto'
+    forces one (the tests run each); 'auto' takes the micro-kernel where the wide vectors were
+    compiled in (gemm_ukernel.h), transposed while all n·H_out·W_out pixels' packed input fits
+    PACK_BYTES and they are at most TRANSPOSED_MAX_PIXELS."""
     if impl != "auto":
-        return impl == "packed"
-    return bool(FC_WIDE_VECTORS)
+        return impl
+    if not FC_WIDE_VECTORS:
+        return "blas"
+    J = max(1, p.n) * p.out_h * p.out_w
+    if J <= TRANSPOSED_MAX_PIXELS and (J + 7) * p.c_in_per_group * p.itemsize <= PACK_BYTES:
+        return "transposed"
+    return "packed"
+
+
+def _threads(p, nthreads: int) -> int:
+    """Threads a call runs on: one below SERIAL_FLOPS (waking the team costs more than it saves)."""
+    flops = 2 * p.n * p.out_h * p.out_w * p.c_in_per_group * p.c_out
+    return 1 if flops < SERIAL_FLOPS else nthreads
+
+
+def _mrt(p) -> int:
+    """Rows (pixels) of the transposed GEMM's tile: 1 for one pixel (a GEMV), 4 for up to 4."""
+    J = p.n * p.out_h * p.out_w
+    return 1 if J <= 1 else 4 if J <= 4 else 8
 
 
 def packed_geometry(p, nthreads: int) -> tuple[int, int]:
@@ -127,45 +157,54 @@ def packed_geometry(p, nthreads: int) -> tuple[int, int]:
     return int(nc), int(mstep)
 
 
-def _pack_bytes(p, nthreads: int) -> int:
-    """One thread's buffer: a chunk's packed columns plus one MR × NR tile."""
-    nr = _nr(p.itemsize)
-    return ws_round((p.c_in_per_group * packed_geometry(p, nthreads)[0] + FC_PW_MR * nr) * p.itemsize)
+def _buf_bytes(p, nthreads: int, kind: str) -> int:
+    """One thread's workspace buffer. packed: a chunk's packed columns plus one MR × NR tile;
+    transposed: all pixels' packed input plus one tile; blas: the gathered strided pixels."""
+    if kind == "packed":
+        nr = _nr(p.itemsize)
+        return ws_round((p.c_in_per_group * packed_geometry(p, nthreads)[0] + FC_PW_MR * nr) * p.itemsize)
+    if kind == "transposed":
+        J = max(1, p.n) * p.out_h * p.out_w
+        rows = (J + 7) // 8 * 8
+        return ws_round(rows * 8) + ws_round((rows * p.c_in_per_group + 8 * FC_PWT_NR_F32) * p.itemsize)
+    if p.stride == (1, 1):
+        return 0  # the GEMMs read x and write out in place
+    return ws_round(p.c_in_per_group * tile_cols(p, nthreads) * p.itemsize)
 
 
 def workspace_bytes(p, nthreads, impl="auto", **options) -> int:
-    if _use_packed(p, impl):
-        return nthreads * _pack_bytes(p, nthreads) + WS_ALIGN - 1
-    if p.stride == (1, 1):
-        return 0  # the GEMMs read x and write out in place
-    return nthreads * ws_round(p.c_in_per_group * tile_cols(p, nthreads) * p.itemsize) + WS_ALIGN - 1
+    bb = _buf_bytes(p, nthreads, path(p, impl))
+    return nthreads * bb + WS_ALIGN - 1 if bb else 0
 
 
 def prepare(w, b, p, impl="auto", **options):
-    # W[g] (C_out_g × C_in_g, row-major) is already the layout BLAS reads (see gemm_blas.pxi).
-    # The packed path gets W in micro-kernel panels instead (wp).
+    # W[g] (C_out_g × C_in_g, row-major) is already the layout BLAS reads (see gemm_blas.pxi);
+    # the micro-kernel paths get it in panels (W, or Wᵀ for the transposed GEMM).
     wm = np.ascontiguousarray(w.reshape(p.groups, p.c_out_per_group, p.c_in_per_group))
     bias = None if b is None else np.ascontiguousarray(b)
-    if _use_packed(p, impl):
-        return None, bias, _pack_w(wm)
-    return wm, bias, None
+    kind = path(p, impl)
+    if kind == "blas":
+        return kind, wm, bias
+    return kind, _pack_w(wm, kind == "transposed"), bias
 
 
 def run(x, packed, p, out, workspace, nthreads, **options) -> None:
-    wm, bias, wp = packed
-    if wp is not None:
-        team(nthreads)
-        nc, mstep = packed_geometry(p, nthreads)
-        _pointwise_packed(x, wp, bias if bias is not None else wp[0, :1], out, workspace, _pack_bytes(p, nthreads),
-                          bias is not None, p.c_out_per_group, p.stride[0], p.stride[1], nc, mstep, nthreads)
+    kind, wm, bias = packed
+    if kind != "blas":
+        nt = _threads(p, nthreads)
+        team(nt)
+        b = bias if bias is not None else wm[0, :1]  # placeholder, never read
+        nc, mstep = packed_geometry(p, nt) if kind == "packed" else (0, 0)
+        _pointwise_packed(x, wm, b, out, workspace, _buf_bytes(p, nt, kind), bias is not None, p.c_out_per_group,
+                          p.stride[0], p.stride[1], kind == "transposed", _mrt(p), nc, mstep, nt)
         return
     ensure_blas(nthreads)
     b = bias if bias is not None else wm[0, 0, :1]  # placeholder, never read
     if p.stride != (1, 1):
         cols = tile_cols(p, nthreads)
         with _single_blas():
-            _pointwise_strided(x, wm, b, out, workspace, ws_round(p.c_in_per_group * cols * p.itemsize),
-                               bias is not None, p.stride[0], p.stride[1], cols, nthreads)
+            _pointwise_strided(x, wm, b, out, workspace, _buf_bytes(p, nthreads, kind), bias is not None,
+                               p.stride[0], p.stride[1], cols, nthreads)
         return
     hw = p.out_h * p.out_w
     x3 = x.reshape(p.n, p.c_in, hw)
@@ -241,25 +280,34 @@ def _pointwise_strided(const floating[:, :, :, ::1] x, const floating[:, :, ::1]
     blas_threads_end(old, 1)
 
 
-def _pack_w(const floating[:, :, ::1] wm):
-    """Per group, W (C_out_g × C_in_g) in the micro-kernel's [⌈C_out_g/MR⌉][C_in_g][MR] panels."""
+def _pack_w(const floating[:, :, ::1] wm, bint transposed):
+    """Per group, W (C_out_g × C_in_g) in the micro-kernel's [⌈C_out_g/MR⌉][C_in_g][MR] panels, or
+    for the transposed GEMM Wᵀ in [⌈C_out_g/NRT⌉][C_in_g][NRT] panels."""
     cdef int groups = wm.shape[0], M = wm.shape[1], K = wm.shape[2], g
-    cdef Py_ssize_t size = <Py_ssize_t>((M + FC_PW_MR - 1) // FC_PW_MR) * FC_PW_MR * K
+    cdef int r = (FC_PWT_NR_F32 if floating is float else FC_PWT_NR_F64) if transposed else FC_PW_MR
+    cdef Py_ssize_t size = <Py_ssize_t>((M + r - 1) // r) * r * K
     wp = np.empty((groups, size), dtype=np.float32 if floating is float else np.float64)
     cdef floating[:, ::1] wpv = wp
     for g in range(groups):
         if floating is float:
-            fc_pw_pack_w_f32(&wm[g, 0, 0], M, K, &wpv[g, 0])
+            if transposed:
+                fc_pwt_pack_w_f32(&wm[g, 0, 0], M, K, &wpv[g, 0])
+            else:
+                fc_pw_pack_w_f32(&wm[g, 0, 0], M, K, &wpv[g, 0])
         else:
-            fc_pw_pack_w_f64(&wm[g, 0, 0], M, K, &wpv[g, 0])
+            if transposed:
+                fc_pwt_pack_w_f64(&wm[g, 0, 0], M, K, &wpv[g, 0])
+            else:
+                fc_pw_pack_w_f64(&wm[g, 0, 0], M, K, &wpv[g, 0])
     return wp
 
 
 def _pointwise_packed(const floating[:, :, :, ::1] x, const floating[:, ::1] wp, const floating[::1] b,
                       floating[:, :, :, ::1] out, const unsigned char[::1] workspace, Py_ssize_t buf_bytes,
-                      bint has_bias, int cog, int sh, int sw, long nc, int mstep, int nt):
-    """One parallel region of nt threads, each running its share of the (group, column chunk, row
-    block) tasks on its workspace buffer (gemm_pw_impl.h)."""
+                      bint has_bias, int cog, int sh, int sw, bint transposed, int mrt, long nc, int mstep, int nt):
+    """One parallel region of nt threads (or none for one), each running its share of the tasks on
+    its workspace buffer (gemm_pw_impl.h): (group, column chunk, row block) tasks for the packed
+    GEMM, (group, channel panel) tasks for the transposed one."""
     cdef int n = x.shape[0], H = x.shape[2], W = x.shape[3], oh = out.shape[2], ow = out.shape[3]
     cdef int groups = wp.shape[0], cig = x.shape[1] // groups
     cdef long HW = <long>H * W, P = <long>oh * ow
@@ -271,11 +319,19 @@ def _pointwise_packed(const floating[:, :, :, ::1] x, const floating[:, ::1] wp,
         return
     for c in prange(nt, nogil=True, schedule="static", num_threads=nt):
         if floating is float:
-            fc_pw_thread_f32(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
-                             wp.shape[1], bp, &out[0, 0, 0, 0], ys, nc, mstep, <float*>(ws + c * buf_bytes))
+            if transposed:
+                fc_pwt_thread_f32(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
+                                  wp.shape[1], bp, &out[0, 0, 0, 0], ys, mrt, <float*>(ws + c * buf_bytes))
+            else:
+                fc_pw_thread_f32(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
+                                 wp.shape[1], bp, &out[0, 0, 0, 0], ys, nc, mstep, <float*>(ws + c * buf_bytes))
         else:
-            fc_pw_thread_f64(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
-                             wp.shape[1], bp, &out[0, 0, 0, 0], ys, nc, mstep, <double*>(ws + c * buf_bytes))
+            if transposed:
+                fc_pwt_thread_f64(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
+                                  wp.shape[1], bp, &out[0, 0, 0, 0], ys, mrt, <double*>(ws + c * buf_bytes))
+            else:
+                fc_pw_thread_f64(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
+                                 wp.shape[1], bp, &out[0, 0, 0, 0], ys, nc, mstep, <double*>(ws + c * buf_bytes))
 
 
 _warm_at_import()

@@ -111,7 +111,7 @@ POINTWISE_EXTRA = [
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("impl", ["packed", "blas"])
+@pytest.mark.parametrize("impl", ["packed", "transposed", "blas"])
 def test_pointwise_paths_match_reference(impl, dtype):
     base = registry.get("pointwise")
     alg = registry.Kernel(f"pointwise_{impl}", base.module, base.summary, options={"impl": impl})
