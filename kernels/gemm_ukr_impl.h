@@ -34,20 +34,24 @@ FC_UN(fc_ukr)(long K, const T *restrict A, long lda, const T *restrict B, long l
               long ldc, const T *bias, int mode, int mr, int nr, int pf)
 {
     VT acc[MR][NV];
-    const int full = mr == MR && nr == NV * VL;
-    /* a partial tile goes through this buffer (so acc is only ever moved whole, and stays in
-     * registers): only C's own elements are read and written */
+    /* rows past mr are left out of C's loads and stores; a tile with columns past nr goes through
+     * this buffer (so acc is only ever moved whole, and stays in registers) */
+    const int cols = nr == NV * VL;
     T part[MR * NV * VL] __attribute__((aligned(64)));
-    if (!full && mode == FC_UKR_ACC)
+    if (!cols && mode == FC_UKR_ACC) {
+        memset(part, 0, sizeof part);
         for (int r = 0; r < mr; r++) memcpy(part + r * NV * VL, C + r * ldc, (size_t)nr * sizeof(T));
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < MR; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) {
             if (mode == FC_UKR_BIAS)
                 acc[r][v] = bias[r] - (VT){0}; /* a broadcast: x - 0 == x folds away (x + 0 does not) */
-            else if (mode == FC_UKR_ACC)
-                acc[r][v] = full ? *(const VTU *)(C + r * ldc + v * VL) : *(const VTU *)(part + (r * NV + v) * VL);
+            else if (mode == FC_UKR_ACC && !cols)
+                acc[r][v] = *(const VTU *)(part + (r * NV + v) * VL);
+            else if (mode == FC_UKR_ACC && r < mr)
+                acc[r][v] = *(const VTU *)(C + r * ldc + v * VL);
             else
                 acc[r][v] = (VT){0};
         }
@@ -66,11 +70,12 @@ FC_UN(fc_ukr)(long K, const T *restrict A, long lda, const T *restrict B, long l
             for (int v = 0; v < NV; v++) acc[r][v] += av * b[v];
         }
     }
-    if (full) {
+    if (cols) {
 #pragma GCC unroll 16
         for (int r = 0; r < MR; r++)
+            if (r < mr)
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) *(VTU *)(C + r * ldc + v * VL) = acc[r][v];
+                for (int v = 0; v < NV; v++) *(VTU *)(C + r * ldc + v * VL) = acc[r][v];
         return;
     }
 #pragma GCC unroll 16
