@@ -1,27 +1,36 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""1x1 (pointwise) convolution (Cython + OpenMP + BLAS): a GEMM straight on NCHW memory.
+"""1x1 (pointwise) convolution (Cython + OpenMP): a GEMM on NCHW memory, on the shared micro-kernel
+(gemm_ukernel.h) or BLAS, whichever `path` picks for the shape.
 
-Design. With a 1x1 kernel, stride 1 and no padding, ``out[n, g] = W[g] @ x[n, g]`` where each
-image's channels are already a row-major ``C_in_g × H·W`` matrix, and ``out[n, g]`` a row-major
-``C_out_g × H·W`` one: read as column-major that is ``outᵀ = xᵀ Wᵀ``, one ``sgemm('N', 'N')`` on
-the arrays as they lie (gemm_blas.pxi) — no copy, no packing of our own, **no extra memory**.
-Threads: the n·groups·H·W output columns are cut into ``nt`` equal contiguous chunks, one per
-OpenMP thread, each a single-threaded GEMM per (image, group) piece it covers, with the bias
-added right after on the same piece. A stride > 1 gathers each tile's strided pixels into the
-thread's workspace buffer (``C_in_g × cols``, at most 512 KiB unless a tile of 128 pixels needs
-more) and runs the same GEMM on it, so its workspace is bounded like im2col's. Before a call's
-first region the OpenMP team and OpenBLAS's buffers are made ready (`ensure_blas` in
-gemm_blas.pxi): a call short of memory raises MemoryError instead of OpenBLAS exiting the process.
+Design. With a 1x1 kernel and no padding, ``out[n, g] = W[g] @ x[n, g]`` where each image's
+channels are a row-major ``C_in_g × H·W`` matrix (strided layers read every sh-th row and sw-th
+column of it). Three GEMMs compute it (gemm_pw_impl.h for the first two):
 
-Measured (this 2-core Zen 4, shared with other jobs; interleaved medians, see the helper report):
-* BLAS: numpy's OpenBLAS 0.3.31 (found by `gemm_lib`) runs these shapes 10–20% faster than
-  scipy's 0.3.30 behind ``cython_blas``; with it, 1 thread: 0.95–1.0× numpy's own
-  ``W @ x[n]`` (the same SGEMM, no bias), vs 0.75–0.9× through scipy's.
-* Chunks vs one multi-threaded BLAS call per image: chunks need no synchronisation inside the
-  GEMM and leave no OpenBLAS workers spinning after the call (DESIGN.md); they are as fast or
-  faster on every 1x1 layer measured.
-* Our own AVX-512 micro-kernel (im2col's) on these shapes: 0.73–0.78× the BLAS path (K = 64–256
-  is too shallow to amortise packing x), so 1x1 stays on BLAS.
+* ``packed``: output channels × pixels. W is packed once in `prepare` as [⌈C_out_g/8⌉][C_in_g][8]
+  panels; the n·H_out·W_out output pixels of all images form one column space (a batch of small
+  maps fills whole panels), cut into chunks whose packed input (C_in_g × nc, ≤ PACK_BYTES) stays
+  in L2 while W's panels stream past once; 8×48 tiles (8×24 float64) over the whole K, bias as
+  the accumulators' initial value, written straight into out (a panel across images through a
+  tile buffer). Tasks are (group, chunk, row block): with fewer than 2 chunks per thread the
+  output channels are split too, so both threads work, each on its half of W, even at batch 1.
+* ``transposed``: pixels × output channels, for few pixels (≤ TRANSPOSED_MAX_PIXELS over the
+  batch: SE and classifier-like 1x1 maps): Wᵀ packed as [⌈C_out_g/32⌉][C_in_g][32] panels split
+  over the threads, the pixels broadcast from 1-, 4- or 8-row tiles (a single pixel is a GEMV on
+  the 1×32 tile instead of 1 useful column in 16), the tile stored transposed (+ bias) into out.
+* ``blas``: numpy's OpenBLAS (gemm_blas.pxi) straight on the arrays as they lie: the
+  n·groups·H·W output columns cut into one contiguous chunk per thread, one single-threaded
+  GEMM per (image, group) piece, bias written first (beta = 1); strided layers gather each
+  tile's pixels into the workspace first. Builds without 64-byte vector registers use it for
+  every shape (the 8×48 tile needs 32 of them).
+
+A call below SERIAL_FLOPS runs on one thread (waking the team costs more than it saves).
+
+Measured (this 2-core Zen 4, shared with other jobs, so 1 thread and thread CPU time, medians of
+5 alternating rounds; see the commit messages for the tables): the packed GEMM runs at 0.95-1.05×
+numpy's own SGEMM of the same M, N, K and beats the BLAS path by up to 1.4× on deep layers on
+small maps (8×512×7×7→2048: 7.96 vs 11.19 ms), the transposed one wins from 1 to 32 pixels
+(1×2048×1×1→1000: 0.10 vs 0.44 ms BLAS; 8×2048×1×1→1000: 0.32 vs 3.9 ms) and ties the packed one
+at 49 (7×7, batch 1).
 """
 from cython.parallel cimport prange, threadid
 from cython cimport floating
@@ -55,7 +64,7 @@ include "gemm_blas.pxi"
 
 PACK_BYTES = 512 * 1024  # packed columns per thread (C_in_g x nc), in L2 beside W's panels
 IMPLS = ("auto", "packed", "transposed", "blas")
-TRANSPOSED_MAX_PIXELS = 32  # measured, see the module docstring
+TRANSPOSED_MAX_PIXELS = 32  # measured, see `path`
 SERIAL_FLOPS = 1 << 20  # below this a call runs on one thread
 TILE_BYTES = 512 * 1024  # strided: gathered pixels per thread (C_in_g x cols), like im2col's tiles
 MIN_COLS = 128
@@ -108,14 +117,18 @@ def path(p, impl="auto") -> str:
     """Which GEMM runs ``p``: 'packed' (micro-kernel, output channels x pixels), 'transposed'
     (micro-kernel, pixels x output channels: few pixels) or 'blas'. ``impl`` other than 'auto'
     forces one (the tests run each); 'auto' takes the micro-kernel where the wide vectors were
-    compiled in (gemm_ukernel.h), transposed while all n·H_out·W_out pixels' packed input fits
-    PACK_BYTES and they are at most TRANSPOSED_MAX_PIXELS."""
+    compiled in (gemm_ukernel.h): transposed while all n·H_out·W_out pixels' packed input fits
+    PACK_BYTES and they are at most TRANSPOSED_MAX_PIXELS, or twice that for a layer that does
+    not reduce the channels (7x7 maps at batch 1: 512→2048 0.96×, 1024→2048 s2 0.88×, 320→1280
+    0.94× the packed GEMM's time, but 2048→512 1.07×, 672→192 1.11×)."""
     if impl != "auto":
         return impl
     if not FC_WIDE_VECTORS:
         return "blas"
     J = max(1, p.n) * p.out_h * p.out_w
-    if J <= TRANSPOSED_MAX_PIXELS and (J + 7) * p.c_in_per_group * p.itemsize <= PACK_BYTES:
+    if (J + 7) * p.c_in_per_group * p.itemsize > PACK_BYTES:
+        return "packed"
+    if J <= TRANSPOSED_MAX_PIXELS or (J <= 2 * TRANSPOSED_MAX_PIXELS and p.c_out_per_group >= p.c_in_per_group):
         return "transposed"
     return "packed"
 
@@ -177,27 +190,41 @@ def workspace_bytes(p, nthreads, impl="auto", **options) -> int:
     return nthreads * bb + WS_ALIGN - 1 if bb else 0
 
 
+def _maybe_transposed(p, impl) -> bool:
+    """Whether `path` can pick the transposed GEMM for ``p`` at some batch size (it runs prepared
+    weights on every batch: `fastconv.plan`)."""
+    if impl != "auto":
+        return impl == "transposed"
+    return path(p.with_batch(1), impl) == "transposed"
+
+
 def prepare(w, b, p, impl="auto", **options):
     # W[g] (C_out_g × C_in_g, row-major) is already the layout BLAS reads (see gemm_blas.pxi);
-    # the micro-kernel paths get it in panels (W, or Wᵀ for the transposed GEMM).
+    # the micro-kernel GEMMs get it in panels: W for the packed one, Wᵀ for the transposed one
+    # (both where the batch decides between them: small maps).
     wm = np.ascontiguousarray(w.reshape(p.groups, p.c_out_per_group, p.c_in_per_group))
     bias = None if b is None else np.ascontiguousarray(b)
+    if path(p, impl) == "blas":
+        return {"blas": wm}, bias
+    packs = {"packed": _pack_w(wm, False)} if impl in ("auto", "packed") else {}
+    if _maybe_transposed(p, impl):
+        packs["transposed"] = _pack_w(wm, True)
+    return packs, bias
+
+
+def run(x, packed, p, out, workspace, nthreads, impl="auto", **options) -> None:
+    packs, bias = packed
     kind = path(p, impl)
-    if kind == "blas":
-        return kind, wm, bias
-    return kind, _pack_w(wm, kind == "transposed"), bias
-
-
-def run(x, packed, p, out, workspace, nthreads, **options) -> None:
-    kind, wm, bias = packed
     if kind != "blas":
         nt = _threads(p, nthreads)
         team(nt)
-        b = bias if bias is not None else wm[0, :1]  # placeholder, never read
+        wp = packs[kind]
+        b = bias if bias is not None else wp[0, :1]  # placeholder, never read
         nc, mstep = packed_geometry(p, nt) if kind == "packed" else (0, 0)
-        _pointwise_packed(x, wm, b, out, workspace, _buf_bytes(p, nt, kind), bias is not None, p.c_out_per_group,
+        _pointwise_packed(x, wp, b, out, workspace, _buf_bytes(p, nt, kind), bias is not None, p.c_out_per_group,
                           p.stride[0], p.stride[1], kind == "transposed", _mrt(p), nc, mstep, nt)
         return
+    wm = packs["blas"]
     ensure_blas(nthreads)
     b = bias if bias is not None else wm[0, 0, :1]  # placeholder, never read
     if p.stride != (1, 1):

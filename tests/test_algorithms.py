@@ -107,11 +107,13 @@ POINTWISE_EXTRA = [
     (4, 24, 9, 11, 36, 2, 2),
     (1, 6, 5, 7, 70, 3, 1),
     (0, 8, 4, 4, 8, 1, 1),
+    (8, 64, 7, 7, 128, 1, 1),
+    (16, 48, 1, 1, 96, 1, 1),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("impl", ["packed", "transposed", "blas"])
+@pytest.mark.parametrize("impl", ["auto", "packed", "transposed", "blas"])
 def test_pointwise_paths_match_reference(impl, dtype):
     base = registry.get("pointwise")
     alg = registry.Kernel(f"pointwise_{impl}", base.module, base.summary, options={"impl": impl})
@@ -131,9 +133,12 @@ def test_pointwise_paths_match_reference(impl, dtype):
     for (x, w, b), kw in cases:
         p = describe(x, w, b, **kw)
         assert alg.supports(p) is None, p.describe()
-        packed = alg.prepare(w, b, p) if p.n > 0 else None
-        for nt in (1, 2, 3):  # (the Kernel API itself: the thread count splits the work)
-            out = np.full(p.out_shape, np.nan, dtype=dtype)
-            if p.n > 0:
-                alg.run(x, packed, p, out, plan.workspace(alg, p, nt), nt)
-            assert_algorithm_close(alg, out, x, w, b, p, f"{alg.name}/{p.describe()}/{nt} threads")
+        # weights prepared for this batch and for batch 1 (a layer's plan runs every batch size,
+        # and the batch decides between the packed and the transposed GEMM on small maps)
+        for prep in (p, p.with_batch(1)):
+            packed = alg.prepare(w, b, prep)
+            for nt in (1, 2, 3):  # (the Kernel API itself: the thread count splits the work)
+                out = np.full(p.out_shape, np.nan, dtype=dtype)
+                if p.n > 0:
+                    alg.run(x, packed, p, out, plan.workspace(alg, p, nt), nt)
+                assert_algorithm_close(alg, out, x, w, b, p, f"{alg.name}/{p.describe()}/{nt} threads")
