@@ -13,10 +13,12 @@ column of it). Three GEMMs compute it (gemm_pw_impl.h for the first two):
   the accumulators' initial value, written straight into out (a panel across images through a
   tile buffer). Tasks are (group, chunk, row block): with fewer than 2 chunks per thread the
   output channels are split too, so both threads work, each on its half of W, even at batch 1.
-* ``transposed``: pixels × output channels, for few pixels (≤ TRANSPOSED_MAX_PIXELS over the
-  batch: SE and classifier-like 1x1 maps): Wᵀ packed as [⌈C_out_g/32⌉][C_in_g][32] panels split
-  over the threads, the pixels broadcast from 1-, 4- or 8-row tiles (a single pixel is a GEMV on
-  the 1×32 tile instead of 1 useful column in 16), the tile stored transposed (+ bias) into out.
+* ``transposed``: pixels × output channels, for few pixels over the batch (SE and
+  classifier-like 1x1 maps, 7x7 maps at batch 1 that do not reduce the channels: `path`). Wᵀ
+  packed as [⌈C_out_g/32⌉][C_in_g][32] panels split over the threads, the pixels broadcast from
+  1-, 4- or 8-row tiles (a single pixel is a GEMV on the 1×32 tile instead of 1 useful column in
+  16), the tile stored transposed (+ bias) into out. Where the batch decides between the two
+  (small maps), `prepare` packs both W and Wᵀ: a layer's plan runs every batch size.
 * ``blas``: numpy's OpenBLAS (gemm_blas.pxi) straight on the arrays as they lie: the
   n·groups·H·W output columns cut into one contiguous chunk per thread, one single-threaded
   GEMM per (image, group) piece, bias written first (beta = 1); strided layers gather each
@@ -26,11 +28,14 @@ column of it). Three GEMMs compute it (gemm_pw_impl.h for the first two):
 A call below SERIAL_FLOPS runs on one thread (waking the team costs more than it saves).
 
 Measured (this 2-core Zen 4, shared with other jobs, so 1 thread and thread CPU time, medians of
-5 alternating rounds; see the commit messages for the tables): the packed GEMM runs at 0.95-1.05×
-numpy's own SGEMM of the same M, N, K and beats the BLAS path by up to 1.4× on deep layers on
-small maps (8×512×7×7→2048: 7.96 vs 11.19 ms), the transposed one wins from 1 to 32 pixels
-(1×2048×1×1→1000: 0.10 vs 0.44 ms BLAS; 8×2048×1×1→1000: 0.32 vs 3.9 ms) and ties the packed one
-at 49 (7×7, batch 1).
+3 alternating rounds; the 1x1 layers of resnet50, mobilenetv2 and efficientnetb0 at batch 1 and
+8, see the helper report): the packed GEMM takes 0.9-1.1× the time of numpy's own SGEMM of the
+same M, N, K (no bias; strided layers up to 1.2×, the gather) and of the BLAS path on large maps,
+and beats the BLAS path by up to 1.4×
+on deep layers on small maps (8×512×7×7→2048: 7.8 vs 10.9 ms, 1×1024×14×14→512: 2.0 vs 2.2 ms);
+the transposed one wins on 1x1 maps (1×2048×1×1→1000: 0.10 vs 0.64 ms packed, 0.44 ms BLAS;
+8×2048×1×1→1000: 0.32 vs 3.9 ms BLAS). A few shallow-output layers on large maps run 5-15%
+slower than BLAS (8×32×112×112→16), within the noise of the others; `path` keeps one rule.
 """
 from cython.parallel cimport prange, threadid
 from cython cimport floating
