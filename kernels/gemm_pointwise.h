@@ -17,6 +17,7 @@
 #define FC_PW_NR_F64 24
 #define FC_PWT_NR_F32 32
 #define FC_PWT_NR_F64 16
+#define FC_PWT_KC 256 /* K per block of the transposed GEMM */
 
 #define T float
 #define SFX f32

@@ -142,58 +142,71 @@ static void FC_PN(fc_pwt_pack_w)(const T *w, int M, int K, T *wt)
             }
 }
 
-/* Thread c of nt: its share of the groups x output-channel panels, all J = n*P rows, MR = mrt.
- * buf (64-byte aligned): the rows' offsets in x (ceil(J/mrt)*mrt longs, rounded up to 64 bytes),
- * x packed as [ceil(J/mrt)][K][mrt] (by each thread, for its own panels), one mrt x NRT tile.
- * Other arguments as fc_pw_task. */
+/* Thread c of nt: its share of the groups x output-channel panels, all J = n*P rows: panels of
+ * 8 rows, the last one of the rows left over (1, 4 or 8 of them, so 49 pixels compute 49 + 0
+ * rows, not 56). buf (64-byte aligned): the rows' offsets in x (ceil(J/8)*8 longs, rounded up to
+ * 64 bytes), x packed as row panels [ceil(J/8)][K][8] (the last one [K][its rows]; by each thread,
+ * for its own channel panels), the rows' C tiles (ceil(J/8)*8 x NRT). Other arguments as
+ * fc_pw_task. */
 static void FC_PN(fc_pwt_thread)(int c, int nt, int groups, int n, int M, int K, const T *x, long xs, long HW,
                                  int W, int OW, long P, int sh, int sw, const T *wt, long wts, const T *bias,
-                                 T *y, long ys, int mrt, T *buf)
+                                 T *y, long ys, T *buf)
 {
-    const long J = (long)n * P, nrp = (J + mrt - 1) / mrt;
+    const long J = (long)n * P, nrp = (J + 7) / 8;
+    const int rem = (int)(J - (nrp - 1) * 8), mrl = rem == 1 ? 1 : rem <= 4 ? 4 : 8; /* last panel */
     const int np = (M + NRT - 1) / NRT;
     const long ntask = (long)groups * np, t0 = ntask * c / nt, t1 = ntask * (c + 1) / nt;
     long *off = (long *)buf; /* the rows' offsets in x (buf is 64-byte aligned) */
-    T *xb = (T *)((char *)buf + ((nrp * mrt * sizeof(long) + 63) & ~(size_t)63));
-    T *tile = xb + (size_t)nrp * mrt * K;
+    T *xb = (T *)((char *)buf + ((nrp * 8 * sizeof(long) + 63) & ~(size_t)63));
+    T *ctile = xb + (size_t)nrp * 8 * K;
     long packed = -1;
     for (long t = t0; t < t1; t++) {
         const long g = t / np;
         const int q = (int)(t - g * np);
         const T *xg = x + g * K * HW;
-        if (g != packed) { /* pack this group's x: row j of panel j/mrt at [j/mrt][k][j%mrt] */
-            for (long j = 0; j < nrp * mrt; j++) { /* each row's offset in x, once (-1: padding) */
+        if (g != packed) { /* pack this group's x: row j of panel rp = j/8 at [rp][k][j%8] */
+            for (long j = 0; j < nrp * 8; j++) { /* each row's offset in x, once (-1: padding) */
                 const long nn = j / P, p = j - nn * P, oy = p / OW, ox = p - oy * OW;
                 off[j] = j < J ? nn * xs + oy * sh * W + ox * sw : -1;
             }
             for (long rp = 0; rp < nrp; rp++) {
-                T *d = xb + (size_t)rp * K * mrt;
-                for (int r = 0; r < mrt; r++) {
-                    const long o = off[rp * mrt + r];
+                const int mr = rp == nrp - 1 ? mrl : 8;
+                T *d = xb + (size_t)rp * K * 8;
+                for (int r = 0; r < mr; r++) {
+                    const long o = off[rp * 8 + r];
                     if (o < 0)
-                        for (int k = 0; k < K; k++) d[(size_t)k * mrt + r] = 0;
+                        for (int k = 0; k < K; k++) d[(size_t)k * mr + r] = 0;
                     else
-                        for (int k = 0; k < K; k++) d[(size_t)k * mrt + r] = xg[o + k * HW];
+                        for (int k = 0; k < K; k++) d[(size_t)k * mr + r] = xg[o + k * HW];
                 }
             }
             packed = g;
         }
         const T *b = wt + g * wts + (size_t)q * K * NRT;
         const int nc = M - q * NRT < NRT ? M - q * NRT : NRT;
-        for (long rp = 0; rp < nrp; rp++) {
-            const T *a = xb + (size_t)rp * K * mrt;
-            if (mrt == 1)
-                UKT1(K, a, 1, b, NRT, tile, NRT, NULL, FC_UKR_SET, 1, NRT, 0);
-            else if (mrt == 4)
-                UKT4(K, a, 4, b, NRT, tile, NRT, NULL, FC_UKR_SET, 4, NRT, 0);
-            else
-                UKT8(K, a, 8, b, NRT, tile, NRT, NULL, FC_UKR_SET, 8, NRT, 0);
-            for (int r = 0; r < mrt && rp * mrt + r < J; r++) {
-                const long j = rp * mrt + r, nn = j / P, p = j - nn * P;
-                T *o = y + g * M * P + nn * ys + (long)q * NRT * P + p;
-                const T *bb = bias ? bias + g * M + q * NRT : NULL;
-                for (int cc = 0; cc < nc; cc++) o[cc * P] = tile[r * NRT + cc] + (bb ? bb[cc] : (T)0);
+        /* K in blocks of FC_PWT_KC: the block's slice of the W^T panel (KC x NRT) stays in L1
+         * while every row panel passes over it; the rows' tiles accumulate in ctile */
+        for (int k0 = 0; k0 < K; k0 += FC_PWT_KC) {
+            const int kc = K - k0 < FC_PWT_KC ? K - k0 : FC_PWT_KC;
+            const int mode = k0 ? FC_UKR_ACC : FC_UKR_SET;
+            const T *bk = b + (size_t)k0 * NRT;
+            for (long rp = 0; rp < nrp; rp++) {
+                const int mr = rp == nrp - 1 ? mrl : 8;
+                const T *a = xb + (size_t)rp * K * 8 + (size_t)k0 * mr;
+                T *ct = ctile + (size_t)rp * 8 * NRT;
+                if (mr == 1)
+                    UKT1(kc, a, 1, bk, NRT, ct, NRT, NULL, mode, 1, NRT, 0);
+                else if (mr == 4)
+                    UKT4(kc, a, 4, bk, NRT, ct, NRT, NULL, mode, 4, NRT, 0);
+                else
+                    UKT8(kc, a, 8, bk, NRT, ct, NRT, NULL, mode, 8, NRT, 0);
             }
+        }
+        const T *bb = bias ? bias + g * M + q * NRT : NULL;
+        for (long j = 0; j < J; j++) {
+            const long nn = j / P, p = j - nn * P;
+            T *o = y + g * M * P + nn * ys + (long)q * NRT * P + p;
+            for (int cc = 0; cc < nc; cc++) o[cc * P] = ctile[j * NRT + cc] + (bb ? bb[cc] : (T)0);
         }
     }
 }

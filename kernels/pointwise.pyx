@@ -14,11 +14,12 @@ column of it). Three GEMMs compute it (gemm_pw_impl.h for the first two):
   tile buffer). Tasks are (group, chunk, row block): with fewer than 2 chunks per thread the
   output channels are split too, so both threads work, each on its half of W, even at batch 1.
 * ``transposed``: pixels × output channels, for few pixels over the batch (SE and
-  classifier-like 1x1 maps, 7x7 maps at batch 1 that do not reduce the channels: `path`). Wᵀ
+  classifier-like 1x1 maps, 7x7 maps at batch 1: `path`). Wᵀ
   packed as [⌈C_out_g/32⌉][C_in_g][32] panels split over the threads, the pixels broadcast from
-  1-, 4- or 8-row tiles (a single pixel is a GEMV on the 1×32 tile instead of 1 useful column in
-  16), the tile stored transposed (+ bias) into out. Where the batch decides between the two
-  (small maps), `prepare` packs both W and Wᵀ: a layer's plan runs every batch size.
+  8-row tiles, the rows left over on a 1-, 4- or 8-row tile (49 pixels: 6 × 8 + 1; a single
+  pixel is a GEMV on the 1×32 tile instead of 1 useful column in 16), K in blocks of 256, the
+  tiles stored transposed (+ bias) into out. Where the batch decides between the two (small
+  maps), `prepare` packs both W and Wᵀ: a layer's plan runs every batch size.
 * ``blas``: numpy's OpenBLAS (gemm_blas.pxi) straight on the arrays as they lie: the
   n·groups·H·W output columns cut into one contiguous chunk per thread, one single-threaded
   GEMM per (image, group) piece, bias written first (beta = 1); strided layers gather each
@@ -55,10 +56,10 @@ cdef extern from "gemm_pointwise.h" nogil:
     void fc_pwt_pack_w_f64(const double* w, int M, int K, double* wt)
     void fc_pwt_thread_f32(int c, int nt, int groups, int n, int M, int K, const float* x, long xs, long HW, int W,
                            int OW, long P, int sh, int sw, const float* wt, long wts, const float* bias, float* y,
-                           long ys, int mrt, float* buf)
+                           long ys, float* buf)
     void fc_pwt_thread_f64(int c, int nt, int groups, int n, int M, int K, const double* x, long xs, long HW,
                            int W, int OW, long P, int sh, int sw, const double* wt, long wts, const double* bias,
-                           double* y, long ys, int mrt, double* buf)
+                           double* y, long ys, double* buf)
 
 import numpy as np
 
@@ -69,7 +70,7 @@ include "gemm_blas.pxi"
 
 PACK_BYTES = 512 * 1024  # packed columns per thread (C_in_g x nc), in L2 beside W's panels
 IMPLS = ("auto", "packed", "transposed", "blas")
-TRANSPOSED_MAX_PIXELS = 32  # measured, see `path`
+TRANSPOSED_MAX_PIXELS = 64  # measured, see `path`
 SERIAL_FLOPS = 1 << 20  # below this a call runs on one thread
 TILE_BYTES = 512 * 1024  # strided: gathered pixels per thread (C_in_g x cols), like im2col's tiles
 MIN_COLS = 128
@@ -118,22 +119,32 @@ def _nr(itemsize) -> int:
     return FC_PW_NR_F32 if itemsize == 4 else FC_PW_NR_F64
 
 
+def _column_fill(J: int, nr: int) -> float:
+    """The packed GEMM's useful share of the columns it computes for J columns: whole NR-column
+    panels, then the last panel's vectors (16 floats / 8 doubles each)."""
+    vl = nr // 3
+    return J / (J // nr * nr + -(-(J % nr) // vl) * vl)
+
+
 def path(p, impl="auto") -> str:
     """Which GEMM runs ``p``: 'packed' (micro-kernel, output channels x pixels), 'transposed'
     (micro-kernel, pixels x output channels: few pixels) or 'blas'. ``impl`` other than 'auto'
     forces one (the tests run each); 'auto' takes the micro-kernel where the wide vectors were
-    compiled in (gemm_ukernel.h): transposed while all n·H_out·W_out pixels' packed input fits
-    PACK_BYTES and they are at most TRANSPOSED_MAX_PIXELS, or twice that for a layer that does
-    not reduce the channels (7x7 maps at batch 1: 512→2048 0.96×, 1024→2048 s2 0.88×, 320→1280
-    0.94× the packed GEMM's time, but 2048→512 1.07×, 672→192 1.11×)."""
+    compiled in (gemm_ukernel.h): transposed for at most TRANSPOSED_MAX_PIXELS pixels over the
+    batch (their packed input within PACK_BYTES) that would leave more than a tenth of the packed
+    GEMM's columns empty, else packed. Measured, 1 thread: 7x7 maps at batch 1 (49 of 64 columns)
+    2048→512 0.88×, 512→2048 0.88×, 320→1280 0.91× the packed GEMM's time, 1152→192 0.95×; 4x4
+    maps (16 of 16) 1.07×; 1x1 and 2x2 maps 0.17-0.5×."""
     if impl != "auto":
         return impl
     if not FC_WIDE_VECTORS:
         return "blas"
     J = max(1, p.n) * p.out_h * p.out_w
-    if (J + 7) * p.c_in_per_group * p.itemsize > PACK_BYTES:
-        return "packed"
-    if J <= TRANSPOSED_MAX_PIXELS or (J <= 2 * TRANSPOSED_MAX_PIXELS and p.c_out_per_group >= p.c_in_per_group):
+    if (
+        J <= TRANSPOSED_MAX_PIXELS
+        and (J + 7) * p.c_in_per_group * p.itemsize <= PACK_BYTES
+        and _column_fill(J, _nr(p.itemsize)) < 0.9
+    ):
         return "transposed"
     return "packed"
 
@@ -142,12 +153,6 @@ def _threads(p, nthreads: int) -> int:
     """Threads a call runs on: one below SERIAL_FLOPS (waking the team costs more than it saves)."""
     flops = 2 * p.n * p.out_h * p.out_w * p.c_in_per_group * p.c_out
     return 1 if flops < SERIAL_FLOPS else nthreads
-
-
-def _mrt(p) -> int:
-    """Rows (pixels) of the transposed GEMM's tile: 1 for one pixel (a GEMV), 4 for up to 4."""
-    J = p.n * p.out_h * p.out_w
-    return 1 if J <= 1 else 4 if J <= 4 else 8
 
 
 def packed_geometry(p, nthreads: int) -> tuple[int, int]:
@@ -184,7 +189,7 @@ def _buf_bytes(p, nthreads: int, kind: str) -> int:
     if kind == "transposed":
         J = max(1, p.n) * p.out_h * p.out_w
         rows = (J + 7) // 8 * 8
-        return ws_round(rows * 8) + ws_round((rows * p.c_in_per_group + 8 * FC_PWT_NR_F32) * p.itemsize)
+        return ws_round(rows * 8) + ws_round(rows * (p.c_in_per_group + FC_PWT_NR_F32) * p.itemsize)
     if p.stride == (1, 1):
         return 0  # the GEMMs read x and write out in place
     return ws_round(p.c_in_per_group * tile_cols(p, nthreads) * p.itemsize)
@@ -196,11 +201,11 @@ def workspace_bytes(p, nthreads, impl="auto", **options) -> int:
 
 
 def _maybe_transposed(p, impl) -> bool:
-    """Whether `path` can pick the transposed GEMM for ``p`` at some batch size (it runs prepared
-    weights on every batch: `fastconv.plan`)."""
+    """Whether `path` can pick the transposed GEMM for ``p`` at some batch size (prepared weights
+    run every batch: `fastconv.plan`)."""
     if impl != "auto":
         return impl == "transposed"
-    return path(p.with_batch(1), impl) == "transposed"
+    return any(path(p.with_batch(n), impl) == "transposed" for n in range(1, TRANSPOSED_MAX_PIXELS + 1))
 
 
 def prepare(w, b, p, impl="auto", **options):
@@ -227,7 +232,7 @@ def run(x, packed, p, out, workspace, nthreads, impl="auto", **options) -> None:
         b = bias if bias is not None else wp[0, :1]  # placeholder, never read
         nc, mstep = packed_geometry(p, nt) if kind == "packed" else (0, 0)
         _pointwise_packed(x, wp, b, out, workspace, _buf_bytes(p, nt, kind), bias is not None, p.c_out_per_group,
-                          p.stride[0], p.stride[1], kind == "transposed", _mrt(p), nc, mstep, nt)
+                          p.stride[0], p.stride[1], kind == "transposed", nc, mstep, nt)
         return
     wm = packs["blas"]
     ensure_blas(nthreads)
@@ -336,7 +341,7 @@ def _pack_w(const floating[:, :, ::1] wm, bint transposed):
 
 def _pointwise_packed(const floating[:, :, :, ::1] x, const floating[:, ::1] wp, const floating[::1] b,
                       floating[:, :, :, ::1] out, const unsigned char[::1] workspace, Py_ssize_t buf_bytes,
-                      bint has_bias, int cog, int sh, int sw, bint transposed, int mrt, long nc, int mstep, int nt):
+                      bint has_bias, int cog, int sh, int sw, bint transposed, long nc, int mstep, int nt):
     """One parallel region of nt threads (or none for one), each running its share of the tasks on
     its workspace buffer (gemm_pw_impl.h): (group, column chunk, row block) tasks for the packed
     GEMM, (group, channel panel) tasks for the transposed one."""
@@ -353,14 +358,14 @@ def _pointwise_packed(const floating[:, :, :, ::1] x, const floating[:, ::1] wp,
         if floating is float:
             if transposed:
                 fc_pwt_thread_f32(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
-                                  wp.shape[1], bp, &out[0, 0, 0, 0], ys, mrt, <float*>(ws + c * buf_bytes))
+                                  wp.shape[1], bp, &out[0, 0, 0, 0], ys, <float*>(ws + c * buf_bytes))
             else:
                 fc_pw_thread_f32(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
                                  wp.shape[1], bp, &out[0, 0, 0, 0], ys, nc, mstep, <float*>(ws + c * buf_bytes))
         else:
             if transposed:
                 fc_pwt_thread_f64(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
-                                  wp.shape[1], bp, &out[0, 0, 0, 0], ys, mrt, <double*>(ws + c * buf_bytes))
+                                  wp.shape[1], bp, &out[0, 0, 0, 0], ys, <double*>(ws + c * buf_bytes))
             else:
                 fc_pw_thread_f64(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
                                  wp.shape[1], bp, &out[0, 0, 0, 0], ys, nc, mstep, <double*>(ws + c * buf_bytes))
