@@ -125,12 +125,12 @@ static void FC_PN(fc_pw_thread)(int c, int nt, int groups, int n, int M, int K, 
 }
 
 /* ---- the transposed GEMM, for few output pixels (small maps, SE / classifier-like 1x1 maps):
- * out[n][co][p] as C[j][co], j = n*P + p the rows (MR = 1, 4 or 8 of them per tile, broadcast)
- * and the output channels the columns (NRT = 2 vectors, loaded from W^T packed in prepare as
- * [ceil(M/NRT)][K][NRT]). A few rows waste less of the tile than a few columns do (49 pixels:
- * 7 x 8 rows = 88% used, against 48 + 16 columns = 77%; one pixel: the 1-row tile), and threads
- * split the channel panels, so each reads its part of W once. The tile is stored transposed
- * (+ bias) into out: MR x NRT scalar stores per K-long loop. */
+ * out[n][co][p] as C[j][co], j = n*P + p the rows (8 per tile, broadcast; the rows left over on
+ * a 1-, 4- or 8-row tile) and the output channels the columns (NRT = 2 vectors, loaded from W^T
+ * packed in prepare as [ceil(M/NRT)][K][NRT]). Rows waste less than columns do (49 pixels:
+ * 6 x 8 + 1 rows, all used, against 48 + 16 columns = 77%; one pixel: the 1-row tile), and the
+ * threads split the channel panels, so each reads its part of W once. The tiles are stored
+ * transposed (+ bias) into out: NRT scalar stores per row per K-long loop. */
 static void FC_PN(fc_pwt_pack_w)(const T *w, int M, int K, T *wt)
 {
     const int np = (M + NRT - 1) / NRT;
