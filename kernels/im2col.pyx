@@ -1,5 +1,5 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""im2col + GEMM (Cython + OpenMP + AVX-512 micro-kernel / BLAS), tiled: the unfolded matrix
+"""im2col + GEMM (Cython + OpenMP + the shared micro-kernel / BLAS), tiled: the unfolded matrix
 never exists whole.
 
 Design. Work is split into tasks (image, group, tile), a tile being ``cols`` consecutive pixels
@@ -10,9 +10,10 @@ tasks per thread where the map allows); each thread owns one slice of the caller
 
 * float32 (AVX-512 builds): the tile is unfolded straight into the micro-kernel's panel layout
   ([⌈cols/48⌉][K][48], a segment table per tile keeps the copy loops free of divisions), and
-  `gemm_ukernel.h` multiplies it by W packed once in `prepare` ([⌈C_out_g/8⌉][K][8]); 8×48
-  register blocks, K in equal blocks of ≤ 192, bias as the accumulators' initial value, masked
-  partial panels. No BLAS call, so no BLAS threads at all.
+  the micro-kernel of `gemm_ukernel.h` (the one Winograd and pointwise use) multiplies it by W
+  packed once in `prepare` ([⌈C_out_g/8⌉][K][8]); 8×48 register blocks, K in equal blocks of
+  ≤ 192, bias as the accumulators' initial value, a partial last panel on the 8×16 or 8×32 tile.
+  No BLAS call, so no BLAS threads at all.
 * float64, and every dtype on builds without AVX-512: the tile is unfolded row-major (K × cols)
   and one single-threaded BLAS GEMM (numpy's OpenBLAS, gemm_lib) accumulates it onto the bias,
   written into out first (beta = 1, which costs OpenBLAS nothing: see ``fill_bias``). Before the
@@ -40,7 +41,7 @@ from cython cimport floating
 from libc.string cimport memset
 
 cdef extern from "gemm_ukernel.h" nogil:
-    int FC_MR, FC_NR, FC_KC, FC_AVX512
+    int FC_MR, FC_NR, FC_KC, FC_WIDE_VECTORS
     void fc_pack_w(const float* w, int M, int K, float* wp)
     size_t fc_packed_w_floats(int M, int K)
     size_t fc_packed_b_floats(int N, int K)
@@ -95,7 +96,7 @@ def tile_cols(p, nthreads: int, align: int = 16) -> int:
 def _use_ukernel(dtype) -> bool:
     """float32 runs on the micro-kernel where AVX-512 was compiled in; float64 (and every dtype
     elsewhere) on BLAS."""
-    return np.dtype(dtype) == np.float32 and bool(FC_AVX512)
+    return np.dtype(dtype) == np.float32 and bool(FC_WIDE_VECTORS)
 
 
 def _buf_bytes(p, nthreads: int) -> int:

@@ -1,30 +1,65 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""1x1 (pointwise) convolution (Cython + OpenMP + BLAS): a GEMM straight on NCHW memory.
+"""1x1 (pointwise) convolution (Cython + OpenMP): a GEMM on NCHW memory, on the shared micro-kernel
+(gemm_ukernel.h) or BLAS, whichever `path` picks for the shape.
 
-Design. With a 1x1 kernel, stride 1 and no padding, ``out[n, g] = W[g] @ x[n, g]`` where each
-image's channels are already a row-major ``C_in_g × H·W`` matrix, and ``out[n, g]`` a row-major
-``C_out_g × H·W`` one: read as column-major that is ``outᵀ = xᵀ Wᵀ``, one ``sgemm('N', 'N')`` on
-the arrays as they lie (gemm_blas.pxi) — no copy, no packing of our own, **no extra memory**.
-Threads: the n·groups·H·W output columns are cut into ``nt`` equal contiguous chunks, one per
-OpenMP thread, each a single-threaded GEMM per (image, group) piece it covers, with the bias
-added right after on the same piece. A stride > 1 gathers each tile's strided pixels into the
-thread's workspace buffer (``C_in_g × cols``, at most 512 KiB unless a tile of 128 pixels needs
-more) and runs the same GEMM on it, so its workspace is bounded like im2col's. Before a call's
-first region the OpenMP team and OpenBLAS's buffers are made ready (`ensure_blas` in
-gemm_blas.pxi): a call short of memory raises MemoryError instead of OpenBLAS exiting the process.
+Design. With a 1x1 kernel and no padding, ``out[n, g] = W[g] @ x[n, g]`` where each image's
+channels are a row-major ``C_in_g × H·W`` matrix (strided layers read every sh-th row and sw-th
+column of it). Three GEMMs compute it (gemm_pw_impl.h for the first two):
 
-Measured (this 2-core Zen 4, shared with other jobs; interleaved medians, see the helper report):
-* BLAS: numpy's OpenBLAS 0.3.31 (found by `gemm_lib`) runs these shapes 10–20% faster than
-  scipy's 0.3.30 behind ``cython_blas``; with it, 1 thread: 0.95–1.0× numpy's own
-  ``W @ x[n]`` (the same SGEMM, no bias), vs 0.75–0.9× through scipy's.
-* Chunks vs one multi-threaded BLAS call per image: chunks need no synchronisation inside the
-  GEMM and leave no OpenBLAS workers spinning after the call (DESIGN.md); they are as fast or
-  faster on every 1x1 layer measured.
-* Our own AVX-512 micro-kernel (im2col's) on these shapes: 0.73–0.78× the BLAS path (K = 64–256
-  is too shallow to amortise packing x), so 1x1 stays on BLAS.
+* ``packed``: output channels × pixels. W is packed once in `prepare` as [⌈C_out_g/8⌉][C_in_g][8]
+  panels; the n·H_out·W_out output pixels of all images form one column space (a batch of small
+  maps fills whole panels), cut into chunks whose packed input (C_in_g × nc, ≤ PACK_BYTES) stays
+  in L2 while W's panels stream past once; 8×48 tiles (8×24 float64) over the whole K, bias as
+  the accumulators' initial value, written straight into out (a panel across images through a
+  tile buffer). Tasks are (group, chunk, row block): with fewer than 2 chunks per thread the
+  output channels are split too, so both threads work, each on its half of W, even at batch 1.
+* ``transposed``: pixels × output channels, for few pixels over the batch (SE and
+  classifier-like 1x1 maps, 7x7 maps at batch 1: `path`). Wᵀ
+  packed as [⌈C_out_g/32⌉][C_in_g][32] panels split over the threads, the pixels broadcast from
+  8-row tiles, the rows left over on a 1-, 4- or 8-row tile (49 pixels: 6 × 8 + 1; a single
+  pixel is a GEMV on the 1×32 tile instead of 1 useful column in 16), K in blocks of 256, the
+  tiles stored transposed (+ bias) into out. Where the batch decides between the two (small
+  maps), `prepare` packs both W and Wᵀ: a layer's plan runs every batch size.
+* ``blas``: numpy's OpenBLAS (gemm_blas.pxi) straight on the arrays as they lie: the
+  n·groups·H·W output columns cut into one contiguous chunk per thread, one single-threaded
+  GEMM per (image, group) piece, bias written first (beta = 1); strided layers gather each
+  tile's pixels into the workspace first. Builds without 64-byte vector registers use it for
+  every shape (the 8×48 tile needs 32 of them).
+
+A call below SERIAL_FLOPS runs on one thread (waking the team costs more than it saves).
+
+Measured (this 2-core Zen 4, shared with other jobs, so 1 thread and thread CPU time, medians of
+3 alternating rounds; the 1x1 layers of resnet50, mobilenetv2 and efficientnetb0 at batch 1 and
+8, see the helper report): the packed GEMM takes 0.9-1.1× the time of numpy's own SGEMM of the
+same M, N, K (no bias; strided layers up to 1.2×, the gather) and of the BLAS path on large maps,
+and beats the BLAS path by up to 1.4×
+on deep layers on small maps (8×512×7×7→2048: 7.8 vs 10.9 ms, 1×1024×14×14→512: 2.0 vs 2.2 ms);
+the transposed one wins on 1x1 maps (1×2048×1×1→1000: 0.10 vs 0.64 ms packed, 0.44 ms BLAS;
+8×2048×1×1→1000: 0.32 vs 3.9 ms BLAS). A few shallow-output layers on large maps run 5-15%
+slower than BLAS (8×32×112×112→16), within the noise of the others; `path` keeps one rule.
 """
 from cython.parallel cimport prange, threadid
 from cython cimport floating
+
+cdef extern from "gemm_pointwise.h" nogil:
+    int FC_PW_MR, FC_PW_NR_F32, FC_PW_NR_F64, FC_WIDE_VECTORS
+    void fc_pw_pack_w_f32(const float* w, int M, int K, float* wp)
+    void fc_pw_pack_w_f64(const double* w, int M, int K, double* wp)
+    void fc_pw_thread_f32(int c, int nt, int groups, int n, int M, int K, const float* x, long xs, long HW, int W,
+                          int OW, long P, int sh, int sw, const float* wp, long wps, const float* bias, float* y,
+                          long ys, long nc, int mstep, float* buf)
+    void fc_pw_thread_f64(int c, int nt, int groups, int n, int M, int K, const double* x, long xs, long HW, int W,
+                          int OW, long P, int sh, int sw, const double* wp, long wps, const double* bias, double* y,
+                          long ys, long nc, int mstep, double* buf)
+    int FC_PWT_NR_F32, FC_PWT_NR_F64
+    void fc_pwt_pack_w_f32(const float* w, int M, int K, float* wt)
+    void fc_pwt_pack_w_f64(const double* w, int M, int K, double* wt)
+    void fc_pwt_thread_f32(int c, int nt, int groups, int n, int M, int K, const float* x, long xs, long HW, int W,
+                           int OW, long P, int sh, int sw, const float* wt, long wts, const float* bias, float* y,
+                           long ys, float* buf)
+    void fc_pwt_thread_f64(int c, int nt, int groups, int n, int M, int K, const double* x, long xs, long HW,
+                           int W, int OW, long P, int sh, int sw, const double* wt, long wts, const double* bias,
+                           double* y, long ys, double* buf)
 
 import numpy as np
 
@@ -33,6 +68,10 @@ from fastconv import contract
 include "_shared.pxi"
 include "gemm_blas.pxi"
 
+PACK_BYTES = 512 * 1024  # packed columns per thread (C_in_g x nc), in L2 beside W's panels
+IMPLS = ("auto", "packed", "transposed", "blas")
+TRANSPOSED_MAX_PIXELS = 64  # measured, see `path`
+SERIAL_FLOPS = 1 << 20  # below this a call runs on one thread
 TILE_BYTES = 512 * 1024  # strided: gathered pixels per thread (C_in_g x cols), like im2col's tiles
 MIN_COLS = 128
 
@@ -41,8 +80,12 @@ def supports(p, **options) -> str | None:
     why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=("bias",))
     if why is not None:
         return why
-    if options:
-        return f"takes no options, got {sorted(options)}"
+    unknown = sorted(set(options) - {"impl"})
+    if unknown:
+        return f"takes only the option impl, got {unknown}"
+    impl = options.get("impl", "auto")
+    if impl not in IMPLS:
+        return f"impl must be one of {IMPLS}, got {impl!r}"
     if p.dtype not in ("float32", "float64"):
         return f"dtype must be float32 or float64, got {p.dtype}"
     if (p.kh, p.kw) != (1, 1):
@@ -72,28 +115,133 @@ def tile_cols(p, nthreads: int) -> int:
     return int(min(P, -(-cols // 16) * 16))
 
 
-def workspace_bytes(p, nthreads, **options) -> int:
+def _nr(itemsize) -> int:
+    return FC_PW_NR_F32 if itemsize == 4 else FC_PW_NR_F64
+
+
+def _column_fill(J: int, nr: int) -> float:
+    """The packed GEMM's useful share of the columns it computes for J columns: whole NR-column
+    panels, then the last panel's vectors (16 floats / 8 doubles each)."""
+    vl = nr // 3
+    return J / (J // nr * nr + -(-(J % nr) // vl) * vl)
+
+
+def path(p, impl="auto") -> str:
+    """Which GEMM runs ``p``: 'packed' (micro-kernel, output channels x pixels), 'transposed'
+    (micro-kernel, pixels x output channels: few pixels) or 'blas'. ``impl`` other than 'auto'
+    forces one (the tests run each); 'auto' takes the micro-kernel where the wide vectors were
+    compiled in (gemm_ukernel.h): transposed for at most TRANSPOSED_MAX_PIXELS pixels over the
+    batch (their packed input within PACK_BYTES) that would leave more than a tenth of the packed
+    GEMM's columns empty, else packed. Measured, 1 thread: 7x7 maps at batch 1 (49 of 64 columns)
+    2048→512 0.88×, 512→2048 0.88×, 320→1280 0.91× the packed GEMM's time, 1152→192 0.95×; 4x4
+    maps (16 of 16) 1.07×; 1x1 and 2x2 maps 0.17-0.5×."""
+    if impl != "auto":
+        return impl
+    if not FC_WIDE_VECTORS:
+        return "blas"
+    J = max(1, p.n) * p.out_h * p.out_w
+    if (
+        J <= TRANSPOSED_MAX_PIXELS
+        and (J + 7) * p.c_in_per_group * p.itemsize <= PACK_BYTES
+        and _column_fill(J, _nr(p.itemsize)) < 0.9
+    ):
+        return "transposed"
+    return "packed"
+
+
+def _threads(p, nthreads: int) -> int:
+    """Threads a call runs on: one below SERIAL_FLOPS (waking the team costs more than it saves)."""
+    flops = 2 * p.n * p.out_h * p.out_w * p.c_in_per_group * p.c_out
+    return 1 if flops < SERIAL_FLOPS else nthreads
+
+
+def packed_geometry(p, nthreads: int) -> tuple[int, int]:
+    """(nc, mstep): columns per chunk (of the n·H_out·W_out output columns of a group, a multiple
+    of NR) and output-channel rows per task (a multiple of MR). A chunk's packed columns
+    (C_in_g × nc) fit PACK_BYTES, so they stay in L2 while W's row panels stream past; the rows
+    are split when there are fewer than 2 tasks per thread (a batch of one small map: the threads
+    share the columns and each reads its half of W)."""
+    nr, mr = _nr(p.itemsize), FC_PW_MR
+    J = max(1, p.n) * p.out_h * p.out_w
+    K = p.c_in_per_group
+    budget = max(nr, PACK_BYTES // (K * p.itemsize) // nr * nr)
+    nch = -(-J // budget)
+    nc = -(-J // nch)
+    nc = -(-nc // nr) * nr
+    nch = -(-J // nc)
+    mpanels = -(-p.c_out_per_group // mr)
+    chunks, want = p.groups * nch, 2 * nthreads
+    nmb = 1
+    if chunks < want:
+        nmb = min(mpanels, -(-want // chunks))
+        while nmb < mpanels and (chunks * nmb) % nthreads:
+            nmb += 1
+    mstep = -(-mpanels // nmb) * mr
+    return int(nc), int(mstep)
+
+
+def _buf_bytes(p, nthreads: int, kind: str) -> int:
+    """One thread's workspace buffer. packed: a chunk's packed columns plus one MR × NR tile;
+    transposed: all pixels' packed input plus one tile; blas: the gathered strided pixels."""
+    if kind == "packed":
+        nr = _nr(p.itemsize)
+        return ws_round((p.c_in_per_group * packed_geometry(p, nthreads)[0] + FC_PW_MR * nr) * p.itemsize)
+    if kind == "transposed":
+        J = max(1, p.n) * p.out_h * p.out_w
+        rows = (J + 7) // 8 * 8
+        return ws_round(rows * 8) + ws_round(rows * (p.c_in_per_group + FC_PWT_NR_F32) * p.itemsize)
     if p.stride == (1, 1):
         return 0  # the GEMMs read x and write out in place
-    return nthreads * ws_round(p.c_in_per_group * tile_cols(p, nthreads) * p.itemsize) + WS_ALIGN - 1
+    return ws_round(p.c_in_per_group * tile_cols(p, nthreads) * p.itemsize)
 
 
-def prepare(w, b, p, **options):
-    # W[g] (C_out_g × C_in_g, row-major) is already the layout BLAS reads (see gemm_blas.pxi).
+def workspace_bytes(p, nthreads, impl="auto", **options) -> int:
+    bb = _buf_bytes(p, nthreads, path(p, impl))
+    return nthreads * bb + WS_ALIGN - 1 if bb else 0
+
+
+def _maybe_transposed(p, impl) -> bool:
+    """Whether `path` can pick the transposed GEMM for ``p`` at some batch size (prepared weights
+    run every batch: `fastconv.plan`)."""
+    if impl != "auto":
+        return impl == "transposed"
+    return any(path(p.with_batch(n), impl) == "transposed" for n in range(1, TRANSPOSED_MAX_PIXELS + 1))
+
+
+def prepare(w, b, p, impl="auto", **options):
+    # W[g] (C_out_g × C_in_g, row-major) is already the layout BLAS reads (see gemm_blas.pxi);
+    # the micro-kernel GEMMs get it in panels: W for the packed one, Wᵀ for the transposed one
+    # (both where the batch decides between them: small maps).
     wm = np.ascontiguousarray(w.reshape(p.groups, p.c_out_per_group, p.c_in_per_group))
     bias = None if b is None else np.ascontiguousarray(b)
-    return wm, bias
+    if path(p, impl) == "blas":
+        return {"blas": wm}, bias
+    packs = {"packed": _pack_w(wm, False)} if impl in ("auto", "packed") else {}
+    if _maybe_transposed(p, impl):
+        packs["transposed"] = _pack_w(wm, True)
+    return packs, bias
 
 
-def run(x, packed, p, out, workspace, nthreads, **options) -> None:
-    wm, bias = packed
+def run(x, packed, p, out, workspace, nthreads, impl="auto", **options) -> None:
+    packs, bias = packed
+    kind = path(p, impl)
+    if kind != "blas":
+        nt = _threads(p, nthreads)
+        team(nt)
+        wp = packs[kind]
+        b = bias if bias is not None else wp[0, :1]  # placeholder, never read
+        nc, mstep = packed_geometry(p, nt) if kind == "packed" else (0, 0)
+        _pointwise_packed(x, wp, b, out, workspace, _buf_bytes(p, nt, kind), bias is not None, p.c_out_per_group,
+                          p.stride[0], p.stride[1], kind == "transposed", nc, mstep, nt)
+        return
+    wm = packs["blas"]
     ensure_blas(nthreads)
     b = bias if bias is not None else wm[0, 0, :1]  # placeholder, never read
     if p.stride != (1, 1):
         cols = tile_cols(p, nthreads)
         with _single_blas():
-            _pointwise_strided(x, wm, b, out, workspace, ws_round(p.c_in_per_group * cols * p.itemsize),
-                               bias is not None, p.stride[0], p.stride[1], cols, nthreads)
+            _pointwise_strided(x, wm, b, out, workspace, _buf_bytes(p, nthreads, kind), bias is not None,
+                               p.stride[0], p.stride[1], cols, nthreads)
         return
     hw = p.out_h * p.out_w
     x3 = x.reshape(p.n, p.c_in, hw)
@@ -167,6 +315,60 @@ def _pointwise_strided(const floating[:, :, :, ::1] x, const floating[:, :, ::1]
             fill_bias(cog, m, &b[g * cog], &out[img, g * cog, 0, 0] + p0, P)
         gemm_rowmajor(cog, m, cig, &wm[g, 0, 0], buf, m, &out[img, g * cog, 0, 0] + p0, P, has_bias)
     blas_threads_end(old, 1)
+
+
+def _pack_w(const floating[:, :, ::1] wm, bint transposed):
+    """Per group, W (C_out_g × C_in_g) in the micro-kernel's [⌈C_out_g/MR⌉][C_in_g][MR] panels, or
+    for the transposed GEMM Wᵀ in [⌈C_out_g/NRT⌉][C_in_g][NRT] panels."""
+    cdef int groups = wm.shape[0], M = wm.shape[1], K = wm.shape[2], g
+    cdef int r = (FC_PWT_NR_F32 if floating is float else FC_PWT_NR_F64) if transposed else FC_PW_MR
+    cdef Py_ssize_t size = <Py_ssize_t>((M + r - 1) // r) * r * K
+    wp = np.empty((groups, size), dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, ::1] wpv = wp
+    for g in range(groups):
+        if floating is float:
+            if transposed:
+                fc_pwt_pack_w_f32(&wm[g, 0, 0], M, K, &wpv[g, 0])
+            else:
+                fc_pw_pack_w_f32(&wm[g, 0, 0], M, K, &wpv[g, 0])
+        else:
+            if transposed:
+                fc_pwt_pack_w_f64(&wm[g, 0, 0], M, K, &wpv[g, 0])
+            else:
+                fc_pw_pack_w_f64(&wm[g, 0, 0], M, K, &wpv[g, 0])
+    return wp
+
+
+def _pointwise_packed(const floating[:, :, :, ::1] x, const floating[:, ::1] wp, const floating[::1] b,
+                      floating[:, :, :, ::1] out, const unsigned char[::1] workspace, Py_ssize_t buf_bytes,
+                      bint has_bias, int cog, int sh, int sw, bint transposed, long nc, int mstep, int nt):
+    """One parallel region of nt threads (or none for one), each running its share of the tasks on
+    its workspace buffer (gemm_pw_impl.h): (group, column chunk, row block) tasks for the packed
+    GEMM, (group, channel panel) tasks for the transposed one."""
+    cdef int n = x.shape[0], H = x.shape[2], W = x.shape[3], oh = out.shape[2], ow = out.shape[3]
+    cdef int groups = wp.shape[0], cig = x.shape[1] // groups
+    cdef long HW = <long>H * W, P = <long>oh * ow
+    cdef long xs = <long>x.shape[1] * HW, ys = <long>out.shape[1] * P
+    cdef int c
+    cdef char *ws = ws_base(workspace, nt * buf_bytes)
+    cdef const floating* bp = &b[0] if has_bias else NULL
+    if n == 0:
+        return
+    for c in prange(nt, nogil=True, schedule="static", num_threads=nt):
+        if floating is float:
+            if transposed:
+                fc_pwt_thread_f32(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
+                                  wp.shape[1], bp, &out[0, 0, 0, 0], ys, <float*>(ws + c * buf_bytes))
+            else:
+                fc_pw_thread_f32(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
+                                 wp.shape[1], bp, &out[0, 0, 0, 0], ys, nc, mstep, <float*>(ws + c * buf_bytes))
+        else:
+            if transposed:
+                fc_pwt_thread_f64(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
+                                  wp.shape[1], bp, &out[0, 0, 0, 0], ys, <double*>(ws + c * buf_bytes))
+            else:
+                fc_pw_thread_f64(c, nt, groups, n, cog, cig, &x[0, 0, 0, 0], xs, HW, W, ow, P, sh, sw, &wp[0, 0],
+                                 wp.shape[1], bp, &out[0, 0, 0, 0], ys, nc, mstep, <double*>(ws + c * buf_bytes))
 
 
 _warm_at_import()

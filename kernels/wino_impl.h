@@ -1,7 +1,7 @@
 /* wino_impl.h — body of the fused Winograd F(m x m, r x r) pipeline (F(2x2,3x3), F(4x4,3x3),
  * F(2x2,5x5); tiles of A = m + r - 1 = 4 or 6 points), included by wino_kernels.h
  * once per dtype with T (float/double), SFX (f32/f64), MR, NR (micro-kernel tile) and UKR (the
- * micro-kernel of microkernel.h) defined. Not a standalone header.
+ * micro-kernel, from gemm_ukernel.h) defined. Not a standalone header.
  *
  * One task = one block of nt output tiles (of one group; a block may span images, so small maps
  * of a batch share each pass over U) x one range of output-channel panels [cp0, cp1):

@@ -12,7 +12,7 @@ batch, so small maps share each pass over U) x one range of output-channel panel
      vector, written in the micro-kernel's A layout (F(4x4): a masked 6-float load per patch row
      and tile + 8x8 transposes; F(2x2): hardware gathers where a lane group is inside the image);
   2. one GEMM per transform point ``M[ξ] = V[ξ] · U[ξ]`` with the 8x32 register-blocked FMA
-     micro-kernel of kernels/microkernel.h against U = G g Gᵀ, computed in float64 and packed
+     micro-kernel of kernels/gemm_ukernel.h against U = G g Gᵀ, computed in float64 and packed
      into 32-column panels once, in `prepare`;
   3. output transform ``Y = Aᵀ M A`` (+ bias) straight into ``out`` (16 output channels per
      vector, an in-register 16x16 transpose for the stores).

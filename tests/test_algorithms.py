@@ -91,3 +91,54 @@ def test_winograd_weight_transform_is_g_w_gt(dtype, k, m, cin, cout, groups):
     np.testing.assert_allclose(u, want, rtol=0, atol=np.finfo(dtype).eps * np.abs(want).max())
     if cout % nr:
         assert not u[:, :, :, -1, :, cout % nr :].any()  # exactly zero past the last channel
+
+
+# The pointwise kernel runs a 1x1 layer on its packed micro-kernel GEMM or on BLAS, picking one
+# per shape ("auto"); each path is checked on its own here, on every case it supports plus
+# shapes that reach its edges: row and column remainders of the 8 x NR tile, a batch whose
+# small maps share a column panel (also 1x1 maps), chunks split over threads, strides, groups.
+POINTWISE_EXTRA = [
+    # n, c_in, h, w, c_out, stride, groups
+    (1, 2048, 7, 7, 52, 1, 1),
+    (3, 40, 7, 7, 21, 1, 1),
+    (5, 64, 1, 1, 10, 1, 1),
+    (1, 33, 1, 1, 9, 1, 1),
+    (2, 300, 30, 31, 17, 1, 1),
+    (4, 24, 9, 11, 36, 2, 2),
+    (1, 6, 5, 7, 70, 3, 1),
+    (0, 8, 4, 4, 8, 1, 1),
+    (8, 64, 7, 7, 128, 1, 1),
+    (16, 48, 1, 1, 96, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("impl", ["auto", "packed", "transposed", "blas"])
+def test_pointwise_paths_match_reference(impl, dtype):
+    base = registry.get("pointwise")
+    alg = registry.Kernel(f"pointwise_{impl}", base.module, base.summary, options={"impl": impl})
+    cases = [
+        (c.arrays(dtype), c.kwargs())
+        for c in CONV_CASES
+        if alg.supports(describe(*c.arrays(dtype), **c.kwargs())) is None
+    ]
+    assert len(cases) >= 3
+    for n, cin, h, w, cout, s, g in POINTWISE_EXTRA:
+        rng = np.random.default_rng(cin + cout)
+        x = rng.standard_normal((n, cin, h, w)).astype(dtype)
+        wt = rng.standard_normal((cout, cin // g, 1, 1)).astype(dtype)
+        b = rng.standard_normal(cout).astype(dtype)
+        cases.append(((x, wt, b), {"stride": s, "groups": g}))
+        cases.append(((x, wt, None), {"stride": s, "groups": g}))
+    for (x, w, b), kw in cases:
+        p = describe(x, w, b, **kw)
+        assert alg.supports(p) is None, p.describe()
+        # weights prepared for this batch and for batch 1 (a layer's plan runs every batch size,
+        # and the batch decides between the packed and the transposed GEMM on small maps)
+        for prep in (p, p.with_batch(1)):
+            packed = alg.prepare(w, b, prep)
+            for nt in (1, 2, 3):  # (the Kernel API itself: the thread count splits the work)
+                out = np.full(p.out_shape, np.nan, dtype=dtype)
+                if p.n > 0:
+                    alg.run(x, packed, p, out, plan.workspace(alg, p, nt), nt)
+                assert_algorithm_close(alg, out, x, w, b, p, f"{alg.name}/{p.describe()}/{nt} threads")
