@@ -2,7 +2,7 @@
  *
  * Everything here works on buffers the .pyx carves out of the caller's workspace, 64-byte aligned,
  * with rows padded with zeros to whole vectors, so the loops have no tails and no masks. Written
- * with GCC vector extensions (like microkernel.h): zmm registers on AVX-512 builds, AVX2/SSE pairs
+ * with GCC vector extensions (like the GEMM micro-kernel, gemm_ukernel.h): zmm registers on AVX-512 builds, AVX2/SSE pairs
  * elsewhere; -ffp-contract=fast makes the a*b+c FMAs. Two element types: the kernels are written
  * once in conv_grad_body.h, included below per type with T, VT (vector), VL (lanes) and SFX
  * defined: _f (float, 16 lanes) and _d (double, 8 lanes).
