@@ -71,6 +71,12 @@ include "gemm_blas.pxi"
 PACK_BYTES = 512 * 1024  # packed columns per thread (C_in_g x nc), in L2 beside W's panels
 IMPLS = ("auto", "packed", "transposed", "blas")
 TRANSPOSED_MAX_PIXELS = 64  # measured, see `path`
+# Deep layers on few pixels (too many for the transposed GEMM) run on BLAS: 2 threads, interleaved
+# medians, 14x14 maps at batch 1, packed / BLAS time: 1024->256 1.16, 1024->512 1.13, 672->112
+# 1.08, 576->96 1.11; from 28x28 maps (784 pixels) no layer from 512 channels lost to BLAS by
+# more than 1%, and below 512 channels the packed GEMM won or tied on 14x14 maps too.
+BLAS_MIN_K = 512
+BLAS_MAX_PIXELS = 256
 SERIAL_FLOPS = 1 << 20  # below this a call runs on one thread
 TILE_BYTES = 512 * 1024  # strided: gathered pixels per thread (C_in_g x cols), like im2col's tiles
 MIN_COLS = 128
@@ -132,7 +138,8 @@ def path(p, impl="auto") -> str:
     forces one (the tests run each); 'auto' takes the micro-kernel where the wide vectors were
     compiled in (gemm_ukernel.h): transposed for at most TRANSPOSED_MAX_PIXELS pixels over the
     batch (their packed input within PACK_BYTES) that would leave more than a tenth of the packed
-    GEMM's columns empty, else packed. Measured, 1 thread: 7x7 maps at batch 1 (49 of 64 columns)
+    GEMM's columns empty; BLAS for deep layers (BLAS_MIN_K input channels) on at most
+    BLAS_MAX_PIXELS pixels; else packed. Measured, 1 thread: 7x7 maps at batch 1 (49 of 64 columns)
     2048→512 0.88×, 512→2048 0.88×, 320→1280 0.91× the packed GEMM's time, 1152→192 0.95×; 4x4
     maps (16 of 16) 1.07×; 1x1 and 2x2 maps 0.17-0.5×."""
     if impl != "auto":
@@ -140,13 +147,20 @@ def path(p, impl="auto") -> str:
     if not FC_WIDE_VECTORS:
         return "blas"
     J = max(1, p.n) * p.out_h * p.out_w
-    if (
+    if _transposed_pays(p, J):
+        return "transposed"
+    if p.c_in_per_group >= BLAS_MIN_K and J <= BLAS_MAX_PIXELS:
+        return "blas"
+    return "packed"
+
+
+def _transposed_pays(p, J: int) -> bool:
+    """`path`'s choice for ``J`` pixels over the batch of layer ``p`` (True: transposed)."""
+    return (
         J <= TRANSPOSED_MAX_PIXELS
         and (J + 7) * p.c_in_per_group * p.itemsize <= PACK_BYTES
         and _column_fill(J, _nr(p.itemsize)) < 0.9
-    ):
-        return "transposed"
-    return "packed"
+    )
 
 
 def _threads(p, nthreads: int) -> int:
@@ -205,7 +219,12 @@ def _maybe_transposed(p, impl) -> bool:
     run every batch: `fastconv.plan`)."""
     if impl != "auto":
         return impl == "transposed"
-    return any(path(p.with_batch(n), impl) == "transposed" for n in range(1, TRANSPOSED_MAX_PIXELS + 1))
+    if not FC_WIDE_VECTORS:
+        return False
+    # (the pixel count alone decides, so this asks for each batch that keeps it in range; building
+    # a params object per batch size cost 0.3 ms of every one-shot fastconv.conv2d)
+    hw = p.out_h * p.out_w
+    return any(_transposed_pays(p, n * hw) for n in range(1, TRANSPOSED_MAX_PIXELS // max(1, hw) + 1))
 
 
 def prepare(w, b, p, impl="auto", **options):
@@ -214,9 +233,9 @@ def prepare(w, b, p, impl="auto", **options):
     # (both where the batch decides between them: small maps).
     wm = np.ascontiguousarray(w.reshape(p.groups, p.c_out_per_group, p.c_in_per_group))
     bias = None if b is None else np.ascontiguousarray(b)
-    if path(p, impl) == "blas":
-        return {"blas": wm}, bias
-    packs = {"packed": _pack_w(wm, False)} if impl in ("auto", "packed") else {}
+    packs = {"blas": wm}  # BLAS reads W as it lies (a batch may pick it: `path`)
+    if impl in ("auto", "packed") and FC_WIDE_VECTORS:
+        packs["packed"] = _pack_w(wm, False)
     if _maybe_transposed(p, impl):
         packs["transposed"] = _pack_w(wm, True)
     return packs, bias
