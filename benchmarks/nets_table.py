@@ -21,13 +21,13 @@ def kind(layer: dict) -> str:
     p = layer["params"]
     if p.get("kind") != "conv":
         return str(p.get("kind", "pool")).replace("pool:", "") + " pool"
-    k, s = p["kh"], p["stride"][0]
+    k, kw, s = p["kh"], p["kw"], p["stride"][0]
     if p["groups"] > 1 and p["groups"] == p["c_in"] == p["c_out"]:
-        return f"depthwise {k}x{k} s{s}"
-    if k == 1:
+        return f"depthwise {k}x{kw} s{s}"
+    if k == kw == 1:
         small = p["h"] * p["w"] <= 196
         return f"1x1 s{s}" + (" small map" if small else "")
-    return f"{k}x{k} s{s}" + (" grouped" if p["groups"] > 1 else "")
+    return f"{k}x{kw} s{s}" + (" grouped" if p["groups"] > 1 else "")
 
 
 def rows(report: dict):
@@ -78,6 +78,13 @@ def main(path: str) -> None:
         f"\n**Summary**: geomean {geo:.2f}x over {len(rated)} layers against the faster of torch and ONNX "
         f"Runtime; {len(below)} below 1.0x.\n"
     )
+    for tag in ("@b1", "@b8"):
+        part = [r for r in rated if r["name"].endswith(tag)]
+        if part:
+            g = math.exp(sum(math.log(r["ratio"]) for r in part) / len(part))
+            n_below = sum(r["ratio"] < 1 for r in part)
+            print(f"- batch {tag[2:]}: geomean {g:.2f}x over {len(part)} layers, {n_below} below 1.0x")
+    print()
     groups = defaultdict(list)
     for r in rated:
         groups[r["kind"]].append(r)
