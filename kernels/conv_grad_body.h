@@ -1,14 +1,13 @@
 /* conv_grad_body.h — the micro-kernels of conv_grad_impl.h, included by it once per element type
  * with T (float/double), VT (its vector type), VL (lanes per vector) and SFX (f/d) defined, and
- * FCG_JOIN. Not a standalone header; conv_grad_impl.h documents the kernels. */
-
-#define FCG_N(name) FCG_JOIN(name, SFX)
+ * names built with _common.h's FC_NAME / FC_JOIN. Not a standalone header; conv_grad_impl.h
+ * documents the kernels. */
 
 /* c[p*ldc + r] += Σ_t dy[p*ldy + t]·xs[r][t] for p < MP, r < MR, t < nv·VL: MP·MR vector
  * accumulators along the pixels, lane sums in a fixed tree, added to c in double. Always inlined
  * into the fixed-size instances below, where MP and MR are constants (loops unrolled, accumulators
  * in registers). */
-static inline __attribute__((always_inline)) void FCG_N(fcg_dot)(const int MP, const int MR, long nv,
+static inline __attribute__((always_inline)) void FC_NAME(fcg_dot)(const int MP, const int MR, long nv,
                                                                   const T *restrict dy, long ldy,
                                                                   const T *const *xs, double *restrict c,
                                                                   long ldc) {
@@ -28,20 +27,20 @@ static inline __attribute__((always_inline)) void FCG_N(fcg_dot)(const int MP, c
     }
     if (MP * MR == 24) {
         double s[24];
-        FCG_N(fcg_reduce24)(acc, s);
+        FC_NAME(fcg_reduce24)(acc, s);
         for (int p = 0; p < MP; p++)
             for (int r = 0; r < MR; r++) c[p * ldc + r] += s[p * MR + r];
     } else {
         for (int p = 0; p < MP; p++)
-            for (int r = 0; r < MR; r++) c[p * ldc + r] += FCG_N(fcg_hsum)(acc[p * MR + r]);
+            for (int r = 0; r < MR; r++) c[p * ldc + r] += FC_NAME(fcg_hsum)(acc[p * MR + r]);
     }
 }
 
 /* The instances fcg_dot_<MP>x<MR>_<SFX>, MP 1..4, MR 1..6, and their table [MP-1][MR-1]. */
 #define FCG_DOT_FN(mp, mr)                                                                            \
-    static void FCG_JOIN(fcg_dot_##mp##x##mr, SFX)(long nv, const T *dy, long ldy, const T *const *xs, \
+    static void FC_JOIN(fcg_dot_##mp##x##mr, SFX)(long nv, const T *dy, long ldy, const T *const *xs, \
                                                    double *c, long ldc) {                             \
-        FCG_N(fcg_dot)(mp, mr, nv, dy, ldy, xs, c, ldc);                                             \
+        FC_NAME(fcg_dot)(mp, mr, nv, dy, ldy, xs, c, ldc);                                             \
     }
 FCG_DOT_FN(1, 1) FCG_DOT_FN(1, 2) FCG_DOT_FN(1, 3) FCG_DOT_FN(1, 4) FCG_DOT_FN(1, 5) FCG_DOT_FN(1, 6)
 FCG_DOT_FN(2, 1) FCG_DOT_FN(2, 2) FCG_DOT_FN(2, 3) FCG_DOT_FN(2, 4) FCG_DOT_FN(2, 5) FCG_DOT_FN(2, 6)
@@ -50,9 +49,9 @@ FCG_DOT_FN(4, 1) FCG_DOT_FN(4, 2) FCG_DOT_FN(4, 3) FCG_DOT_FN(4, 4) FCG_DOT_FN(4
 #undef FCG_DOT_FN
 
 #define FCG_DOT_ROW(mp)                                                                                \
-    {FCG_JOIN(fcg_dot_##mp##x1, SFX), FCG_JOIN(fcg_dot_##mp##x2, SFX), FCG_JOIN(fcg_dot_##mp##x3, SFX), \
-     FCG_JOIN(fcg_dot_##mp##x4, SFX), FCG_JOIN(fcg_dot_##mp##x5, SFX), FCG_JOIN(fcg_dot_##mp##x6, SFX)}
-static void (*const FCG_N(fcg_dot_table)[FCG_MP][FCG_MR])(long, const T *, long, const T *const *, double *,
+    {FC_JOIN(fcg_dot_##mp##x1, SFX), FC_JOIN(fcg_dot_##mp##x2, SFX), FC_JOIN(fcg_dot_##mp##x3, SFX), \
+     FC_JOIN(fcg_dot_##mp##x4, SFX), FC_JOIN(fcg_dot_##mp##x5, SFX), FC_JOIN(fcg_dot_##mp##x6, SFX)}
+static void (*const FC_NAME(fcg_dot_table)[FCG_MP][FCG_MR])(long, const T *, long, const T *const *, double *,
                                                           long) = {
     FCG_DOT_ROW(1), FCG_DOT_ROW(2), FCG_DOT_ROW(3), FCG_DOT_ROW(4)};
 #undef FCG_DOT_ROW
@@ -61,13 +60,13 @@ static void (*const FCG_N(fcg_dot_table)[FCG_MP][FCG_MR])(long, const T *, long,
  * 4 x 6 and the remainders, each (p, r) pair in exactly one block (so its sum order is fixed).
  * Channel blocks outside: a block's 4 grad_output rows stay in L1 while the rows pass (the rows of
  * one input channel's taps are shifted views of one plane, so they are in L1 too). */
-static void FCG_N(fcg_dot_block)(int np_, int nr, long nv, const T *dy, long ldy, const T *const *xs, double *c,
+static void FC_NAME(fcg_dot_block)(int np_, int nr, long nv, const T *dy, long ldy, const T *const *xs, double *c,
                                  long ldc) {
     for (int p0 = 0; p0 < np_; p0 += FCG_MP) {
         int mp = np_ - p0 < FCG_MP ? np_ - p0 : FCG_MP;
         for (int r0 = 0; r0 < nr; r0 += FCG_MR) {
             int mr = nr - r0 < FCG_MR ? nr - r0 : FCG_MR;
-            FCG_N(fcg_dot_table)[mp - 1][mr - 1](nv, dy + (long)p0 * ldy, ldy, xs + r0, c + (long)p0 * ldc + r0,
+            FC_NAME(fcg_dot_table)[mp - 1][mr - 1](nv, dy + (long)p0 * ldy, ldy, xs + r0, c + (long)p0 * ldc + r0,
                                                  ldc);
         }
     }
@@ -75,7 +74,7 @@ static void FCG_N(fcg_dot_block)(int np_, int nr, long nv, const T *dy, long ldy
 
 /* Broadcast GEMM block: c[r*ldc + j] = Σ_k a[k*8 + r]·b[k*ldb + j], 8 rows x 3 vectors; with add,
  * the tile is the accumulators' initial value (c += a·b). */
-static void FCG_N(fcg_bcast_acc)(long K, const T *restrict a, const T *restrict b, long ldb, T *restrict c,
+static void FC_NAME(fcg_bcast_acc)(long K, const T *restrict a, const T *restrict b, long ldb, T *restrict c,
                                  long ldc, int add) {
     VT acc[FCG_BR][FCG_BV];
     for (int r = 0; r < FCG_BR; r++)
@@ -94,8 +93,7 @@ static void FCG_N(fcg_bcast_acc)(long K, const T *restrict a, const T *restrict 
 }
 
 /* c = a·b */
-static inline void FCG_N(fcg_bcast)(long K, const T *a, const T *b, long ldb, T *c, long ldc) {
-    FCG_N(fcg_bcast_acc)(K, a, b, ldb, c, ldc, 0);
+static inline void FC_NAME(fcg_bcast)(long K, const T *a, const T *b, long ldb, T *c, long ldc) {
+    FC_NAME(fcg_bcast_acc)(K, a, b, ldb, c, ldc, 0);
 }
 
-#undef FCG_N

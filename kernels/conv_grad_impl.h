@@ -28,6 +28,9 @@
 
 #include <stddef.h>
 #include <string.h>
+#define FC_COMMON_NAMES_ONLY /* FC_NAME / FC_JOIN: the bodies' per-dtype names */
+#include "_common.h"
+#undef FC_COMMON_NAMES_ONLY
 
 typedef float fcg_vf __attribute__((vector_size(64)));
 typedef double fcg_vd __attribute__((vector_size(64)));
@@ -111,8 +114,6 @@ static inline void fcg_reduce24_d(const fcg_vd *a, double *out) {
 #define FCG_LOAD(VT, p) ({ VT v_; memcpy(&v_, (p), sizeof v_); v_; })
 
 /* The kernels themselves, once per element type (conv_grad_body.h). */
-#define FCG_JOIN_(a, b) a##_##b
-#define FCG_JOIN(a, b) FCG_JOIN_(a, b)
 
 #define T float
 #define VT fcg_vf
@@ -134,7 +135,5 @@ static inline void fcg_reduce24_d(const fcg_vd *a, double *out) {
 #undef VL
 #undef SFX
 
-#undef FCG_JOIN
-#undef FCG_JOIN_
 
 #endif

@@ -13,12 +13,9 @@
  * The caller sizes [j0, j1) so that the packed B (K x nc) stays in L2 while W's panels stream
  * past it once: each task reads its rows of W once, from L3 or memory.
  */
-#define FC_PJ_(a, b) a##_##b
-#define FC_PJ(a, b) FC_PJ_(a, b)
-#define FC_PN(name) FC_PJ(name, SFX)
 
 /* wp[(i/MR)*K*MR + k*MR + i%MR] = w[i*K + k]; zero rows past M. */
-static void FC_PN(fc_pw_pack_w)(const T *w, int M, int K, T *wp)
+static void FC_NAME(fc_pw_pack_w)(const T *w, int M, int K, T *wp)
 {
     const int np = (M + FC_PW_MR - 1) / FC_PW_MR;
     for (int p = 0; p < np; p++)
@@ -33,7 +30,7 @@ static void FC_PN(fc_pw_pack_w)(const T *w, int M, int K, T *wp)
  * p = (oy, ox) reads x at oy*sh*W + ox*sw. y: output channel 0 of the group in image 0 (images
  * ys apart, channels P apart). wp: the group's packed W. bias: M values or NULL. buf: at least
  * K * ceil((j1-j0)/NR)*NR + MR*NR elements. */
-static void FC_PN(fc_pw_task)(int M, int K, const T *x, long xs, long HW, int W, int OW, long P, int sh,
+static void FC_NAME(fc_pw_task)(int M, int K, const T *x, long xs, long HW, int W, int OW, long P, int sh,
                               int sw, const T *wp, const T *bias, T *y, long ys, int m0, int m1, long j0,
                               long j1, T *buf, int pack)
 {
@@ -107,7 +104,7 @@ static void FC_PN(fc_pw_task)(int M, int K, const T *x, long xs, long HW, int W,
  * consecutive tasks of one chunk pack it once). Chunks of nc columns over the n*P columns, row
  * blocks of mstep rows (a multiple of MR). wp: groups' packed W, wps elements apart; x, y, bias
  * as in fc_pw_task, for group 0 (groups K*HW / M*P / M elements apart). */
-static void FC_PN(fc_pw_thread)(int c, int nt, int groups, int n, int M, int K, const T *x, long xs, long HW,
+static void FC_NAME(fc_pw_thread)(int c, int nt, int groups, int n, int M, int K, const T *x, long xs, long HW,
                                 int W, int OW, long P, int sh, int sw, const T *wp, long wps, const T *bias,
                                 T *y, long ys, long nc, int mstep, T *buf)
 {
@@ -118,7 +115,7 @@ static void FC_PN(fc_pw_thread)(int c, int nt, int groups, int n, int M, int K, 
         const long mb = t % nmb, gc = t / nmb, ch = gc % nch, g = gc / nch;
         const long j0 = ch * nc, j1 = j0 + nc < J ? j0 + nc : J;
         const int m0 = (int)mb * mstep, m1 = m0 + mstep < M ? m0 + mstep : M;
-        FC_PN(fc_pw_task)(M, K, x + g * K * HW, xs, HW, W, OW, P, sh, sw, wp + g * wps,
+        FC_NAME(fc_pw_task)(M, K, x + g * K * HW, xs, HW, W, OW, P, sh, sw, wp + g * wps,
                           bias ? bias + g * M : NULL, y + g * M * P, ys, m0, m1, j0, j1, buf, gc != packed);
         packed = gc;
     }
@@ -131,7 +128,7 @@ static void FC_PN(fc_pw_thread)(int c, int nt, int groups, int n, int M, int K, 
  * 6 x 8 + 1 rows, all used, against 48 + 16 columns = 77%; one pixel: the 1-row tile), and the
  * threads split the channel panels, so each reads its part of W once. The tiles are stored
  * transposed (+ bias) into out: NRT scalar stores per row per K-long loop. */
-static void FC_PN(fc_pwt_pack_w)(const T *w, int M, int K, T *wt)
+static void FC_NAME(fc_pwt_pack_w)(const T *w, int M, int K, T *wt)
 {
     const int np = (M + NRT - 1) / NRT;
     for (int q = 0; q < np; q++)
@@ -148,7 +145,7 @@ static void FC_PN(fc_pwt_pack_w)(const T *w, int M, int K, T *wt)
  * 64 bytes), x packed as row panels [ceil(J/8)][K][8] (the last one [K][its rows]; by each thread,
  * for its own channel panels), the rows' C tiles (ceil(J/8)*8 x NRT). Other arguments as
  * fc_pw_task. */
-static void FC_PN(fc_pwt_thread)(int c, int nt, int groups, int n, int M, int K, const T *x, long xs, long HW,
+static void FC_NAME(fc_pwt_thread)(int c, int nt, int groups, int n, int M, int K, const T *x, long xs, long HW,
                                  int W, int OW, long P, int sh, int sw, const T *wt, long wts, const T *bias,
                                  T *y, long ys, T *buf)
 {
@@ -211,6 +208,3 @@ static void FC_PN(fc_pwt_thread)(int c, int nt, int groups, int n, int M, int K,
     }
 }
 
-#undef FC_PN
-#undef FC_PJ
-#undef FC_PJ_

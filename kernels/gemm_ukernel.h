@@ -27,6 +27,9 @@
 
 #include <stddef.h>
 #include <string.h>
+#define FC_COMMON_NAMES_ONLY /* FC_NAME / FC_JOIN: the bodies' per-dtype names */
+#include "_common.h"
+#undef FC_COMMON_NAMES_ONLY
 
 #define FC_UKR_SET 0  /* C = A B */
 #define FC_UKR_BIAS 1 /* C = bias + A B */

@@ -25,12 +25,9 @@
  * vectors of B and broadcasts MR scalars of A: MR*NV FMAs per NV + MR loads. Always inlined, so
  * the constant arguments of a call site (mode, mr, nr, pf) select the code at compile time.
  */
-#define FC_UJ_(a, b) a##_##b
-#define FC_UJ(a, b) FC_UJ_(a, b)
-#define FC_UN(name) FC_UJ(name, SFX)
 
 static inline __attribute__((always_inline)) void
-FC_UN(fc_ukr)(long K, const T *restrict A, long lda, const T *restrict B, long ldb, T *restrict C,
+FC_NAME(fc_ukr)(long K, const T *restrict A, long lda, const T *restrict B, long ldb, T *restrict C,
               long ldc, const T *bias, int mode, int mr, int nr, int pf)
 {
     VT acc[MR][NV];
@@ -85,6 +82,3 @@ FC_UN(fc_ukr)(long K, const T *restrict A, long lda, const T *restrict B, long l
     for (int r = 0; r < mr; r++) memcpy(C + r * ldc, part + r * NV * VL, (size_t)nr * sizeof(T));
 }
 
-#undef FC_UN
-#undef FC_UJ
-#undef FC_UJ_

@@ -3,7 +3,7 @@
 
 /* d[argmax(o)] += g[o] for each output o of one plane in row-major order (d zeroed first), the
  * argmax recomputed from the input plane x and the pooled plane y (see pool_grad_impl.h). */
-static void FPG_NAME(fpg_max_recompute_plane)(const T *restrict x, const T *restrict y, const T *restrict g,
+static void FC_NAME(fpg_max_recompute_plane)(const T *restrict x, const T *restrict y, const T *restrict g,
                                               T *restrict d, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW,
                                               int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw) {
     memset(d, 0, (size_t)(H * W) * sizeof(T));

@@ -16,9 +16,9 @@
 #include <stddef.h>
 #include <string.h>
 
-#define FPG_JOIN_(a, b) a##_##b
-#define FPG_JOIN(a, b) FPG_JOIN_(a, b)
-#define FPG_NAME(name) FPG_JOIN(name, SFX)
+#define FC_COMMON_NAMES_ONLY /* FC_NAME / FC_JOIN: the bodies' per-dtype names */
+#include "_common.h"
+#undef FC_COMMON_NAMES_ONLY
 
 #define T float
 #define SFX f
@@ -32,8 +32,5 @@
 #undef T
 #undef SFX
 
-#undef FPG_NAME
-#undef FPG_JOIN
-#undef FPG_JOIN_
 
 #endif
