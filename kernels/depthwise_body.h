@@ -1,5 +1,5 @@
 /* depthwise_body.h — the depthwise convolution of one dtype; included by depthwise_impl.h once per
- * dtype with these defined (not a standalone header):
+ * dtype with these defined, and undefined again at its end (not a standalone header):
  *
  *   T, SFX the element type and its suffix (float f32, double f64): names are FC_NAME(name) (_common.h)
  *   VI     the gather index vector (32-bit lanes), DGIDX(s) its lanes i*s
@@ -193,3 +193,21 @@ static void FC_NAME(fc_depthwise)(const T *restrict x, const T *restrict w, cons
                             kh, kw, sh, sw, ph, dh, tab);
     }
 }
+
+/* the parameters above are this include's alone: the next dtype defines its own */
+#undef T
+#undef SFX
+#undef VL
+#undef V
+#undef VI
+#undef DM
+#undef DMASK
+#undef DLOAD
+#undef DSTORE
+#undef DFMA
+#undef DSET1
+#undef DPERM2
+#undef DEVEN
+#undef DGIDX
+#undef DGATHER
+#undef DW_ROWS

@@ -41,22 +41,6 @@
 #define DGIDX(s) _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(s))
 #define DGATHER(m, idx, p) _mm512_mask_i32gather_ps(_mm512_setzero_ps(), (m), (idx), (p), 4)
 #include "depthwise_body.h"
-#undef T
-#undef SFX
-#undef VL
-#undef V
-#undef VI
-#undef DM
-#undef DMASK
-#undef DLOAD
-#undef DSTORE
-#undef DFMA
-#undef DSET1
-#undef DPERM2
-#undef DEVEN
-#undef DGIDX
-#undef DGATHER
-#undef DW_ROWS
 
 /* float64: 8 lanes */
 #define T double
@@ -75,22 +59,6 @@
 #define DGIDX(s) _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0), _mm256_set1_epi32(s))
 #define DGATHER(m, idx, p) _mm512_mask_i32gather_pd(_mm512_setzero_pd(), (m), (idx), (p), 8)
 #include "depthwise_body.h"
-#undef T
-#undef SFX
-#undef VL
-#undef V
-#undef VI
-#undef DM
-#undef DMASK
-#undef DLOAD
-#undef DSTORE
-#undef DFMA
-#undef DSET1
-#undef DPERM2
-#undef DEVEN
-#undef DGIDX
-#undef DGATHER
-#undef DW_ROWS
 
 static inline size_t fc_depthwise_tap_bytes(ptrdiff_t OW, int kw) {
     /* f32's chunks are the narrower (16 lanes), f64's entries the smaller */

@@ -30,16 +30,6 @@
 #define UKT4 fc_ukr_f32_4x32
 #define UKT8 fc_ukr_f32_8x32
 #include "gemm_pw_impl.h"
-#undef T
-#undef SFX
-#undef NR
-#undef UKR1
-#undef UKR2
-#undef UKR3
-#undef NRT
-#undef UKT1
-#undef UKT4
-#undef UKT8
 
 #define T double
 #define SFX f64
@@ -52,15 +42,5 @@
 #define UKT4 fc_ukr_f64_4x16
 #define UKT8 fc_ukr_f64_8x16
 #include "gemm_pw_impl.h"
-#undef T
-#undef SFX
-#undef NR
-#undef UKR1
-#undef UKR2
-#undef UKR3
-#undef NRT
-#undef UKT1
-#undef UKT4
-#undef UKT8
 
 #endif

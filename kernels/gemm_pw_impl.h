@@ -1,6 +1,7 @@
 /* gemm_pw_impl.h — body of the packed pointwise (1x1) GEMM, included by gemm_pointwise.h once per
  * dtype with T, SFX (f32, f64), NR (= 3 vectors of T) and the micro-kernels UKR1, UKR2, UKR3
- * (8 x 1, 2, 3 vectors, gemm_ukernel.h) defined. Not a standalone header.
+ * (8 x 1, 2, 3 vectors, gemm_ukernel.h) defined; it undefines them at its end. Not a standalone
+ * header.
  *
  * out[n][co][p] = bias[co] + sum_ci W[co][ci] x[n][ci][src(p)] for one group, where the output
  * pixels of all images form one column space j = n*P + p (P = OH*OW), so a batch of small maps
@@ -208,3 +209,14 @@ static void FC_NAME(fc_pwt_thread)(int c, int nt, int groups, int n, int M, int 
     }
 }
 
+/* the parameters of this include end here: the next dtype defines its own */
+#undef T
+#undef SFX
+#undef NR
+#undef UKR1
+#undef UKR2
+#undef UKR3
+#undef NRT
+#undef UKT1
+#undef UKT4
+#undef UKT8
