@@ -39,9 +39,15 @@ def refuse(
     passes: tuple[str, ...] = ("forward",),
     layouts: tuple[str, ...] = ("NCHW",),
     epilogue: tuple[str, ...] = ("bias",),
+    options: dict[str, Any] | None = None,
+    takes: tuple[str, ...] = (),
+    dtypes: tuple[str, ...] = (),
 ) -> str | None:
     """Why a kernel that runs ``passes`` / ``layouts`` and fuses the ``epilogue`` ops cannot
-    run ``p``, or ``None`` when those three fields are within what it declares."""
+    run ``p``, or ``None`` when those three fields are within what it declares.
+
+    A kernel may hand over the rest of every kernel's preamble too: its keyword ``options``
+    (refused unless named in ``takes``) and the ``dtypes`` it computes in."""
     if p.pass_ not in passes:
         return f"pass {p.pass_!r} is not one it runs ({', '.join(passes)})"
     if p.layout not in layouts:
@@ -49,6 +55,14 @@ def refuse(
     extra = [op for op in p.epilogue if op not in epilogue]
     if extra:
         return f"epilogue op(s) {extra} are not fused by it (it fuses: {', '.join(epilogue) or 'none'})"
+    if options is not None:
+        unknown = sorted(set(options) - set(takes))
+        if unknown:
+            if not takes:
+                return f"takes no options, got {unknown}"
+            return f"takes only the option {', '.join(takes)}, got {unknown}"
+    if dtypes and p.dtype not in dtypes:
+        return f"dtype must be {' or '.join(dtypes)}, got {p.dtype}"
     return None
 
 

@@ -56,13 +56,9 @@ cdef enum:
 
 
 def supports(p, **options) -> str | None:
-    why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=("bias",))
+    why = contract.refuse(p, epilogue=("bias",), options=options, dtypes=("float32", "float64"))
     if why is not None:
         return why
-    if options:
-        return f"takes no options, got {sorted(options)}"
-    if p.dtype not in ("float32", "float64"):
-        return f"dtype must be float32 or float64, got {p.dtype}"
     if not (p.groups == p.c_in == p.c_out):
         return f"runs depthwise layers only (groups == in == out channels), got groups={p.groups}, " \
                f"{p.c_in} -> {p.c_out} channels"

@@ -60,13 +60,9 @@ MIN_COLS = 128           # narrower tiles re-read all of W (from L3) for too lit
 
 
 def supports(p, **options) -> str | None:
-    why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=("bias",))
+    why = contract.refuse(p, epilogue=("bias",), options=options, dtypes=("float32", "float64"))
     if why is not None:
         return why
-    if options:
-        return f"takes no options, got {sorted(options)}"
-    if p.dtype not in ("float32", "float64"):
-        return f"dtype must be float32 or float64, got {p.dtype}"
     if p.groups < 1 or p.c_in % p.groups or p.c_out % p.groups:
         return f"groups ({p.groups}) must divide both channel counts ({p.c_in}, {p.c_out})"
     if min(p.kh, p.kw, *p.stride, *p.dilation) < 1 or min(p.pad) < 0:

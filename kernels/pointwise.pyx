@@ -83,12 +83,9 @@ MIN_COLS = 128
 
 
 def supports(p, **options) -> str | None:
-    why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=("bias",))
+    why = contract.refuse(p, epilogue=("bias",), options=options, takes=("impl",))
     if why is not None:
         return why
-    unknown = sorted(set(options) - {"impl"})
-    if unknown:
-        return f"takes only the option impl, got {unknown}"
     impl = options.get("impl", "auto")
     if impl not in IMPLS:
         return f"impl must be one of {IMPLS}, got {impl!r}"

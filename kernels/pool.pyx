@@ -92,11 +92,9 @@ _INT_MAX = 2 ** 31 - 1
 
 
 def supports(p, **options) -> str | None:
-    why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=())
+    why = contract.refuse(p, epilogue=(), options=options)
     if why is not None:
         return why
-    if options:
-        return f"takes no options, got {sorted(options)}"
     if p.kind not in KINDS:
         return f"kind must be one of {KINDS}, got {p.kind!r}"
     if p.dtype not in ("float32", "float64"):

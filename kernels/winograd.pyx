@@ -197,13 +197,9 @@ def geometry(p, nthreads: int, tile: int = 0) -> Geometry:
 
 
 def supports(p, tile: int = 0, **options) -> str | None:
-    why = contract.refuse(p, passes=("forward",), layouts=("NCHW",), epilogue=("bias",))
+    why = contract.refuse(p, epilogue=("bias",), options=options, takes=("tile",), dtypes=("float32", "float64"))
     if why is not None:
         return why
-    if options:
-        return f"takes only the option tile, got {sorted(options)}"
-    if p.dtype not in ("float32", "float64"):
-        return f"dtype must be float32 or float64, got {p.dtype}"
     if tile not in TILES and tile != 0:
         return f"tile size must be one of {TILES} (or 0 for auto), got {tile}"
     if p.kh != p.kw or p.kh not in KERNELS:
