@@ -11,9 +11,10 @@ and the layers below 1.0x grouped by kind (what the closing notes of the speed i
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections import defaultdict
+
+from fastconv.bench.runner import _geomean as geomean
 
 
 def kind(layer: dict) -> str:
@@ -72,7 +73,7 @@ def main(path: str) -> None:
         times = f"{us(r['ours'])} | {us(r['torch'])} | {us(r['ort'])}"
         print(f"| {r['name']} | {r['describe']} | {r['algo']} | {times} | {ratio} | {peak} |")
     rated = [r for r in rs if r["ratio"]]
-    geo = math.exp(sum(math.log(r["ratio"]) for r in rated) / len(rated)) if rated else float("nan")
+    geo = geomean([r["ratio"] for r in rated]) or float("nan")
     below = [r for r in rated if r["ratio"] < 1.0]
     print(
         f"\n**Summary**: geomean {geo:.2f}x over {len(rated)} layers against the faster of torch and ONNX "
@@ -81,7 +82,7 @@ def main(path: str) -> None:
     for tag in ("@b1", "@b8"):
         part = [r for r in rated if r["name"].endswith(tag)]
         if part:
-            g = math.exp(sum(math.log(r["ratio"]) for r in part) / len(part))
+            g = geomean([r["ratio"] for r in part])
             n_below = sum(r["ratio"] < 1 for r in part)
             print(f"- batch {tag[2:]}: geomean {g:.2f}x over {len(part)} layers, {n_below} below 1.0x")
     print()
@@ -90,9 +91,9 @@ def main(path: str) -> None:
         groups[r["kind"]].append(r)
     print("| kind | layers | geomean | below 1.0x | worst |")
     print("|---|---:|---:|---:|---|")
-    for k in sorted(groups, key=lambda k: math.exp(sum(math.log(r["ratio"]) for r in groups[k]) / len(groups[k]))):
+    for k in sorted(groups, key=lambda k: geomean([r["ratio"] for r in groups[k]])):
         g = groups[k]
-        gm = math.exp(sum(math.log(r["ratio"]) for r in g) / len(g))
+        gm = geomean([r["ratio"] for r in g])
         worst = min(g, key=lambda r: r["ratio"])
         print(
             f"| {k} | {len(g)} | {gm:.2f}x | {sum(r['ratio'] < 1 for r in g)} | {worst['name']} {worst['ratio']:.2f}x |"
